@@ -1,0 +1,3 @@
+from bninspect.cli import main
+
+main()

@@ -1,0 +1,121 @@
+"""Pieces every static loader shares: bounded JSON, BN layers from config + arrays, HDF5 reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+from bninspect.loaders.graph import ConfigError, dtype_policy_name
+
+# A real model config is a few MB at most; a bigger one is hostile or broken, and parsing it would
+# cost unbounded time and memory.
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+# One BN layer with more channels than this is not a real model: refuse rather than allocate.
+MAX_CHANNELS = 1 << 24
+
+BN_ARRAY_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def parse_json_config(raw: bytes | str, what: str) -> Any:
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} is {len(raw)} bytes, more than the {MAX_CONFIG_BYTES} bytes a model config may have")
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{what} is not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def attr_text(value: Any) -> str | None:
+    """An HDF5 string attribute, which h5py returns as str or bytes depending on who wrote it."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray) and value.shape == () and isinstance(value.item(), bytes):
+        return value.item().decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else None
+
+
+def attr_text_list(value: Any) -> list[str]:
+    """A list-of-strings HDF5 attribute (`layer_names`, `weight_names`)."""
+    if value is None:
+        return []
+    items = value.tolist() if isinstance(value, np.ndarray) else value
+    if not isinstance(items, (list, tuple)):
+        items = [items]
+    texts = [attr_text(item) for item in items]
+    return [text for text in texts if text]
+
+
+def read_vector(dataset: Any, what: str) -> tuple[np.ndarray, str]:
+    """A 1-D float array from an HDF5 dataset, as float64, and the dtype it was stored with."""
+    shape = getattr(dataset, "shape", None)
+    dtype = getattr(dataset, "dtype", None)
+    if shape is None or dtype is None:
+        raise ConfigError(f"{what} is not a dataset")
+    if len(shape) != 1:
+        raise ConfigError(f"{what} has shape {tuple(shape)}, expected one value per channel")
+    if shape[0] > MAX_CHANNELS:
+        raise ConfigError(f"{what} has {shape[0]} channels, more than {MAX_CHANNELS}")
+    if dtype.kind not in "fiu":
+        raise ConfigError(f"{what} has dtype {dtype}, expected floating point")
+    return np.asarray(dataset[()], dtype=np.float64), str(dtype)
+
+
+def _axis(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(value)
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _flag(value: Any, default: bool | None) -> bool | None:
+    return value if isinstance(value, bool) else default
+
+
+def bn_layer(path: str, class_name: str, config: Mapping[str, Any] | None,
+             arrays: Mapping[str, tuple[np.ndarray, str]]) -> "BNLayer":
+    """Build a BNLayer from its config (None for weights-only files) and its named arrays.
+
+    Raises ConfigError when the moving statistics are missing or the arrays disagree in length.
+    """
+    from bninspect.model import BNLayer
+
+    for required in ("moving_mean", "moving_variance"):
+        if required not in arrays:
+            raise ConfigError(f"BN layer {path!r} has no {required}")
+    sizes = {name: values.size for name, (values, _) in arrays.items()}
+    if len(set(sizes.values())) != 1:
+        listed = ", ".join(f"{name} {size}" for name, size in sizes.items())
+        raise ConfigError(f"BN layer {path!r} has arrays of different lengths ({listed})")
+    config = config or None
+    get = (lambda key: config.get(key)) if config else (lambda key: None)
+    return BNLayer(
+        path=path,
+        class_name=class_name,
+        gamma=arrays["gamma"][0] if "gamma" in arrays else None,
+        beta=arrays["beta"][0] if "beta" in arrays else None,
+        moving_mean=arrays["moving_mean"][0],
+        moving_variance=arrays["moving_variance"][0],
+        axis=_axis(get("axis")),
+        epsilon=_number(get("epsilon")),
+        momentum=_number(get("momentum")),
+        center=_flag(get("center"), True if config else None),
+        scale=_flag(get("scale"), True if config else None),
+        trainable=_flag(get("trainable"), True if config else None),
+        dtype_policy=dtype_policy_name(get("dtype")),
+        stored_dtype=arrays["moving_mean"][1],
+    )

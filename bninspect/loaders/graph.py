@@ -1,0 +1,215 @@
+"""Turn a Keras model config (the `model_config` / `config.json` JSON) into flattened layers.
+
+Understands the configs written by Keras 2 / tf.keras (inbound nodes as `[name, node, tensor,
+kwargs]` lists) and by Keras 3 (inbound nodes as `__keras_tensor__` dicts with a `keras_history`),
+for Functional, Model and Sequential containers, nested to any depth. Only JSON is read: nothing
+is deserialised, so a Lambda's code or a custom class is never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from bninspect.model import CONTAINER_CLASS_NAMES, Layer
+
+
+class ConfigError(ValueError):
+    """The config is JSON but not a Keras model config this reader understands."""
+
+
+@dataclass(frozen=True)
+class ParsedGraph:
+    layers: tuple[Layer, ...]
+    outputs: tuple[str, ...]
+    # Per container path ("" for the top level): its direct children as (class_name, name),
+    # in config order. The Keras 3 weights file keys its groups by this order.
+    children: dict[str, tuple[tuple[str, str], ...]]
+
+
+def parse_model_config(model_config: Any) -> ParsedGraph:
+    if not isinstance(model_config, dict) or not isinstance(model_config.get("config"), dict):
+        raise ConfigError("model config is not a JSON object with a 'config' entry")
+    parser = _Parser()
+    if model_config.get("class_name") in CONTAINER_CLASS_NAMES or "layers" in model_config["config"]:
+        outputs = parser.container(model_config, prefix="", outer_inputs=None)
+    else:
+        # A bare layer saved on its own.
+        name = str(model_config["config"].get("name", model_config.get("class_name", "layer")))
+        parser.add(Layer(path=name, name=name, class_name=str(model_config.get("class_name")),
+                         config=model_config["config"]))
+        outputs = [name]
+    return ParsedGraph(tuple(parser.layers), tuple(outputs), parser.children)
+
+
+def dtype_policy_name(dtype: Any) -> str | None:
+    """The policy name of a layer's `dtype` config entry, in Keras 2 or Keras 3 form."""
+    if isinstance(dtype, str):
+        return dtype
+    if isinstance(dtype, dict):
+        inner = dtype.get("config")
+        if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+            return inner["name"]
+    return None
+
+
+def _layer_name(entry: dict) -> str:
+    config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+    name = entry.get("name", config.get("name"))
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a {entry.get('class_name', 'layer')} entry has no name")
+    return name
+
+
+def _shape(value: Any) -> tuple[int | None, ...] | None:
+    if isinstance(value, list) and all(v is None or isinstance(v, int) for v in value):
+        return tuple(value)
+    return None
+
+
+def _input_shape(entry: dict) -> tuple[int | None, ...] | None:
+    build = entry.get("build_config")
+    if isinstance(build, dict):
+        shape = _shape(build.get("input_shape"))
+        if shape is not None:
+            return shape
+    config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+    for key in ("batch_shape", "batch_input_shape"):
+        shape = _shape(config.get(key))
+        if shape is not None:
+            return shape
+    for tensor in _keras_tensors(entry.get("inbound_nodes")):
+        shape = _shape(tensor.get("shape"))
+        if shape is not None:
+            return shape
+    return None
+
+
+def _keras_tensors(node: Any) -> Iterator[dict]:
+    """Keras 3 `__keras_tensor__` configs anywhere inside an inbound-nodes structure."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "__keras_tensor__" and isinstance(node.get("config"), dict):
+            yield node["config"]
+            return
+        for value in node.values():
+            yield from _keras_tensors(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _keras_tensors(value)
+
+
+def _history_refs(node: Any) -> Iterator[tuple[str, int]]:
+    """(layer name, tensor index) of every tensor an inbound-nodes structure refers to."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "__keras_tensor__" and isinstance(node.get("config"), dict):
+            history = node["config"].get("keras_history")
+            if isinstance(history, list) and len(history) >= 3 and isinstance(history[0], str):
+                yield history[0], history[2] if isinstance(history[2], int) else 0
+            return
+        for value in node.values():
+            yield from _history_refs(value)
+    elif isinstance(node, list):
+        # Keras 2 form: [name, node_index, tensor_index, kwargs]
+        if len(node) >= 3 and isinstance(node[0], str) and isinstance(node[1], int) and isinstance(node[2], int):
+            yield node[0], node[2]
+            if len(node) > 3:
+                yield from _history_refs(node[3])
+            return
+        for value in node:
+            yield from _history_refs(value)
+
+
+def _io_refs(value: Any) -> list[tuple[str, int]]:
+    """`input_layers` / `output_layers`: `[name, 0, 0]` or a list of those (or a dict of them)."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str):
+        return [(value[0], value[2] if isinstance(value[2], int) else 0)]
+    refs: list[tuple[str, int]] = []
+    if isinstance(value, list):
+        for item in value:
+            refs.extend(_io_refs(item))
+    return refs
+
+
+def _unique(paths: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(paths))
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.layers: list[Layer] = []
+        self.children: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._paths: set[str] = set()
+
+    def add(self, layer: Layer) -> None:
+        if layer.path in self._paths:
+            raise ConfigError(f"two layers are named {layer.path!r}")
+        self._paths.add(layer.path)
+        self.layers.append(layer)
+
+    def container(self, entry: dict, prefix: str, outer_inputs: list[str] | None) -> list[str]:
+        config = entry.get("config")
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ConfigError(f"container {prefix or 'model'!r} has no layer list")
+        entries = config["layers"]
+        if not all(isinstance(e, dict) for e in entries):
+            raise ConfigError(f"container {prefix or 'model'!r} has a layer entry that is not an object")
+        container_path = prefix.rstrip("/")
+        if entry.get("class_name") == "Sequential":
+            outputs = self._sequential(entries, prefix, outer_inputs)
+            # Keras' Sequential.layers leaves out the InputLayer, and so do its weight keys.
+            kept = [e for e in entries if e.get("class_name") != "InputLayer"]
+        else:
+            outputs = self._functional(config, entries, prefix, outer_inputs)
+            kept = entries
+        self.children[container_path] = tuple((str(e.get("class_name")), _layer_name(e)) for e in kept)
+        return outputs
+
+    def _leaf_or_container(self, entry: dict, prefix: str, inbound: list[str]) -> list[str]:
+        """Add one layer entry; return the paths that stand for its outputs."""
+        name = _layer_name(entry)
+        path = prefix + name
+        class_name = str(entry.get("class_name"))
+        config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+        self.add(Layer(path=path, name=name, class_name=class_name, config=config,
+                       inbound=_unique(inbound), input_shape=_input_shape(entry)))
+        if class_name in CONTAINER_CLASS_NAMES or isinstance(config.get("layers"), list):
+            return self.container(entry, path + "/", inbound)
+        return [path]
+
+    def _sequential(self, entries: list[dict], prefix: str, outer_inputs: list[str] | None) -> list[str]:
+        previous = list(outer_inputs or [])
+        for index, entry in enumerate(entries):
+            if entry.get("class_name") == "InputLayer" and index == 0:
+                if outer_inputs is None:
+                    previous = self._leaf_or_container(entry, prefix, [])
+                continue
+            previous = self._leaf_or_container(entry, prefix, previous)
+        return previous
+
+    def _functional(self, config: dict, entries: list[dict], prefix: str,
+                    outer_inputs: list[str] | None) -> list[str]:
+        input_names = [name for name, _ in _io_refs(config.get("input_layers"))]
+        produced: dict[str, list[str]] = {}
+        for entry in entries:
+            name = _layer_name(entry)
+            if entry.get("class_name") == "InputLayer" and outer_inputs is not None:
+                # Inside a nested model an input stands for whatever feeds the model from outside.
+                position = input_names.index(name) if name in input_names else 0
+                produced[name] = [outer_inputs[position]] if position < len(outer_inputs) else list(outer_inputs)
+                continue
+            inbound: list[str] = []
+            for ref_name, tensor_index in _history_refs(entry.get("inbound_nodes")):
+                if ref_name not in produced:
+                    raise ConfigError(f"layer {prefix + name!r} is fed by unknown layer {ref_name!r}")
+                sources = produced[ref_name]
+                inbound.append(sources[tensor_index] if tensor_index < len(sources) else sources[-1])
+            produced[name] = self._leaf_or_container(entry, prefix, inbound)
+        outputs: list[str] = []
+        for name, tensor_index in _io_refs(config.get("output_layers")):
+            if name not in produced:
+                raise ConfigError(f"model output names unknown layer {prefix + name!r}")
+            sources = produced[name]
+            outputs.append(sources[tensor_index] if tensor_index < len(sources) else sources[-1])
+        return outputs

@@ -1,0 +1,121 @@
+"""The neutral description of a saved model that every loader produces.
+
+Loaders turn a file into a `ModelDescription`; rules, probes and reporters only ever see this.
+BatchNormalization parameters keep Keras' own names (axis, momentum, epsilon, center, scale,
+gamma, beta, moving_mean, moving_variance). Everything is frozen: data flows one way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3", "savedmodel")
+
+BN_CLASS_NAMES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1",
+                            "BatchNormalizationV2"})
+CONTAINER_CLASS_NAMES = frozenset({"Functional", "Model", "Sequential"})
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of the model graph, flattened out of any nested models.
+
+    `inbound` holds the paths of the layers whose outputs feed this one, already resolved through
+    nested models: a layer fed by a nested model lists that model's output layer, and the first
+    layer inside a nested model lists whatever feeds the nested model from outside.
+    """
+
+    path: str
+    name: str
+    class_name: str
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    inbound: tuple[str, ...] = ()
+    # Shape of the layer's (first) input including the batch axis, when the file records it.
+    input_shape: tuple[int | None, ...] | None = None
+
+    @property
+    def is_container(self) -> bool:
+        return self.class_name in CONTAINER_CLASS_NAMES
+
+
+@dataclass(frozen=True, eq=False)
+class BNLayer:
+    """One BatchNormalization layer: its config (None where the file has no config) and arrays.
+
+    gamma is None when scale=False, beta is None when center=False. Arrays are float64 copies.
+    """
+
+    path: str
+    class_name: str
+    moving_mean: np.ndarray
+    moving_variance: np.ndarray
+    gamma: np.ndarray | None = None
+    beta: np.ndarray | None = None
+    axis: tuple[int, ...] | None = None
+    epsilon: float | None = None
+    momentum: float | None = None
+    center: bool | None = None
+    scale: bool | None = None
+    trainable: bool | None = None
+    dtype_policy: str | None = None
+    # The dtype the arrays were stored with in the file (e.g. "float32", "float16").
+    stored_dtype: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def channels(self) -> int:
+        return int(self.moving_mean.size)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays present in this layer, in Keras' order."""
+        named = {"gamma": self.gamma, "beta": self.beta, "moving_mean": self.moving_mean,
+                 "moving_variance": self.moving_variance}
+        return {key: value for key, value in named.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """Everything bninspect knows about one model file, without having run it."""
+
+    source: str
+    format: str
+    bn_layers: tuple[BNLayer, ...]
+    keras_version: str | None = None
+    backend: str | None = None
+    # False for weights-only files: there is no graph and no layer config.
+    has_config: bool = True
+    layers: tuple[Layer, ...] = ()
+    # Paths of the layers whose outputs are the model outputs, resolved through nested models.
+    outputs: tuple[str, ...] = ()
+    # The model's own dtype policy name when the config records one (e.g. "mixed_float16").
+    dtype_policy: str | None = None
+    # Things the loader could not do and why, for the report (e.g. a group it could not map).
+    notes: tuple[str, ...] = ()
+
+    @property
+    def layer_count(self) -> int:
+        return sum(1 for layer in self.layers if not layer.is_container and layer.class_name != "InputLayer")
+
+    def layer(self, path: str) -> Layer | None:
+        for layer in self.layers:
+            if layer.path == path:
+                return layer
+        return None
+
+    def consumers(self, path: str) -> tuple[Layer, ...]:
+        return tuple(layer for layer in self.layers if path in layer.inbound)
+
+
+class ModelReadError(Exception):
+    """A model file could not be read. `str()` is the one-line reason shown to the user."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
