@@ -35,6 +35,10 @@ class Layer:
     inbound: tuple[str, ...] = ()
     # Shape of the layer's (first) input including the batch axis, when the file records it.
     input_shape: tuple[int | None, ...] | None = None
+    # Keras 3 configs name the Python module and registered name of the class; custom classes
+    # have a registered name like "my_package>MyLayer". Keras 2 configs leave both out.
+    module: str | None = None
+    registered_name: str | None = None
 
     @property
     def is_container(self) -> bool:

@@ -172,8 +172,12 @@ class _Parser:
         path = prefix + name
         class_name = str(entry.get("class_name"))
         config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+        module = entry.get("module")
+        registered_name = entry.get("registered_name")
         self.add(Layer(path=path, name=name, class_name=class_name, config=config,
-                       inbound=_unique(inbound), input_shape=_input_shape(entry)))
+                       inbound=_unique(inbound), input_shape=_input_shape(entry),
+                       module=module if isinstance(module, str) else None,
+                       registered_name=registered_name if isinstance(registered_name, str) else None))
         if class_name in CONTAINER_CLASS_NAMES or isinstance(config.get("layers"), list):
             return self.container(entry, path + "/", inbound)
         return [path]

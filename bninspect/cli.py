@@ -1,0 +1,51 @@
+"""The `bninspect` command line. Commands live in `bninspect.commands`; this file wires them up."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from bninspect import __version__
+from bninspect.commands import inspect_cmd
+
+app = typer.Typer(
+    name="bninspect",
+    help="Find BatchNormalization problems in saved Keras models. `bninspect MODEL` is `bninspect inspect MODEL`.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bninspect {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
+    """Find BatchNormalization problems in saved Keras models."""
+
+
+app.command("inspect")(inspect_cmd.inspect)
+# --- commands registered below (one line each) ---
+# --- end of command registrations ---
+
+COMMANDS = ("inspect", "check", "probe", "rules", "explain", "recalibrate", "diff")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point. `bninspect MODEL ...` is short for `bninspect inspect MODEL ...`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    registered = {command.name for command in app.registered_commands}
+    first_positional = next((arg for arg in args if not arg.startswith("-")), None)
+    if first_positional is not None and first_positional not in registered and args and args[0] not in ("-h", "--help", "-V", "--version"):
+        args.insert(0, "inspect")
+    app(args=args, prog_name="bninspect")

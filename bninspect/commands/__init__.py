@@ -1,0 +1,2 @@
+"""One module per CLI command. Each imports heavy libraries inside its function, so that
+`bninspect --help` and `--version` stay fast."""

@@ -1,0 +1,67 @@
+"""What every command shares: options, output, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, NoReturn, Optional
+
+import typer
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_FAILURE = 2
+
+DebugOption = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")
+OutputOption = typer.Option(None, "--output", "-o", help="Write the report to FILE instead of stdout.",
+                            dir_okay=False)
+
+
+class UsageProblem(Exception):
+    """Bad usage or bad input that is not a model file: one line, exit 2."""
+
+
+def fail(message: str) -> NoReturn:
+    typer.echo(f"bninspect: error: {message}", err=True)
+    raise typer.Exit(EXIT_FAILURE)
+
+
+@contextmanager
+def one_line_errors(debug: bool) -> Iterator[None]:
+    """Turn the errors bninspect expects into one line on stderr and exit code 2.
+
+    Only our own error types are caught: anything else is a bug and keeps its traceback.
+    """
+    from bninspect.model import ModelReadError
+
+    try:
+        yield
+    except (ModelReadError, UsageProblem) as error:
+        if debug:
+            raise
+        fail(str(error))
+
+
+def use_color(output: Optional[Path]) -> bool:
+    if output is not None or "NO_COLOR" in os.environ:
+        return False
+    return sys.stdout.isatty()
+
+
+def terminal_width() -> int | None:
+    if sys.stdout.isatty():
+        return None if os.environ.get("COLUMNS") is None else int(os.environ["COLUMNS"])
+    return 200
+
+
+def emit(text: str, output: Optional[Path]) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        fail(f"{output}: cannot write the report ({error.strerror or error})")

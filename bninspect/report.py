@@ -1,0 +1,86 @@
+"""The result of inspecting one model, and the JSON document (schema_version 1) built from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bninspect import __version__
+from bninspect.findings import Finding, Severity
+from bninspect.model import BNLayer, ModelDescription
+from bninspect.summary import array_stats
+
+SCHEMA_VERSION = 1
+
+
+def bn_layer_dict(layer: BNLayer) -> dict:
+    return {
+        "path": layer.path, "class_name": layer.class_name,
+        "axis": list(layer.axis) if layer.axis is not None else None,
+        "channels": layer.channels, "epsilon": layer.epsilon, "momentum": layer.momentum,
+        "center": layer.center, "scale": layer.scale, "trainable": layer.trainable,
+        "dtype_policy": layer.dtype_policy,
+        "gamma": array_stats(layer.gamma), "beta": array_stats(layer.beta),
+        "moving_mean": array_stats(layer.moving_mean),
+        "moving_variance": array_stats(layer.moving_variance),
+    }
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """One model: what was read (or why it could not be), and what was found.
+
+    In a notebook it renders as the same table as `bninspect MODEL`.
+    """
+
+    source: str
+    description: ModelDescription | None
+    findings: tuple[Finding, ...] = ()
+    error: str | None = None
+    # Extra per-model data a command adds to the JSON entry (e.g. the probe's statistics).
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def bn_layers(self) -> tuple[BNLayer, ...]:
+        return self.description.bn_layers if self.description else ()
+
+    def count(self, severity: Severity) -> int:
+        return sum(1 for finding in self.findings if finding.severity == severity)
+
+    def to_dict(self) -> dict:
+        description = self.description
+        entry = {
+            "path": self.source,
+            "format": description.format if description else None,
+            "keras_version": description.keras_version if description else None,
+            "error": self.error,
+            "bn_layers": [bn_layer_dict(layer) for layer in self.bn_layers],
+            "findings": [finding.to_dict() for finding in self.findings],
+        }
+        entry.update(self.extra)
+        return entry
+
+    def __rich__(self):
+        from bninspect.reporters.table import model_renderable
+
+        return model_renderable(self)
+
+    def _repr_html_(self) -> str:
+        from bninspect.reporters.table import render_html
+
+        return render_html([self])
+
+
+def document(reports: list[ModelReport]) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "bninspect", "version": __version__},
+        "models": [report.to_dict() for report in reports],
+        "summary": {
+            "models": len(reports),
+            "errors": sum(report.count(Severity.ERROR) for report in reports),
+            "warnings": sum(report.count(Severity.WARNING) for report in reports),
+            "infos": sum(report.count(Severity.INFO) for report in reports),
+            "unreadable": sum(1 for report in reports if report.error is not None),
+        },
+    }

@@ -1,0 +1,23 @@
+"""The schema_version 1 JSON document."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from bninspect.report import ModelReport, document
+
+
+def _finite_or_text(value):
+    # JSON has no NaN/Inf; the document stays parseable by strict parsers.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite_or_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_text(item) for item in value]
+    return value
+
+
+def render(reports: list[ModelReport]) -> str:
+    return json.dumps(_finite_or_text(document(reports)), indent=2, allow_nan=False) + "\n"
