@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from bninspect import __version__
-from bninspect.commands import inspect_cmd
+from bninspect.commands import diff_cmd, inspect_cmd
 
 app = typer.Typer(
     name="bninspect",
@@ -36,6 +36,7 @@ def _root(
 
 app.command("inspect")(inspect_cmd.inspect)
 # --- commands registered below (one line each) ---
+app.command("diff")(diff_cmd.diff)
 # --- end of command registrations ---
 
 COMMANDS = ("inspect", "check", "probe", "rules", "explain", "recalibrate", "diff")

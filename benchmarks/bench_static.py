@@ -1,0 +1,124 @@
+"""Static inspection speed, measured side by side with Keras in one run.
+
+Prints, for legacy .h5 files written by Keras 3:
+  1. a ~1 GB file with 200 BN layers: `bninspect FILE --format json` (a fresh process, imports
+     included) against a fresh process that runs `keras.models.load_model` and reads the BN
+     weights; the ratio (target: at least 10x), and whether bninspect imported tensorflow/keras;
+  2. the same 200 BN layers in a ~10 MB file: the time ratio 1 GB / 10 MB (target: within 1.3x);
+  3. a file with 2,000 BN layers (target: under 2 s);
+  4. `bninspect --version` and `--help` start-up (target: under 0.5 s).
+
+Usage: python benchmarks/bench_static.py [--work DIR] [--repeat N] [--keep]
+The files are written to benchmarks/_work/ (git-ignored) and reused when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BN_BLOCKS = 200
+CHANNELS = 64
+
+KERAS_READ = """
+import os, sys, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+model = keras.models.load_model(sys.argv[1], compile=False)
+stats = [[w.numpy() for w in layer.weights] for layer in model.layers
+         if isinstance(layer, keras.layers.BatchNormalization)]
+assert len(stats) == int(sys.argv[2]), len(stats)
+"""
+
+IMPORT_CHECK = """
+import sys
+from bninspect.cli import main
+try:
+    main([sys.argv[1], "--format", "json", "--output", sys.argv[2]])
+except SystemExit:
+    pass
+heavy = sorted(name for name in ("tensorflow", "keras", "tf_keras") if name in sys.modules)
+print(",".join(heavy) or "none")
+"""
+
+
+def build_model_file(path: Path, ballast_units: int, bn_blocks: int = BN_BLOCKS) -> None:
+    """A chain of Dense(64)+BN blocks, plus one Dense side branch that carries the file's bulk."""
+    if path.exists():
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    inputs = keras.Input((CHANNELS,), name="features")
+    x = inputs
+    for index in range(bn_blocks):
+        x = keras.layers.Dense(CHANNELS, name=f"dense_{index}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn_{index}")(x)
+    outputs = [x]
+    if ballast_units:
+        side = keras.Input((ballast_units,), name="side")
+        outputs.append(keras.layers.Dense(ballast_units, name="ballast")(side))
+        inputs = [inputs, side]
+    model = keras.Model(inputs, outputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+
+
+def timed(command: list[str], repeat: int) -> float:
+    """Median wall time of a fresh process running `command`."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bninspect_command(path: Path, work: Path) -> list[str]:
+    return [sys.executable, "-m", "bninspect", str(path), "--format", "json", "--output", str(work / "out.json")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    work: Path = args.work
+
+    big = work / "bn200_1gb.h5"
+    small = work / "bn200_10mb.h5"
+    many = work / "bn2000.h5"
+    print("writing benchmark files with Keras (once) ...", flush=True)
+    build_model_file(big, ballast_units=16000)  # 16000^2 float32 = 1.02 GB
+    build_model_file(small, ballast_units=1500)  # 1500^2 float32 = 9 MB
+    build_model_file(many, ballast_units=0, bn_blocks=2000)
+    for path in (big, small, many):
+        print(f"  {path.name}: {path.stat().st_size / 1e6:,.0f} MB")
+
+    ours_big = timed(bninspect_command(big, work), args.repeat)
+    theirs_big = timed([sys.executable, "-c", KERAS_READ, str(big), str(BN_BLOCKS)], max(1, args.repeat // 2))
+    heavy = subprocess.run([sys.executable, "-c", IMPORT_CHECK, str(big), str(work / "out.json")],
+                           capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+    ours_small = timed(bninspect_command(small, work), args.repeat)
+    ours_many = timed(bninspect_command(many, work), args.repeat)
+    version = timed([sys.executable, "-m", "bninspect", "--version"], args.repeat)
+    help_time = timed([sys.executable, "-m", "bninspect", "--help"], args.repeat)
+
+    print()
+    print(f"1 GB, {BN_BLOCKS} BN: bninspect {ours_big:6.2f} s | keras load_model + BN weights {theirs_big:6.2f} s "
+          f"| speed-up {theirs_big / ours_big:5.1f}x (target >= 10x)")
+    print(f"   heavy modules imported by bninspect: {heavy} (target: none)")
+    print(f"10 MB vs 1 GB, same {BN_BLOCKS} BN: {ours_small:6.2f} s vs {ours_big:6.2f} s "
+          f"| ratio {ours_big / ours_small:4.2f}x (target <= 1.3x)")
+    print(f"2,000 BN layers: {ours_many:6.2f} s (target < 2 s)")
+    print(f"bninspect --version {version:5.2f} s, --help {help_time:5.2f} s (target < 0.5 s)")
+
+
+if __name__ == "__main__":
+    main()

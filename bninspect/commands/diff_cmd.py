@@ -1,0 +1,33 @@
+"""`bninspect diff A B`: which BN statistics and affine parameters changed between two checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bninspect.commands.common import DebugOption, OutputOption, emit, fail, one_line_errors, terminal_width, use_color
+from bninspect.reporters import OutputFormat
+
+
+def diff(
+    model_a: Path = typer.Argument(..., metavar="A", help="The earlier checkpoint (any supported format)."),
+    model_b: Path = typer.Argument(..., metavar="B", help="The later checkpoint (any supported format)."),
+    output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
+    output: Optional[Path] = OutputOption,
+    debug: bool = DebugOption,
+) -> None:
+    """Compare the BN layers of two checkpoints of one model, matched by layer path. Exit 0 whether or not they differ."""
+    from bninspect import loaders
+    from bninspect.diff import diff_models
+    from bninspect.reporters import diff_report
+
+    if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
+        fail(f"--format {output_format.value} is for `bninspect check`; diff writes text or json")
+    with one_line_errors(debug):
+        result = diff_models(loaders.load(model_a), loaders.load(model_b))
+    if output_format is OutputFormat.JSON:
+        emit(diff_report.render_json(result), output)
+    else:
+        emit(diff_report.render_text(result, color=use_color(output), width=terminal_width()), output)

@@ -1,0 +1,50 @@
+"""Text and JSON for `bninspect diff`."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from bninspect import __version__
+from bninspect.diff import ARRAY_NAMES, ModelDiff
+from bninspect.reporters.json_report import _finite_or_text
+from bninspect.summary import fmt_number
+
+STATUS_STYLE = {"changed": "yellow", "unchanged": "dim", "only_in_a": "red", "only_in_b": "green"}
+
+
+def render_json(model_diff: ModelDiff) -> str:
+    data = {"schema_version": 1, "tool": {"name": "bninspect", "version": __version__}, **model_diff.to_dict()}
+    return json.dumps(_finite_or_text(data), indent=2, allow_nan=False) + "\n"
+
+
+def render_text(model_diff: ModelDiff, color: bool = False, width: int | None = None) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=color, no_color=not color,
+                      color_system="standard" if color else None, width=width or 200, highlight=False)
+    console.print(Text(f"A: {model_diff.a.source} ({model_diff.a.format})\nB: {model_diff.b.source} ({model_diff.b.format})"))
+    table = Table(show_edge=False, header_style="bold", caption="largest change: absolute (relative to the array's scale in A)")
+    table.add_column("layer")
+    table.add_column("status")
+    for name in ARRAY_NAMES:
+        table.add_column(name.replace("_", " "), justify="right")
+    for layer in model_diff.layers:
+        cells = []
+        for name in ARRAY_NAMES:
+            change = layer.changes.get(name)
+            cells.append("-" if change is None else f"{fmt_number(change.max_abs)} ({change.max_rel:.1%})")
+        status = Text(layer.status, style=STATUS_STYLE[layer.status])
+        if layer.note:
+            status.append(f" {layer.note}")
+        table.add_row(layer.path, status, *cells)
+    console.print(table)
+    summary = model_diff.to_dict()["summary"]
+    unchanged = [layer.path for layer in model_diff.layers if layer.status == "unchanged"]
+    console.print(", ".join(f"{count} {status.replace('_', ' ')}" for status, count in summary.items()))
+    if unchanged:
+        console.print(f"did not move at all: {', '.join(unchanged)}")
+    return buffer.getvalue()
