@@ -48,23 +48,29 @@ print(",".join(heavy) or "none")
 """
 
 
-def build_model_file(path: Path, ballast_units: int, bn_blocks: int = BN_BLOCKS) -> None:
-    """A chain of Dense(64)+BN blocks, plus one Dense side branch that carries the file's bulk."""
+def build_model_file(path: Path, ballast_units: int, chains: int = 1) -> None:
+    """Chains of 200 Dense(64)+BN blocks, plus one Dense side branch that carries the file's bulk.
+
+    Several short chains rather than one long one: Keras builds its graph recursively and a chain
+    of thousands of layers overflows Python's recursion limit.
+    """
     if path.exists():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    inputs = keras.Input((CHANNELS,), name="features")
-    x = inputs
-    for index in range(bn_blocks):
-        x = keras.layers.Dense(CHANNELS, name=f"dense_{index}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn_{index}")(x)
-    outputs = [x]
+    features = keras.Input((CHANNELS,), name="features")
+    inputs, outputs = [features], []
+    for chain in range(chains):
+        x = features
+        for index in range(BN_BLOCKS):
+            x = keras.layers.Dense(CHANNELS, name=f"dense_{chain}_{index}")(x)
+            x = keras.layers.BatchNormalization(name=f"bn_{chain}_{index}")(x)
+        outputs.append(x)
     if ballast_units:
         side = keras.Input((ballast_units,), name="side")
         outputs.append(keras.layers.Dense(ballast_units, name="ballast")(side))
-        inputs = [inputs, side]
+        inputs.append(side)
     model = keras.Model(inputs, outputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
@@ -97,7 +103,7 @@ def main() -> None:
     print("writing benchmark files with Keras (once) ...", flush=True)
     build_model_file(big, ballast_units=16000)  # 16000^2 float32 = 1.02 GB
     build_model_file(small, ballast_units=1500)  # 1500^2 float32 = 9 MB
-    build_model_file(many, ballast_units=0, bn_blocks=2000)
+    build_model_file(many, ballast_units=0, chains=10)
     for path in (big, small, many):
         print(f"  {path.name}: {path.stat().st_size / 1e6:,.0f} MB")
 

@@ -35,6 +35,9 @@ def _reason(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     if "truncated file" in text:
         return f"truncated HDF5 file ({text})"
+    if isinstance(error, OSError) and "Unable to" in text:
+        # h5py's own wording, e.g. "Unable to synchronously open file (bad byte number ...)".
+        return f"corrupt HDF5 file ({text[:300]})"
     return f"cannot be read as a model ({text[:300]})"
 
 
