@@ -52,13 +52,13 @@ def _read_hdf5(source: str) -> ModelDescription:
 
     from bninspect.loaders import h5_legacy, keras_v3
 
-    with h5py.File(source, "r") as handle:
+    with h5py.File(source, "r") as handle, open(source, "rb") as raw:
         if "model_config" in handle.attrs:
-            return h5_legacy.read_full_model(source, handle)
+            return h5_legacy.read_full_model(source, handle, raw)
         if "layer_names" in handle.attrs:
-            return h5_legacy.read_weights_only(source, handle)
+            return h5_legacy.read_weights_only(source, handle, raw)
         if "layers" in handle or "vars" in handle:
-            return keras_v3.read_weights_tree(source, handle, None, "weights-v3")
+            return keras_v3.read_weights_tree(source, handle, None, "weights-v3", raw=raw)
     raise ConfigError("HDF5 file holds no Keras model or weights (no model_config, layer_names or layers group)")
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+import os
+from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 
@@ -51,19 +52,37 @@ def attr_text_list(value: Any) -> list[str]:
     return [text for text in texts if text]
 
 
-def read_vector(dataset: Any, what: str) -> tuple[np.ndarray, str]:
-    """A 1-D float array from an HDF5 dataset, as float64, and the dtype it was stored with."""
-    shape = getattr(dataset, "shape", None)
-    dtype = getattr(dataset, "dtype", None)
-    if shape is None or dtype is None:
-        raise ConfigError(f"{what} is not a dataset")
+def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None) -> tuple[np.ndarray, str]:
+    """A 1-D float array from dataset `name` of an HDF5 group, as float64, and its stored dtype.
+
+    `raw` is the same file opened for plain reading, when it is a file on disk: a contiguous
+    dataset is then a run of bytes at a known offset, read directly. That, and h5py's low-level
+    API instead of `group[name][()]`, matter for files with thousands of BN arrays.
+    """
+    import h5py
+
+    try:
+        dataset = h5py.h5d.open(group.id, name.encode("utf-8"))
+    except KeyError:
+        raise ConfigError(f"{what} is listed but missing") from None
+    shape, dtype = dataset.shape, dataset.dtype
     if len(shape) != 1:
         raise ConfigError(f"{what} has shape {tuple(shape)}, expected one value per channel")
     if shape[0] > MAX_CHANNELS:
         raise ConfigError(f"{what} has {shape[0]} channels, more than {MAX_CHANNELS}")
     if dtype.kind not in "fiu":
         raise ConfigError(f"{what} has dtype {dtype}, expected floating point")
-    return np.asarray(dataset[()], dtype=np.float64), str(dtype)
+    nbytes = shape[0] * dtype.itemsize
+    offset = dataset.get_offset() if raw is not None else None
+    if offset is not None:
+        data = os.pread(raw.fileno(), nbytes, offset)
+        if len(data) != nbytes:
+            raise ConfigError(f"{what} points past the end of the file")
+        values = np.frombuffer(data, dtype=dtype)
+    else:
+        values = np.empty(shape, dtype=dtype)
+        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
+    return values.astype(np.float64), str(dtype)
 
 
 def _axis(value: Any) -> tuple[int, ...] | None:

@@ -10,7 +10,7 @@ that is what we match on; the rest only tells which inner layer of a nested mode
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from bninspect.loaders.common import (BN_ARRAY_NAMES, attr_text, attr_text_list, bn_layer,
                                       parse_json_config, read_vector)
@@ -34,13 +34,11 @@ def _group_weights(group: Any) -> list[_Weight]:
     return weights
 
 
-def _arrays(group: Any, weights: list[_Weight], where: str) -> dict[str, tuple]:
+def _arrays(group: Any, weights: list[_Weight], where: str, raw: BinaryIO | None) -> dict[str, tuple]:
     arrays = {}
     for weight in weights:
         if weight.leaf in BN_ARRAY_NAMES:
-            if weight.name not in group:
-                raise ConfigError(f"{where}: weight {weight.name!r} is listed but missing")
-            arrays[weight.leaf] = read_vector(group[weight.name], f"{where}/{weight.name}")
+            arrays[weight.leaf] = read_vector(group, weight.name, f"{where}/{weight.name}", raw)
     return arrays
 
 
@@ -88,7 +86,7 @@ def _version(*attr_sources: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def read_full_model(source: str, handle: Any) -> ModelDescription:
+def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> ModelDescription:
     config = parse_json_config(handle.attrs["model_config"], "model_config attribute")
     graph = parse_model_config(config)
     if "model_weights" not in handle:
@@ -98,10 +96,14 @@ def read_full_model(source: str, handle: Any) -> ModelDescription:
     layers_by_path = {layer.path: layer for layer in graph.layers}
 
     owner_of: dict[str, tuple[str, str | None]] = {}  # BN path -> (top group, owner inside it)
-    for top in dict.fromkeys(path.split("/", 1)[0] for path in bn_paths):
-        inner = [path for path in bn_paths if path.startswith(top + "/")]
-        if top in bn_paths:
-            owner_of[top] = (top, None)
+    nested: dict[str, list[str]] = {}  # top-level container -> the BN paths inside it
+    for path in bn_paths:
+        top, _, rest = path.partition("/")
+        if rest:
+            nested.setdefault(top, []).append(path)
+        else:
+            owner_of[path] = (path, None)
+    for top, inner in nested.items():
         if inner:
             if top not in root:
                 raise ConfigError(f"no weights group for nested model {top!r}")
@@ -120,7 +122,7 @@ def read_full_model(source: str, handle: Any) -> ModelDescription:
         weights = [w for w in _group_weights(group) if owner is None or w.owner == owner]
         layer = layers_by_path[path]
         bn_layers.append(bn_layer(path, layer.class_name, layer.config,
-                                  _arrays(group, weights, f"model_weights/{top}")))
+                                  _arrays(group, weights, f"model_weights/{top}", raw)))
 
     version, backend = _version(handle.attrs, root.attrs)
     return ModelDescription(
@@ -130,7 +132,7 @@ def read_full_model(source: str, handle: Any) -> ModelDescription:
     )
 
 
-def read_weights_only(source: str, handle: Any) -> ModelDescription:
+def read_weights_only(source: str, handle: Any, raw: BinaryIO | None = None) -> ModelDescription:
     bn_layers: list[BNLayer] = []
     for layer_name in attr_text_list(handle.attrs.get("layer_names")):
         if layer_name not in handle:
@@ -146,7 +148,7 @@ def read_weights_only(source: str, handle: Any) -> ModelDescription:
                 relative = owner[len(layer_name) + 1:] if owner.startswith(layer_name + "/") else owner
                 path = f"{layer_name}/{relative}"
             bn_layers.append(bn_layer(path, "BatchNormalization", None,
-                                      _arrays(group, owners[owner], layer_name)))
+                                      _arrays(group, owners[owner], layer_name, raw)))
     version, backend = _version(handle.attrs)
     return ModelDescription(
         source=source, format="h5-weights", bn_layers=tuple(bn_layers), keras_version=version,

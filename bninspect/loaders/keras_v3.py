@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import zipfile
-from typing import Any
+from typing import Any, BinaryIO
 
 import h5py
 
@@ -72,7 +72,8 @@ def _child_by_name_attr(layers: Any, name: str) -> Any:
     return None
 
 
-def _bn_arrays(vars_group: Any, center: bool | None, scale: bool | None, where: str) -> dict[str, tuple]:
+def _bn_arrays(vars_group: Any, center: bool | None, scale: bool | None, where: str,
+               raw: BinaryIO | None) -> dict[str, tuple]:
     count = len(vars_group)
     if center is None or scale is None:
         # Without a config, 4 variables are all of them and 2 are the moving statistics; with 3 we
@@ -88,14 +89,13 @@ def _bn_arrays(vars_group: Any, center: bool | None, scale: bool | None, where: 
     for index, name in enumerate(names):
         if name is None:
             continue
-        if str(index) not in vars_group:
-            raise ConfigError(f"{where} has no variable {index}")
-        arrays[name] = read_vector(vars_group[str(index)], f"{where}/{index}")
+        arrays[name] = read_vector(vars_group, str(index), f"{where}/{index}", raw)
     return arrays
 
 
 def read_weights_tree(source: str, root: Any, graph: ParsedGraph | None, fmt: str,
-                      keras_version: str | None = None, dtype_policy: str | None = None) -> ModelDescription:
+                      keras_version: str | None = None, dtype_policy: str | None = None,
+                      raw: BinaryIO | None = None) -> ModelDescription:
     """Read the BN layers of a Keras 3 weights tree; with `graph` from config.json when there is one."""
     bn_layers: list[BNLayer] = []
     if graph is not None:
@@ -104,7 +104,7 @@ def read_weights_tree(source: str, root: Any, graph: ParsedGraph | None, fmt: st
                 continue
             vars_group = _vars_group_for(root, graph, layer.path)
             arrays = _bn_arrays(vars_group, layer.config.get("center", True), layer.config.get("scale", True),
-                                f"weights of {layer.path}")
+                                f"weights of {layer.path}", raw)
             bn_layers.append(bn_layer(layer.path, layer.class_name, layer.config, arrays))
         return ModelDescription(
             source=source, format=fmt, bn_layers=tuple(bn_layers), keras_version=keras_version,
@@ -112,7 +112,7 @@ def read_weights_tree(source: str, root: Any, graph: ParsedGraph | None, fmt: st
         )
     for path, vars_group in _walk_bn_groups(root, prefix=""):
         bn_layers.append(bn_layer(path, "BatchNormalization", None,
-                                  _bn_arrays(vars_group, None, None, f"weights of {path}")))
+                                  _bn_arrays(vars_group, None, None, f"weights of {path}", raw)))
     return ModelDescription(source=source, format=fmt, bn_layers=tuple(bn_layers),
                             keras_version=keras_version, has_config=False)
 

@@ -20,4 +20,5 @@ def _finite_or_text(value):
 
 
 def render(reports: list[ModelReport]) -> str:
-    return json.dumps(_finite_or_text(document(reports)), indent=2, allow_nan=False) + "\n"
+    # Compact: indent=None lets json use its C encoder, which matters for files with thousands of layers.
+    return json.dumps(_finite_or_text(document(reports)), allow_nan=False) + "\n"

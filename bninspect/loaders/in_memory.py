@@ -1,0 +1,104 @@
+"""Describe a live Keras model (Keras 3 `keras.Model` or tf-keras `tf_keras.Model`).
+
+For the notebook API: `bninspect.inspect(model)`. The graph comes from `model.to_json()`, the same
+JSON that `.h5` (`model_config`) and `.keras` (`config.json`) files hold, so the config parser and
+the layer paths are exactly those of the file loaders. The arrays are read from the layers.
+Nothing is deserialised: the model is already in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import numpy as np
+
+from bninspect.loaders.common import bn_layer
+from bninspect.loaders.graph import ConfigError, dtype_policy_name, parse_model_config
+from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
+
+IN_MEMORY_FORMAT = "in-memory"
+
+
+def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_MEMORY_FORMAT) -> ModelDescription:
+    """The ModelDescription of a live model. Raises ConfigError for something that is not a Keras model."""
+    if not hasattr(model, "layers") or not hasattr(model, "get_config"):
+        raise ConfigError(f"{type(model).__name__} is not a Keras model")
+    keras_version, backend = _library_version(model)
+    live = dict(_bn_layers_by_path(model))
+    model_config = _model_config(model)
+    graph = None
+    if model_config is not None:
+        try:
+            graph = parse_model_config(model_config)
+        except ConfigError:
+            graph = None  # e.g. a subclassed model whose get_config() is its constructor arguments
+    if graph is None:
+        bn_layers = tuple(_describe_bn(path, layer, layer.get_config(), type(layer).__name__)
+                          for path, layer in live.items())
+        return ModelDescription(source=source, format=fmt, bn_layers=bn_layers, keras_version=keras_version,
+                                backend=backend, has_config=False,
+                                notes=("the model has no layer graph config (subclassed model?)",))
+    bn_layers = []
+    for graph_layer in graph.layers:
+        if graph_layer.class_name in BN_CLASS_NAMES:
+            if graph_layer.path not in live:
+                raise ConfigError(f"model config names BN layer {graph_layer.path!r} the model does not have")
+            bn_layers.append(_describe_bn(graph_layer.path, live[graph_layer.path], graph_layer.config,
+                                          graph_layer.class_name))
+    return ModelDescription(
+        source=source, format=fmt, bn_layers=tuple(bn_layers), keras_version=keras_version, backend=backend,
+        has_config=True, layers=graph.layers, outputs=graph.outputs,
+        dtype_policy=dtype_policy_name(model_config["config"].get("dtype")),
+    )
+
+
+def _model_config(model: Any) -> dict | None:
+    try:
+        return json.loads(model.to_json())
+    except (NotImplementedError, TypeError, ValueError):
+        # Subclassed models without get_config, or configs holding objects JSON cannot encode.
+        return None
+
+
+def _library_version(model: Any) -> tuple[str | None, str | None]:
+    """Which Keras the model belongs to, told by the module of its class."""
+    for cls in type(model).__mro__:
+        root = cls.__module__.split(".", 1)[0]
+        if root == "tf_keras":
+            import tf_keras
+
+            return tf_keras.__version__, "tensorflow"
+        if root == "keras":
+            import keras
+
+            return keras.__version__, keras.backend.backend()
+    return None, None
+
+
+def _bn_layers_by_path(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, layer) of every BN layer, walking nested models; the top model's name is not in paths."""
+    for layer in getattr(model, "layers", ()):
+        path = prefix + layer.name
+        if type(layer).__name__ in BN_CLASS_NAMES or _is_bn(layer):
+            yield path, layer
+        elif hasattr(layer, "layers"):
+            yield from _bn_layers_by_path(layer, path + "/")
+
+
+def _is_bn(layer: Any) -> bool:
+    # Subclasses of BatchNormalization (e.g. a user's FrozenBatchNorm) hold the same variables.
+    return any(cls.__name__ in BN_CLASS_NAMES for cls in type(layer).__mro__[1:]) and hasattr(layer, "moving_mean")
+
+
+def _describe_bn(path: str, layer: Any, config: dict, class_name: str) -> BNLayer:
+    arrays = {}
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        variable = getattr(layer, name, None)
+        if variable is not None:
+            value = np.asarray(variable.numpy())
+            if value.ndim != 1:
+                # Same refusal as the file loaders, so a model reads the same saved or live.
+                raise ConfigError(f"BN layer {path!r}: {name} has shape {value.shape}, expected one value per channel")
+            arrays[name] = (value.astype(np.float64), str(value.dtype))
+    return bn_layer(path, class_name, config, arrays)
