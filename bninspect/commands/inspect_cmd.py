@@ -9,6 +9,7 @@ import typer
 
 from bninspect.commands.common import (DebugOption, OutputOption, emit, fail,
                                        one_line_errors, terminal_width, use_color)
+from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.reporters import OutputFormat
 
 
@@ -17,6 +18,7 @@ def inspect(
     layer: Optional[str] = typer.Option(None, "--layer", help="Show the BN layers matching PATTERN (glob on path or name) channel by channel."),
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
+    config: Optional[Path] = ConfigOption,
     debug: bool = DebugOption,
 ) -> None:
     """Show every BatchNormalization layer of MODEL: gamma, beta, moving statistics and findings."""
@@ -25,8 +27,9 @@ def inspect(
 
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; inspect writes text or json")
+    settings = command_settings(config, debug=debug)
     with one_line_errors(debug):
-        reports = [inspect_path(path) for path in models]
+        reports = [inspect_path(path, settings) for path in models]
     if layer is not None and not any(table.matching_layers(report, layer) for report in reports):
         fail(f"no BN layer matches {layer!r} in {', '.join(str(m) for m in models)}")
     if output_format is OutputFormat.JSON:

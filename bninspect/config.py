@@ -1,0 +1,318 @@
+"""Settings: which rules run, at what severity, with which thresholds.
+
+Read from `[tool.bninspect]` in the nearest `pyproject.toml` that has that table (searched upward
+from the current directory, like ruff does), or from an explicit `--config FILE`. Command-line
+flags are applied on top with `Settings.with_overrides`.
+
+    [tool.bninspect]
+    select = ["BN0"]                 # codes, names or code prefixes; default: every rule
+    ignore = ["BN013", "zero-gamma"]
+    strict = false                   # true: warnings fail `bninspect check` too
+
+    [tool.bninspect.severity]        # override a rule's severity: error, warning or info
+    BN013 = "warning"
+
+    [tool.bninspect.per-layer-ignores]   # glob on the layer path ("outer/inner/bn")
+    "head/*" = ["BN010"]
+
+    [tool.bninspect.thresholds]      # keys of `Thresholds`, kebab- or snake_case
+    extreme-scale = 1000.0
+
+Everything is frozen and picklable: `bninspect check --jobs N` sends Settings to worker processes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from bninspect.findings import Finding, Severity
+
+TABLE_KEYS = ("select", "ignore", "strict", "severity", "per-layer-ignores", "thresholds")
+
+
+class SettingsError(ValueError):
+    """A configuration or rule selection bninspect cannot use. `str()` is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Numbers the rules compare against. Config keys are the field names in kebab-case.
+
+    Static rules:
+      collapsed_variance_factor  BN005: a channel is collapsed when moving variance < factor * epsilon.
+      extreme_scale              BN007: abs(gamma) / sqrt(moving_variance + epsilon) above this.
+      min_momentum               BN008: momentum below this looks like a PyTorch value.
+      zero_gamma                 BN006: abs(gamma) at or below this counts as zero.
+    Dynamic probes (BN101-BN104; bninspect.probes.thresholds reads these fields):
+      drift_mean_shift           BN101: a channel drifts when abs(data mean - moving mean) /
+                                 sqrt(moving variance + epsilon) is above this.
+      drift_variance_ratio       BN101: a channel drifts when (data var + eps) / (moving var + eps) is
+                                 above this or below its inverse (must be >= 1).
+      drift_channel_fraction     BN101: a layer drifts when more than this fraction (0..1) of its
+                                 channels drift.
+      train_inference_gap        BN102: ||y_batch_stats - y_moving_stats|| / ||y_moving_stats|| above this.
+      batch_consistency          BN102: in inference mode, one sample predicted alone vs inside a batch
+                                 may differ by at most this, relative to the largest output (float noise).
+      dead_channel_variance      BN104: a channel is constant when its BN input variance on the data is
+                                 at most this times max(1, mean^2).
+    """
+
+    collapsed_variance_factor: float = 1.0
+    extreme_scale: float = 1e3
+    min_momentum: float = 0.5
+    zero_gamma: float = 1e-5
+    drift_mean_shift: float = 0.5
+    drift_variance_ratio: float = 2.0
+    drift_channel_fraction: float = 0.25
+    train_inference_gap: float = 0.1
+    batch_consistency: float = 1e-4
+    dead_channel_variance: float = 1e-12
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(item.name.replace("_", "-") for item in fields(cls))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration. `select=None` means every rule."""
+
+    select: frozenset[str] | None = None
+    ignore: frozenset[str] = frozenset()
+    strict: bool = False
+    severity_overrides: tuple[tuple[str, Severity], ...] = ()
+    # (glob on the layer path, codes ignored for layers matching it)
+    per_layer_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    config_file: str | None = None  # where these came from, for messages
+
+    @property
+    def fail_severity(self) -> Severity:
+        """The lowest severity that makes `bninspect check` fail."""
+        return Severity.WARNING if self.strict else Severity.ERROR
+
+    def enabled(self, code: str) -> bool:
+        return (self.select is None or code in self.select) and code not in self.ignore
+
+    def severity_for(self, code: str, severity: Severity) -> Severity:
+        for overridden, new in self.severity_overrides:
+            if overridden == code:
+                return new
+        return severity
+
+    def ignored_for_layer(self, code: str, layer: str | None) -> bool:
+        if layer is None:
+            return False
+        return any(code in codes and fnmatch.fnmatchcase(layer, pattern)
+                   for pattern, codes in self.per_layer_ignores)
+
+    def apply(self, findings: Iterable[Finding]) -> tuple[Finding, ...]:
+        """Drop deselected and per-layer-ignored findings; apply severity overrides.
+
+        Static rules go through this in `run_static_rules`; the dynamic probes call it too.
+        """
+        kept = []
+        for finding in findings:
+            if not self.enabled(finding.code) or self.ignored_for_layer(finding.code, finding.layer):
+                continue
+            severity = self.severity_for(finding.code, finding.severity)
+            kept.append(finding if severity == finding.severity else replace(finding, severity=severity))
+        return tuple(kept)
+
+    def fails(self, finding: Finding) -> bool:
+        return finding.severity.rank >= self.fail_severity.rank
+
+    def with_overrides(self, select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
+                       strict: bool | None = None) -> "Settings":
+        """Command-line flags on top of the config, the way ruff layers them: a `--select`
+        replaces the configured selection (and its ignores); `--ignore` adds to what is ignored.
+        Raises SettingsError for unknown codes."""
+        cli_select = _codes(select, "--select") if select else None
+        cli_ignore = _codes(ignore, "--ignore") if ignore else frozenset()
+        if cli_select is not None:
+            updated = replace(self, select=cli_select, ignore=cli_ignore)
+        else:
+            updated = replace(self, ignore=self.ignore | cli_ignore)
+        return replace(updated, strict=self.strict if strict is None else strict)
+
+
+# --- rule selectors ---------------------------------------------------------------------------
+
+def resolve_selector(selector: str) -> frozenset[str]:
+    """Codes for one selector: a code ("BN001"), a name ("untrained-moving-stats"), a code prefix
+    ("BN0", "BN10") or "ALL". Raises SettingsError for anything else."""
+    from bninspect.rules.catalogue import RULES
+
+    token = selector.strip()
+    upper = token.upper()
+    if upper == "ALL":
+        return frozenset(rule.code for rule in RULES)
+    for rule in RULES:
+        if upper == rule.code or token.lower() == rule.name:
+            return frozenset({rule.code})
+    if re.fullmatch(r"BN\d{0,2}", upper):
+        matched = frozenset(rule.code for rule in RULES if rule.code.startswith(upper))
+        if matched:
+            return matched
+    raise SettingsError(f"unknown rule {selector!r} (see `bninspect rules`)")
+
+
+def _codes(selectors: Iterable[str], where: str) -> frozenset[str]:
+    """Codes for a list of selectors; each entry may itself be comma-separated ("BN001,BN003")."""
+    if isinstance(selectors, str):
+        selectors = [selectors]
+    codes: set[str] = set()
+    for entry in selectors:
+        if not isinstance(entry, str):
+            raise SettingsError(f"{where}: expected rule codes or names, got {entry!r}")
+        for token in entry.split(","):
+            if token.strip():
+                try:
+                    codes |= resolve_selector(token)
+                except SettingsError as error:
+                    raise SettingsError(f"{where}: {error}") from None
+    return frozenset(codes)
+
+
+# --- reading the config -----------------------------------------------------------------------
+
+def _toml_module():
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:
+        import tomli  # the same parser, backported for Python 3.10
+    except ImportError:
+        return None
+    return tomli
+
+
+def _read_toml(path: Path) -> dict:
+    toml = _toml_module()
+    if toml is None:
+        raise SettingsError(f"{path}: reading TOML on Python 3.10 needs the 'tomli' package")
+    try:
+        with open(path, "rb") as handle:
+            return toml.load(handle)
+    except OSError as error:
+        raise SettingsError(f"{path}: cannot read the config ({error.strerror or error})") from None
+    except toml.TOMLDecodeError as error:
+        raise SettingsError(f"{path}: not valid TOML ({error})") from None
+
+
+def _bninspect_table(document: dict) -> Any:
+    tool = document.get("tool")
+    return tool.get("bninspect") if isinstance(tool, dict) else None
+
+
+def find_pyproject(start: Path | None = None) -> Path | None:
+    """The nearest pyproject.toml with a [tool.bninspect] table, from `start` upward."""
+    directory = (start or Path.cwd()).resolve()
+    for candidate_dir in (directory, *directory.parents):
+        candidate = candidate_dir / "pyproject.toml"
+        if candidate.is_file():
+            if _bninspect_table(_read_toml(candidate)) is not None:
+                return candidate
+    return None
+
+
+def load_settings(config_file: str | os.PathLike | None = None, start: Path | None = None) -> Settings:
+    """Settings from `config_file`, or from the nearest pyproject.toml; defaults when there is none.
+
+    An explicit file named pyproject.toml is read at [tool.bninspect]; any other file (e.g.
+    bninspect.toml) holds the same keys at its top level.
+    """
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise SettingsError(f"{path}: no such config file")
+        document = _read_toml(path)
+        table = _bninspect_table(document) if path.name == "pyproject.toml" else document
+        return settings_from_table(table or {}, str(path))
+    found = find_pyproject(start)
+    if found is None:
+        return Settings()
+    return settings_from_table(_bninspect_table(_read_toml(found)), str(found))
+
+
+def settings_from_table(table: Any, origin: str) -> Settings:
+    """Validate a [tool.bninspect] table. Unknown keys are errors: a typo must not pass silently."""
+    where = f"{origin} [tool.bninspect]"
+    if not isinstance(table, dict):
+        raise SettingsError(f"{where}: must be a table")
+    unknown = sorted(set(table) - set(TABLE_KEYS))
+    if unknown:
+        raise SettingsError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(TABLE_KEYS)})")
+    select = None
+    if "select" in table:
+        select = _codes(_string_list(table["select"], f"{where} select"), f"{where} select")
+    ignore = _codes(_string_list(table.get("ignore", []), f"{where} ignore"), f"{where} ignore")
+    strict = table.get("strict", False)
+    if not isinstance(strict, bool):
+        raise SettingsError(f"{where} strict: expected true or false, got {strict!r}")
+    return Settings(select=select, ignore=ignore, strict=strict,
+                    severity_overrides=_severities(table.get("severity", {}), f"{where}.severity"),
+                    per_layer_ignores=_layer_ignores(table.get("per-layer-ignores", {}),
+                                                     f"{where}.per-layer-ignores"),
+                    thresholds=_thresholds(table.get("thresholds", {}), f"{where}.thresholds"),
+                    config_file=origin)
+
+
+def _string_list(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SettingsError(f"{where}: expected a list of rule codes or names, got {value!r}")
+    return value
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise SettingsError(f"{where}: must be a table, got {value!r}")
+    return value
+
+
+def _severities(value: Any, where: str) -> tuple[tuple[str, Severity], ...]:
+    overrides: dict[str, Severity] = {}
+    for key, level in _table(value, where).items():
+        try:
+            severity = Severity(str(level).lower())
+        except ValueError:
+            raise SettingsError(f"{where} {key}: severity must be error, warning or info, got {level!r}") from None
+        for code in _codes([key], where):
+            overrides[code] = severity
+    return tuple(sorted(overrides.items()))
+
+
+def _layer_ignores(value: Any, where: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    return tuple((pattern, _codes(_string_list(codes, f"{where} {pattern!r}"), f"{where} {pattern!r}"))
+                 for pattern, codes in _table(value, where).items())
+
+
+def _thresholds(value: Any, where: str) -> Thresholds:
+    known = {item.name: item for item in fields(Thresholds)}
+    values: dict[str, float] = {}
+    for key, number in _table(value, where).items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise SettingsError(f"{where}: unknown threshold {key!r} (known: {', '.join(Thresholds.keys())})")
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+            raise SettingsError(f"{where} {key}: expected a finite number >= 0, got {number!r}")
+        values[name] = float(number)
+    if values.get("min_momentum", 0.0) > 1.0:
+        raise SettingsError(f"{where} min-momentum: Keras momentum is between 0 and 1, got {values['min_momentum']}")
+    if values.get("drift_channel_fraction", 0.0) > 1.0:
+        raise SettingsError(f"{where} drift-channel-fraction: a fraction of channels (0..1), "
+                            f"got {values['drift_channel_fraction']}")
+    if values.get("drift_variance_ratio", 1.0) < 1.0:
+        raise SettingsError(f"{where} drift-variance-ratio: must be >= 1 (it is used as x and 1/x), "
+                            f"got {values['drift_variance_ratio']}")
+    return Thresholds(**values)

@@ -1,0 +1,81 @@
+"""The text output of `bninspect check`: one line per model file, its findings below it, and a
+summary line. Compact on purpose: a CI log over a model registry must stay readable.
+(`bninspect MODEL` shows the full table of one model.)"""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.text import Text
+
+from bninspect.findings import Severity
+from bninspect.report import ModelReport
+from bninspect.reporters.table import SEVERITY_STYLE
+
+_LABELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "info"}
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _counts(report: ModelReport) -> str:
+    parts = [_plural(report.count(severity), _LABELS[severity]) for severity in
+             (Severity.ERROR, Severity.WARNING, Severity.INFO) if report.count(severity)]
+    return ", ".join(parts)
+
+
+def _model_lines(report: ModelReport, fail_severity: Severity) -> Text:
+    text = Text()
+    text.append(report.source, style="bold")
+    if report.error is not None:
+        text.append("  unreadable: ", style="bold red")
+        text.append(f"{report.error}\n")
+        return text
+    description = report.description
+    about = []
+    if description is not None:
+        about.append(description.format)
+        if description.keras_version:
+            about.append(f"Keras {description.keras_version}")
+        about.append(_plural(len(description.bn_layers), "BN layer"))
+    failing = any(f.severity.rank >= fail_severity.rank for f in report.findings)
+    status = _counts(report) or "ok"
+    text.append(f"  {status}", style="bold red" if failing else ("yellow" if report.findings else "green"))
+    text.append(f"  ({', '.join(about)})\n" if about else "\n", style="dim")
+    for finding in sorted(report.findings, key=lambda f: (-f.severity.rank, f.code, f.layer or "")):
+        style = SEVERITY_STYLE[finding.severity]
+        text.append(f"  {finding.code} ", style=style)
+        text.append(f"{finding.severity.value:<7} ", style=style)
+        text.append(f"{finding.layer or '(model)'}: {finding.message}\n")
+        text.append(f"        {finding.name}; hint: {finding.hint}\n", style="dim")
+    return text
+
+
+def summary_line(reports: list[ModelReport], fail_severity: Severity, exit_code: int) -> Text:
+    counts = {severity: sum(report.count(severity) for report in reports) for severity in Severity}
+    unreadable = sum(1 for report in reports if report.error is not None)
+    text = Text()
+    text.append(f"{_plural(len(reports), 'model')} checked: "
+                f"{_plural(counts[Severity.ERROR], 'error')}, {_plural(counts[Severity.WARNING], 'warning')}, "
+                f"{_plural(counts[Severity.INFO], 'info')}, {unreadable} unreadable")
+    failing = "errors and warnings fail" if fail_severity is Severity.WARNING else "errors fail"
+    verdict = "passed" if exit_code == 0 else "FAILED"
+    text.append(f"  ({failing}) ")
+    text.append(verdict, style="bold green" if exit_code == 0 else "bold red")
+    return text
+
+
+def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR, exit_code: int = 0,
+           color: bool = False, width: int | None = None) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=color, no_color=not color,
+                      color_system="standard" if color else None, width=width or 200,
+                      highlight=False, soft_wrap=True)
+    for report in reports:
+        console.print(_model_lines(report, fail_severity), end="")
+    if reports:
+        console.print()
+    console.print(summary_line(reports, fail_severity, exit_code))
+    return buffer.getvalue()

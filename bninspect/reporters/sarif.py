@@ -1,0 +1,95 @@
+"""SARIF 2.1.0 for code scanning (GitHub, Azure DevOps, IDE viewers).
+
+Every catalogue rule is listed in `tool.driver.rules` with its documentation; each finding is a
+result pointing at the model file (physical location) and the layer path (logical location).
+Unreadable models are tool execution notifications, and make `executionSuccessful` false.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from urllib.parse import quote
+
+from bninspect import __version__
+from bninspect.findings import Finding, Severity
+from bninspect.report import ModelReport
+
+SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+LEVELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
+
+
+def artifact_uri(path: str) -> str:
+    """A relative path stays relative (code scanning resolves it against the repository root);
+    an absolute one becomes a file:// URI."""
+    target = Path(path)
+    if target.is_absolute():
+        return target.as_uri()
+    return quote(target.as_posix(), safe="/")
+
+
+def _rule_descriptor(rule) -> dict:
+    from bninspect.rules.docs import rule_markdown, rule_text
+
+    return {
+        "id": rule.code,
+        "name": rule.name,
+        "shortDescription": {"text": rule.summary},
+        "fullDescription": {"text": rule.what},
+        "help": {"text": rule_text(rule), "markdown": rule_markdown(rule, heading_level=2)},
+        "defaultConfiguration": {"level": LEVELS[rule.severity]},
+        "properties": {"kind": rule.kind},
+    }
+
+
+def _location(source: str, layer: str | None) -> dict:
+    location: dict = {"physicalLocation": {"artifactLocation": {"uri": artifact_uri(source)}}}
+    if layer is not None:
+        location["logicalLocations"] = [{"name": layer, "fullyQualifiedName": layer, "kind": "member"}]
+    return location
+
+
+def _result(finding: Finding, rule_index: dict[str, int]) -> dict:
+    result = {
+        "ruleId": finding.code,
+        "level": LEVELS[finding.severity],
+        "message": {"text": f"{finding.message} (hint: {finding.hint})"},
+        "locations": [_location(finding.source, finding.layer)],
+        # A stable identity across runs, so code scanning can track a finding; binary files have no
+        # line contents for it to hash.
+        "partialFingerprints": {"bninspectFinding/v1": hashlib.sha256(
+            f"{finding.code}|{finding.source}|{finding.layer}".encode()).hexdigest()},
+    }
+    if finding.code in rule_index:
+        result["ruleIndex"] = rule_index[finding.code]
+    return result
+
+
+def document(reports: list[ModelReport]) -> dict:
+    from bninspect.rules.catalogue import RULES
+
+    rule_index = {rule.code: index for index, rule in enumerate(RULES)}
+    results = [_result(finding, rule_index) for report in reports for finding in report.findings]
+    notifications = [{
+        "level": "error",
+        "message": {"text": f"{report.source}: {report.error}"},
+        "locations": [_location(report.source, None)],
+        "descriptor": {"id": "unreadable-model"},
+    } for report in reports if report.error is not None]
+    return {
+        "$schema": SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "bninspect", "version": __version__, "semanticVersion": __version__,
+                                "rules": [_rule_descriptor(rule) for rule in RULES]}},
+            "invocations": [{"executionSuccessful": not notifications,
+                             "toolExecutionNotifications": notifications}],
+            "artifacts": [{"location": {"uri": artifact_uri(report.source)}} for report in reports],
+            "results": results,
+        }],
+    }
+
+
+def render(reports: list[ModelReport]) -> str:
+    return json.dumps(document(reports), indent=2) + "\n"

@@ -1,0 +1,61 @@
+"""The two small types every rule shares: `Rule` (one catalogue entry) and `Hit` (one problem).
+
+A rule's check is a pure function `(ModelDescription, Thresholds) -> Iterable[Hit]`. A Hit carries
+only what the check knows (the layer, the message with its numbers, optionally a more specific hint
+or severity); `Rule.finding` adds what the catalogue knows (code, name, default severity and hint)
+so those are written down once, in the catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from bninspect.findings import Finding, Severity
+from bninspect.model import ModelDescription
+
+if TYPE_CHECKING:
+    from bninspect.config import Thresholds
+
+STATIC = "static"
+DYNAMIC = "dynamic"
+
+
+@dataclass(frozen=True)
+class Hit:
+    layer: str | None
+    message: str
+    hint: str | None = None  # None: the rule's default hint
+    severity: Severity | None = None  # None: the rule's default severity
+
+
+Check = Callable[[ModelDescription, "Thresholds"], Iterable[Hit]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of the catalogue. The four doc sections follow ruff's fixed form (Markdown)."""
+
+    code: str
+    name: str
+    severity: Severity
+    summary: str  # one line: what it finds
+    what: str  # What it does
+    why: str  # Why is this bad?
+    example: str  # Example (Markdown, usually a code block)
+    fix: str  # How to fix
+    hint: str  # the default one-line hint on every finding
+    kind: str = STATIC
+    # Static rules that read the layer config or the graph cannot run on weights-only files.
+    needs_config: bool = False
+    check: Check | None = None  # None for dynamic rules: the probes report those
+
+    def finding(self, source: str, hit: Hit) -> Finding:
+        return Finding(code=self.code, name=self.name, severity=hit.severity or self.severity,
+                       source=source, layer=hit.layer, message=hit.message,
+                       hint=hit.hint or self.hint)
+
+    def run(self, description: ModelDescription, thresholds: "Thresholds") -> list[Finding]:
+        if self.check is None:
+            return []
+        return [self.finding(description.source, hit) for hit in self.check(description, thresholds)]

@@ -1,0 +1,306 @@
+"""Rules that follow the graph: BN009-BN012 and BN017. They need the config, so they are skipped
+for weights-only files (BN015 says so).
+
+`Layer.inbound` is already resolved through nested models, so walking producers never has to
+know about containers. Where the graph does not say enough (unknown rank, unknown data_format,
+a Reshape on the way) the rules stay silent instead of guessing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from bninspect.config import Thresholds
+from bninspect.findings import Severity
+from bninspect.model import BN_CLASS_NAMES, BNLayer, Layer, ModelDescription
+from bninspect.rules.base import Hit
+from bninspect.rules.keras_classes import BUILTIN_LAYER_CLASSES, BUILTIN_MODULE_ROOTS, CODE_LAYER_CLASSES
+
+DROPOUT_CLASSES = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+                             "GaussianDropout", "AlphaDropout"})
+# Elementwise layers: same shape and layout out as in, so the channel axis passes through them.
+ELEMENTWISE_CLASSES = frozenset({
+    "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax", "Identity",
+    "ActivityRegularization", "Masking", "GaussianNoise", "Rescaling", "UnitNormalization",
+    "LayerNormalization", "GroupNormalization",
+}) | BN_CLASS_NAMES
+# Merges of same-shaped tensors keep the layout of their (first) input.
+MERGE_CLASSES = frozenset({"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"})
+PASS_THROUGH_CLASSES = ELEMENTWISE_CLASSES | DROPOUT_CLASSES | MERGE_CLASSES
+# Layers whose output puts features last whatever the rank.
+FEATURES_LAST_CLASSES = frozenset({"Dense", "Embedding", "LSTM", "GRU", "SimpleRNN", "Bidirectional"})
+# Layers with a bias per output channel (`use_bias`) that a following centred BN cancels.
+BIAS_CLASSES = frozenset({
+    "Dense", "Conv1D", "Conv2D", "Conv3D", "Convolution1D", "Convolution2D", "Convolution3D",
+    "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "Convolution2DTranspose",
+    "Convolution3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
+    "SeparableConv2D", "SeparableConvolution1D", "SeparableConvolution2D",
+})
+# ConvLSTM's channel axis depends on return_sequences (rank 5 vs 4): not worth guessing.
+_UNKNOWN_LAYOUT_PREFIXES = ("ConvLSTM",)
+_SPATIAL_SUFFIX = re.compile(r"([123])D(Transpose)?$")
+MAX_WALK = 64  # producer chains longer than this are not followed (and cycles cannot loop)
+
+
+class GraphIndex:
+    """Layers by path, built once per rule call (ModelDescription.layer() is a linear scan)."""
+
+    def __init__(self, description: ModelDescription) -> None:
+        self.layers: dict[str, Layer] = {layer.path: layer for layer in description.layers}
+        self.consumers: dict[str, list[Layer]] = {}
+        for layer in description.layers:
+            for producer in layer.inbound:
+                self.consumers.setdefault(producer, []).append(layer)
+
+    def producer(self, layer: Layer) -> Layer | None:
+        """The single layer feeding `layer`, or None when there is none or several."""
+        if len(layer.inbound) != 1:
+            return None
+        return self.layers.get(layer.inbound[0])
+
+    def walk_back(self, layer: Layer, through: frozenset[str]) -> Iterator[Layer]:
+        """Producers of `layer`, one after another, while they are of a class in `through`
+        (the first producer that is not is yielded last). Merges are followed by their first input."""
+        current = layer
+        for _ in range(MAX_WALK):
+            if not current.inbound:
+                return
+            producer = self.layers.get(current.inbound[0])
+            if producer is None:
+                return
+            yield producer
+            if producer.class_name not in through:
+                return
+            current = producer
+
+
+def _bn_graph_layers(description: ModelDescription, index: GraphIndex) -> Iterator[tuple[BNLayer, Layer]]:
+    for bn in description.bn_layers:
+        layer = index.layers.get(bn.path)
+        if layer is not None:
+            yield bn, layer
+
+
+# --- BN009 axis-mismatch -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChannelLayout:
+    """Where the layer feeding a BN puts its channels: axis 1 or -1, with the rank if known."""
+
+    source: Layer
+    channel_axis: int
+    rank: int | None
+    data_format: str | None
+
+
+def _spatial_rank(class_name: str) -> int | None:
+    match = _SPATIAL_SUFFIX.search(class_name)
+    return int(match.group(1)) + 2 if match else None
+
+
+def layout_of(layer: Layer) -> ChannelLayout | None:
+    """The channel layout of `layer`'s output, when its class and config tell it."""
+    config = layer.config
+    if layer.class_name.startswith(_UNKNOWN_LAYOUT_PREFIXES):
+        return None
+    if layer.class_name == "Flatten" or (layer.class_name.startswith("Global") and not config.get("keepdims")):
+        # (batch, features): both data formats end up with features on axis 1 == -1.
+        return ChannelLayout(layer, -1, 2, None)
+    if layer.class_name in FEATURES_LAST_CLASSES:
+        rank = len(layer.input_shape) if layer.input_shape and layer.class_name == "Dense" else None
+        return ChannelLayout(layer, -1, rank, None)
+    data_format = config.get("data_format")
+    if data_format not in ("channels_first", "channels_last"):
+        return None  # None means "the keras.json default of whoever loads it": don't guess
+    rank = _spatial_rank(layer.class_name)
+    if rank is None and layer.input_shape:
+        rank = len(layer.input_shape)
+    return ChannelLayout(layer, 1 if data_format == "channels_first" else -1, rank, data_format)
+
+
+def feeding_layout(index: GraphIndex, layer: Layer) -> ChannelLayout | None:
+    """The layout of the nearest producer that has one, walking back through pass-through layers."""
+    for producer in index.walk_back(layer, PASS_THROUGH_CLASSES):
+        layout = layout_of(producer)
+        if layout is not None:
+            return layout
+        if producer.class_name not in PASS_THROUGH_CLASSES:
+            return None
+    return None
+
+
+def _normalised(axes: tuple[int, ...], rank: int) -> set[int]:
+    return {axis % rank for axis in axes if -rank <= axis < rank}
+
+
+def axis_matches(axes: tuple[int, ...], layout: ChannelLayout, rank: int | None) -> bool | None:
+    """True/False when the BN axes do/don't include the channel axis; None when it can't be told."""
+    if rank is not None:
+        return layout.channel_axis % rank in _normalised(axes, rank)
+    if layout.channel_axis in axes:
+        return True
+    return None  # e.g. axis=1 vs channels_last with unknown rank: 1 could be the last axis
+
+
+def _axis_text(axes: tuple[int, ...]) -> str:
+    return f"axis={axes[0]}" if len(axes) == 1 else f"axis={list(axes)}"
+
+
+def axis_mismatch(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
+    index = GraphIndex(description)
+    for bn, layer in _bn_graph_layers(description, index):
+        if bn.axis is None:
+            continue
+        layout = feeding_layout(index, layer)
+        rank = len(layer.input_shape) if layer.input_shape else (layout.rank if layout else None)
+        if 0 in bn.axis or (rank is not None and -rank in bn.axis):
+            yield Hit(bn.path, f"{_axis_text(bn.axis)} keeps the batch axis: one statistic per position "
+                               f"in the batch, and inference batches of another size break",
+                      severity=Severity.ERROR,
+                      hint="axis names the axis that is KEPT: use the channel axis (-1 for channels_last, "
+                           "1 for channels_first)")
+            continue
+        if layout is None or axis_matches(bn.axis, layout, rank) is not False:
+            continue
+        expected = layout.channel_axis
+        fmt = f", {layout.data_format}" if layout.data_format else ""
+        filters = layout.source.config.get("filters") or layout.source.config.get("units")
+        counts = (f"; BN keeps {bn.channels} statistics but {layout.source.name} has {filters} channels"
+                  if isinstance(filters, int) and filters != bn.channels else "")
+        yield Hit(bn.path, f"{_axis_text(bn.axis)} is not the channel axis {expected} of "
+                           f"{layout.source.path} ({layout.source.class_name}{fmt}){counts}",
+                  hint=f"use BatchNormalization(axis={expected}): axis names the channel axis that is kept")
+
+
+# --- BN010 bn-output-layer ---------------------------------------------------------------------
+
+def bn_output_layer(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
+    bn_paths = {bn.path for bn in description.bn_layers}
+    for path in dict.fromkeys(description.outputs):
+        if path in bn_paths:
+            yield Hit(path, "the layer produces a model output: at inference it rescales with the stored "
+                            "moving statistics and does not standardise the predictions")
+
+
+# --- BN011 redundant-bias ----------------------------------------------------------------------
+
+def _uses_bias(layer: Layer) -> bool:
+    return layer.config.get("use_bias", layer.config.get("bias")) is True
+
+
+def redundant_bias(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
+    index = GraphIndex(description)
+    bn_by_path = {bn.path: bn for bn in description.bn_layers}
+    for bn, layer in _bn_graph_layers(description, index):
+        producer = index.producer(layer)
+        if bn.center is not True or producer is None or producer.class_name not in BIAS_CLASSES:
+            continue
+        if not _uses_bias(producer):
+            continue
+        # The bias is only wasted if every consumer is a centred BN: a skip connection still sees it.
+        consumers = index.consumers.get(producer.path, [])
+        if not all(c.path in bn_by_path and bn_by_path[c.path].center is True for c in consumers):
+            continue
+        layout = layout_of(producer)
+        rank = len(layer.input_shape) if layer.input_shape else (layout.rank if layout else None)
+        if bn.axis is not None and layout is not None and axis_matches(bn.axis, layout, rank) is False:
+            continue  # BN normalises another axis: the per-channel bias is not cancelled
+        yield Hit(bn.path, f"{producer.path} ({producer.class_name}, use_bias=True) feeds this centred BN: the "
+                           f"mean subtraction cancels its {bn.channels} bias values and beta takes their place")
+
+
+# --- BN012 dropout-before-bn -------------------------------------------------------------------
+
+def _dropout_rate(layer: Layer) -> float | None:
+    rate = layer.config.get("rate", layer.config.get("p"))
+    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None
+
+
+def dropout_before_bn(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
+    index = GraphIndex(description)
+    for bn, layer in _bn_graph_layers(description, index):
+        for producer in index.walk_back(layer, ELEMENTWISE_CLASSES - BN_CLASS_NAMES):
+            if producer.class_name in DROPOUT_CLASSES:
+                rate = _dropout_rate(producer)
+                if rate == 0:
+                    break  # rate 0 is the identity
+                rate_text = f", rate {rate:g}" if rate is not None else ""
+                yield Hit(bn.path, f"{producer.path} ({producer.class_name}{rate_text}) feeds this BN: the "
+                                   f"variance BN sees in training differs from the one at inference")
+                break
+
+
+# --- BN017 code-in-model -----------------------------------------------------------------------
+
+def _is_builtin_module(module: str) -> bool:
+    return any(module == root or module.startswith(root + ".") for root in BUILTIN_MODULE_ROOTS)
+
+
+def _custom_objects(node: Any, depth: int = 0) -> Iterator[str]:
+    """Names of Keras 3 serialised objects inside a layer config that are not Keras' own
+    (custom layers, initializers, activations, ...). Keras 2 configs have no `module` key."""
+    if depth > 32:
+        return
+    if isinstance(node, dict):
+        module = node.get("module")
+        if "class_name" in node and isinstance(module, str):
+            registered = node.get("registered_name")
+            if not _is_builtin_module(module) or (isinstance(registered, str) and ">" in registered):
+                config = node.get("config")
+                yield (registered if isinstance(registered, str) and ">" in registered
+                       else config if node.get("class_name") == "function" and isinstance(config, str)
+                       else f"{module}.{node.get('class_name')}")
+        for value in node.values():
+            yield from _custom_objects(value, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _custom_objects(value, depth + 1)
+
+
+_WRAPPED_KEYS = ("layer", "cell", "forward_layer", "backward_layer")
+
+
+def _keras2_custom_classes(config: Mapping[str, Any], depth: int = 0) -> Iterator[str]:
+    """Classes wrapped inside a Keras 2 layer (TimeDistributed, Bidirectional, RNN cells)."""
+    if depth > 8:
+        return
+    wrapped = [config.get(key) for key in _WRAPPED_KEYS] + list(config.get("cells") or [])
+    for entry in wrapped:
+        if isinstance(entry, dict) and isinstance(entry.get("class_name"), str):
+            name = entry["class_name"]
+            if name in CODE_LAYER_CLASSES or name not in BUILTIN_LAYER_CLASSES:
+                yield name
+            if isinstance(entry.get("config"), dict):
+                yield from _keras2_custom_classes(entry["config"], depth + 1)
+
+
+def code_reasons(layer: Layer) -> list[str]:
+    """Why loading `layer` with Keras would run code that is not Keras' own; [] when it would not."""
+    reasons: list[str] = []
+    if layer.class_name in CODE_LAYER_CLASSES:
+        reasons.append(f"a {layer.class_name} layer (its code is stored in the file)")
+    if layer.is_container:
+        return reasons  # the nested layers are checked on their own
+    if layer.module is not None or layer.registered_name is not None:
+        registered = layer.registered_name or ""
+        if ">" in registered or (layer.module is not None and not _is_builtin_module(layer.module)):
+            reasons.append(f"custom class {registered or layer.class_name} (module {layer.module})")
+        nested = sorted(set(_custom_objects(dict(layer.config))))
+    else:
+        if layer.class_name not in BUILTIN_LAYER_CLASSES:
+            reasons.append(f"custom class {layer.class_name}")
+        nested = sorted(set(_keras2_custom_classes(layer.config)))
+    if nested:
+        reasons.append("custom objects in its config: " + ", ".join(nested[:5]) +
+                       (f" and {len(nested) - 5} more" if len(nested) > 5 else ""))
+    return reasons
+
+
+def code_in_model(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
+    for layer in description.layers:
+        reasons = code_reasons(layer)
+        if reasons:
+            yield Hit(layer.path, "; ".join(reasons) + ": loading the model with Keras needs "
+                                  "safe_mode=False or custom_objects and would run code")
