@@ -51,8 +51,10 @@ def _read_hdf5(source: str) -> ModelDescription:
     import h5py
 
     from bninspect.loaders import h5_legacy, keras_v3
+    from bninspect.loaders.hdf5_input import open_hdf5
 
-    with h5py.File(source, "r") as handle, open(source, "rb") as raw:
+    # h5py reads through a guard against the HDF5 hangs of damaged files (see hdf5_input).
+    with open_hdf5(source) as (guarded, raw), h5py.File(guarded, "r") as handle:
         if "model_config" in handle.attrs:
             return h5_legacy.read_full_model(source, handle, raw)
         if "layer_names" in handle.attrs:

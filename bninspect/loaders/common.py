@@ -138,3 +138,17 @@ def bn_layer(path: str, class_name: str, config: Mapping[str, Any] | None,
         dtype_policy=dtype_policy_name(get("dtype")),
         stored_dtype=arrays["moving_mean"][1],
     )
+
+
+def may_hold_unlisted_bn(layer: Any) -> bool:
+    """Whether a graph layer can hold BN layers the graph does not list: custom classes (their
+    sublayers are saved as weights, not in the config) and TimeDistributed. Keras 3 configs name
+    the module of built-in classes; Keras 2 configs and legacy .h5 files carry only the class name."""
+    from bninspect.model import BN_CLASS_NAMES
+    from bninspect.rules.keras_classes import BUILTIN_LAYER_CLASSES
+
+    if layer.class_name in BN_CLASS_NAMES or layer.is_container or layer.class_name == "TimeDistributed":
+        return layer.class_name == "TimeDistributed"
+    if isinstance(layer.module, str):
+        return layer.module.split(".", 1)[0] not in ("keras", "tf_keras")
+    return layer.class_name not in BUILTIN_LAYER_CLASSES

@@ -18,6 +18,11 @@ class ConfigError(ValueError):
     """The config is JSON but not a Keras model config this reader understands."""
 
 
+class NoGraphError(ConfigError):
+    """The model config has no layer list: a subclassed model, whose config is its constructor
+    arguments. Loaders then read the weights the way they read a weights-only file."""
+
+
 @dataclass(frozen=True)
 class ParsedGraph:
     layers: tuple[Layer, ...]
@@ -30,15 +35,13 @@ class ParsedGraph:
 def parse_model_config(model_config: Any) -> ParsedGraph:
     if not isinstance(model_config, dict) or not isinstance(model_config.get("config"), dict):
         raise ConfigError("model config is not a JSON object with a 'config' entry")
+    if model_config.get("class_name") not in CONTAINER_CLASS_NAMES and "layers" not in model_config["config"]:
+        # Keras only saves models. Read as a one-layer graph, a subclassed model's BN layers would
+        # silently vanish (zero BN layers, a passing check).
+        raise NoGraphError(f"the model config of {model_config.get('class_name')!r} lists no layers "
+                           "(a subclassed model)")
     parser = _Parser()
-    if model_config.get("class_name") in CONTAINER_CLASS_NAMES or "layers" in model_config["config"]:
-        outputs = parser.container(model_config, prefix="", outer_inputs=None)
-    else:
-        # A bare layer saved on its own.
-        name = str(model_config["config"].get("name", model_config.get("class_name", "layer")))
-        parser.add(Layer(path=name, name=name, class_name=str(model_config.get("class_name")),
-                         config=model_config["config"]))
-        outputs = [name]
+    outputs = parser.container(model_config, prefix="", outer_inputs=None)
     return ParsedGraph(tuple(parser.layers), tuple(outputs), parser.children)
 
 

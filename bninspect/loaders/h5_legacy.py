@@ -9,12 +9,13 @@ that is what we match on; the rest only tells which inner layer of a nested mode
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from bninspect.loaders.common import (BN_ARRAY_NAMES, attr_text, attr_text_list, bn_layer,
-                                      parse_json_config, read_vector)
-from bninspect.loaders.graph import ConfigError, dtype_policy_name, parse_model_config
+                                      may_hold_unlisted_bn, parse_json_config, read_vector)
+from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
 
@@ -54,24 +55,40 @@ def _is_bn_owner(weights: list[_Weight]) -> bool:
     return {"moving_mean", "moving_variance"} <= leaves
 
 
-def _match_nested(bn_paths: list[str], top: str, owners: dict[str, list[_Weight]]) -> dict[str, str]:
+def _match_nested(bn_paths: list[str], top: str, weights: list[_Weight]) -> dict[str, str]:
     """Map the BN layers inside nested model `top` to weight owners of its group.
 
-    By name first (`inner/bn`, `bn`, or anything ending in `/bn`); what is left is paired in order,
-    which covers files whose TF name scopes were uniquified (`bn_1` for layer `bn`).
+    By name, most specific rule first, each rule over all layers before the next: so a looser
+    rule never takes the owner a stricter one would have given to another layer. The rules:
+    exactly (`inner/bn`), the bare layer name (`bn`), old standalone Keras' uniquified scope
+    (`bn/bn_1`), a path suffix. What is left is paired in layer order, which is the order of the
+    moving means: Keras lists trainable weights first, so the first weight of each owner is not in
+    layer order when some BN layers have no trainable weights (frozen, center=scale=False).
     """
-    candidates = [owner for owner, weights in owners.items() if _is_bn_owner(weights)]
+    owners = _by_owner(weights)
+    candidates = [owner for owner, owned in owners.items() if _is_bn_owner(owned)]
+    rules = (
+        lambda owner, relative, name: owner in (top + "/" + relative, relative),
+        lambda owner, relative, name: owner == name,
+        lambda owner, relative, name: owner.split("/", 1)[0] == name,
+        lambda owner, relative, name: owner.endswith("/" + relative),
+    )
     matched: dict[str, str] = {}
-    for path in bn_paths:
-        relative = path[len(top) + 1:]
-        name = path.rsplit("/", 1)[-1]
-        for owner in candidates:
-            if owner in matched.values():
+    for rule in rules:
+        for path in bn_paths:
+            if path in matched:
                 continue
-            if owner in (path, relative, name) or owner.endswith("/" + relative):
+            relative = path[len(top) + 1:]
+            name = path.rsplit("/", 1)[-1]
+            owner = next((o for o in candidates if o not in matched.values() and rule(o, relative, name)), None)
+            if owner is not None:
                 matched[path] = owner
-                break
-    leftover = [owner for owner in candidates if owner not in matched.values()]
+    first_moving_mean = {}
+    for position, weight in enumerate(weights):
+        if weight.leaf == "moving_mean":
+            first_moving_mean.setdefault(weight.owner, position)
+    leftover = sorted((owner for owner in candidates if owner not in matched.values()),
+                      key=lambda owner: first_moving_mean[owner])
     for path in bn_paths:
         if path not in matched and leftover:
             matched[path] = leftover.pop(0)
@@ -88,10 +105,14 @@ def _version(*attr_sources: Any) -> tuple[str | None, str | None]:
 
 def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> ModelDescription:
     config = parse_json_config(handle.attrs["model_config"], "model_config attribute")
-    graph = parse_model_config(config)
     if "model_weights" not in handle:
         raise ConfigError("has a model_config but no model_weights group")
     root = handle["model_weights"]
+    try:
+        graph = parse_model_config(config)
+    except NoGraphError as error:
+        return read_weights_only(source, root, raw, fmt="h5-legacy",
+                                 notes=(f"{error}: BN layers are read from the weights, without their config",))
     bn_paths = [layer.path for layer in graph.layers if layer.class_name in BN_CLASS_NAMES]
     layers_by_path = {layer.path: layer for layer in graph.layers}
 
@@ -107,11 +128,12 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
         if inner:
             if top not in root:
                 raise ConfigError(f"no weights group for nested model {top!r}")
-            matched = _match_nested(inner, top, _by_owner(_group_weights(root[top])))
+            matched = _match_nested(inner, top, _group_weights(root[top]))
             for path in inner:
                 if path not in matched:
                     raise ConfigError(f"no weights for BN layer {path!r} in group {top!r}")
                 owner_of[path] = (top, matched[path])
+    claimed = {(top, owner) for top, owner in owner_of.values()}
 
     bn_layers: list[BNLayer] = []
     for path in bn_paths:
@@ -123,6 +145,7 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
         layer = layers_by_path[path]
         bn_layers.append(bn_layer(path, layer.class_name, layer.config,
                                   _arrays(group, weights, f"model_weights/{top}", raw)))
+    bn_layers.extend(_bn_inside_other_layers(root, graph, claimed, raw))
 
     version, backend = _version(handle.attrs, root.attrs)
     return ModelDescription(
@@ -132,7 +155,46 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
     )
 
 
-def read_weights_only(source: str, handle: Any, raw: BinaryIO | None = None) -> ModelDescription:
+def _bn_inside_other_layers(root: Any, graph: Any, claimed: set, raw: BinaryIO | None) -> list[BNLayer]:
+    """BN layers the graph does not list: inside custom layers (`block/bn`), wrappers
+    (`TimeDistributed(BatchNormalization())`) or custom layers within nested models.
+
+    Their weights are in the group of the top-level layer that holds them; an owner there with
+    moving statistics that no listed BN layer claimed is one of them. Their config is unknown,
+    except for a wrapped BN layer, whose config is the wrapper's `layer` entry.
+    """
+    found: list[BNLayer] = []
+    for layer in graph.layers:
+        # Containers too: their group may hold BN layers of custom layers inside them.
+        if "/" in layer.path or not (layer.is_container or may_hold_unlisted_bn(layer)) or layer.path not in root:
+            continue
+        group = root[layer.path]
+        if not hasattr(group, "attrs"):
+            continue
+        owners = _by_owner(_group_weights(group))
+        for owner, weights in owners.items():
+            if not _is_bn_owner(weights) or (layer.path, owner) in claimed:
+                continue
+            class_name, config = _wrapped_bn(layer.config)
+            inner = _inner_path(layer.path, owner)
+            if inner == layer.path:  # tf.keras names a wrapped layer's weights after the wrapper
+                inner = str((config or {}).get("name", inner))
+            found.append(bn_layer(f"{layer.path}/{inner}", class_name, config,
+                                  _arrays(group, weights, f"model_weights/{layer.path}", raw)))
+    return found
+
+
+def _wrapped_bn(wrapper_config: Any) -> tuple[str, dict | None]:
+    """Class name and config of the BN layer a wrapper (TimeDistributed) holds, when it is one."""
+    wrapped = wrapper_config.get("layer") if isinstance(wrapper_config, dict) else None
+    if isinstance(wrapped, dict) and wrapped.get("class_name") in BN_CLASS_NAMES \
+            and isinstance(wrapped.get("config"), dict):
+        return str(wrapped["class_name"]), wrapped["config"]
+    return "BatchNormalization", None
+
+
+def read_weights_only(source: str, handle: Any, raw: BinaryIO | None = None, fmt: str = "h5-weights",
+                      notes: tuple[str, ...] = ()) -> ModelDescription:
     bn_layers: list[BNLayer] = []
     for layer_name in attr_text_list(handle.attrs.get("layer_names")):
         if layer_name not in handle:
@@ -145,12 +207,27 @@ def read_weights_only(source: str, handle: Any, raw: BinaryIO | None = None) -> 
             if len(owners) == 1 and (owner == layer_name or owner.rsplit("/", 1)[-1].startswith(layer_name)):
                 path = layer_name
             else:
-                relative = owner[len(layer_name) + 1:] if owner.startswith(layer_name + "/") else owner
-                path = f"{layer_name}/{relative}"
+                path = f"{layer_name}/{_inner_path(layer_name, owner)}"
             bn_layers.append(bn_layer(path, "BatchNormalization", None,
                                       _arrays(group, owners[owner], layer_name, raw)))
     version, backend = _version(handle.attrs)
     return ModelDescription(
-        source=source, format="h5-weights", bn_layers=tuple(bn_layers), keras_version=version,
-        backend=backend, has_config=False,
+        source=source, format=fmt, bn_layers=tuple(bn_layers), keras_version=version,
+        backend=backend, has_config=False, notes=notes,
     )
+
+
+def _inner_path(container: str, owner: str) -> str:
+    """The path inside nested model `container` of the layer owning weights `owner/...`.
+
+    Owners are spelled `bn` (tf.keras), `deep/bn` (Keras 3, path inside the container),
+    `net/block/bn` (Keras 3 subclassed model: the model's own name, then the container's) or
+    `bn/bn_1` (old standalone Keras: the TF scope repeated with a suffix, which is no layer).
+    """
+    parts = owner.split("/")
+    scopes = parts[:-1]
+    if container in scopes:
+        parts = parts[len(scopes) - scopes[::-1].index(container):]
+    if len(parts) >= 2 and re.fullmatch(re.escape(parts[-2]) + r"_\d+", parts[-1]):
+        parts = parts[:-1]
+    return "/".join(parts)

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from bninspect.loaders.common import bn_layer
-from bninspect.loaders.graph import ConfigError, dtype_policy_name, parse_model_config
+from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
 IN_MEMORY_FORMAT = "in-memory"
@@ -31,8 +31,8 @@ def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_
     if model_config is not None:
         try:
             graph = parse_model_config(model_config)
-        except ConfigError:
-            graph = None  # e.g. a subclassed model whose get_config() is its constructor arguments
+        except NoGraphError:
+            graph = None  # a subclassed model: get_config() is its constructor arguments
     if graph is None:
         bn_layers = tuple(_describe_bn(path, layer, layer.get_config(), type(layer).__name__)
                           for path, layer in live.items())
@@ -46,6 +46,11 @@ def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_
                 raise ConfigError(f"model config names BN layer {graph_layer.path!r} the model does not have")
             bn_layers.append(_describe_bn(graph_layer.path, live[graph_layer.path], graph_layer.config,
                                           graph_layer.class_name))
+    listed = {bn.path for bn in bn_layers}
+    # BN layers inside wrappers and custom layers are not in the graph; the file loaders report
+    # them too, at the same paths.
+    bn_layers.extend(_describe_bn(path, layer, layer.get_config(), type(layer).__name__)
+                     for path, layer in live.items() if path not in listed)
     return ModelDescription(
         source=source, format=fmt, bn_layers=tuple(bn_layers), keras_version=keras_version, backend=backend,
         has_config=True, layers=graph.layers, outputs=graph.outputs,
@@ -77,13 +82,23 @@ def _library_version(model: Any) -> tuple[str | None, str | None]:
 
 
 def _bn_layers_by_path(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(path, layer) of every BN layer, walking nested models; the top model's name is not in paths."""
-    for layer in getattr(model, "layers", ()):
+    """(path, layer) of every BN layer, walking nested models, wrappers and custom layers; the top
+    model's name is not in paths."""
+    for layer in _sublayers(model):
         path = prefix + layer.name
         if type(layer).__name__ in BN_CLASS_NAMES or _is_bn(layer):
             yield path, layer
-        elif hasattr(layer, "layers"):
+        else:
             yield from _bn_layers_by_path(layer, path + "/")
+
+
+def _sublayers(layer: Any) -> list:
+    if hasattr(layer, "layers"):
+        return list(layer.layers)
+    # Both Keras 3 and tf-keras track the sublayers of any layer (a TimeDistributed's `layer`, a
+    # custom layer's attributes) and list them with this private method.
+    flatten = getattr(layer, "_flatten_layers", None)
+    return list(flatten(include_self=False, recursive=False)) if callable(flatten) else []
 
 
 def _is_bn(layer: Any) -> bool:
@@ -92,6 +107,8 @@ def _is_bn(layer: Any) -> bool:
 
 
 def _describe_bn(path: str, layer: Any, config: dict, class_name: str) -> BNLayer:
+    if not getattr(layer, "built", True):
+        raise ConfigError(f"BN layer {path!r} is not built yet: call the model on data or give it an Input first")
     arrays = {}
     for name in ("gamma", "beta", "moving_mean", "moving_variance"):
         variable = getattr(layer, name, None)

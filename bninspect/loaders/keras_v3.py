@@ -15,8 +15,10 @@ from typing import Any, BinaryIO
 
 import h5py
 
-from bninspect.loaders.common import MAX_CONFIG_BYTES, attr_text, bn_layer, parse_json_config, read_vector
-from bninspect.loaders.graph import ConfigError, ParsedGraph, dtype_policy_name, parse_model_config
+from bninspect.loaders.common import (MAX_CONFIG_BYTES, attr_text, bn_layer, may_hold_unlisted_bn,
+                                      parse_json_config, read_vector)
+from bninspect.loaders.graph import ConfigError, NoGraphError, ParsedGraph, dtype_policy_name, parse_model_config
+from bninspect.loaders.hdf5_input import open_member
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -42,8 +44,8 @@ def _container_keys(children: tuple[tuple[str, str], ...]) -> dict[str, str]:
     return keys
 
 
-def _vars_group_for(root: Any, graph: ParsedGraph, path: str) -> Any:
-    """The `vars` group of the layer at `path`, walking container by container."""
+def _layer_group_for(root: Any, graph: ParsedGraph, path: str, cache: dict) -> Any:
+    """The weights group of the layer at `path`, walking container by container."""
     group = root
     parts = path.split("/")
     for depth, name in enumerate(parts):
@@ -51,25 +53,53 @@ def _vars_group_for(root: Any, graph: ParsedGraph, path: str) -> Any:
         layers = group.get("layers") if hasattr(group, "get") else None
         if layers is None:
             raise ConfigError(f"weights file has no 'layers' group for {container or 'the model'!r}")
-        child = _child_by_name_attr(layers, name)
-        if child is None:
-            key = _container_keys(graph.children.get(container, ())).get(name)
-            child = layers.get(key) if key else None
+        child = _child_named(layers, name, graph.children.get(container, ()), cache)
         if child is None:
             raise ConfigError(f"weights file has no group for layer {path!r}")
         group = child
+    return group
+
+
+def _child_named(layers: Any, name: str, children: tuple[tuple[str, str], ...], cache: dict) -> Any:
+    """The group of layer `name` in a `layers` group.
+
+    First the key Keras derives from the config; it is right unless the `name` attribute (newer
+    Keras) says otherwise. Only then are the `name` attributes of all groups indexed: reading them
+    all for every layer would make files with thousands of layers slow. `cache` keeps both maps
+    per `layers` group.
+    """
+    if ("keys", layers.name) not in cache:
+        cache["keys", layers.name] = _container_keys(children)
+    key = cache["keys", layers.name].get(name)
+    child = layers.get(key) if key else None
+    if isinstance(child, h5py.Group) and _name_attr(child) in (name, None):
+        return child
+    if ("names", layers.name) not in cache:
+        cache["names", layers.name] = _keys_by_name_attr(layers)
+    key = cache["names", layers.name].get(name)
+    return layers.get(key) if key else None
+
+
+def _name_attr(layer_group: Any) -> str | None:
+    vars_group = layer_group.get("vars")
+    return attr_text(vars_group.attrs.get("name")) if isinstance(vars_group, h5py.Group) else None
+
+
+def _vars_group_for(root: Any, graph: ParsedGraph, path: str, cache: dict) -> Any:
+    group = _layer_group_for(root, graph, path, cache)
     if "vars" not in group:
         raise ConfigError(f"weights group of layer {path!r} has no 'vars'")
     return group["vars"]
 
 
-def _child_by_name_attr(layers: Any, name: str) -> Any:
+def _keys_by_name_attr(layers: Any) -> dict[str, str]:
+    keys: dict[str, str] = {}
     for key in layers:
         child = layers[key]
-        vars_group = child.get("vars") if isinstance(child, h5py.Group) else None
-        if vars_group is not None and attr_text(vars_group.attrs.get("name")) == name:
-            return child
-    return None
+        name = _name_attr(child) if isinstance(child, h5py.Group) else None
+        if name is not None:
+            keys.setdefault(name, key)
+    return keys
 
 
 def _bn_arrays(vars_group: Any, center: bool | None, scale: bool | None, where: str,
@@ -95,14 +125,18 @@ def _bn_arrays(vars_group: Any, center: bool | None, scale: bool | None, where: 
 
 def read_weights_tree(source: str, root: Any, graph: ParsedGraph | None, fmt: str,
                       keras_version: str | None = None, dtype_policy: str | None = None,
-                      raw: BinaryIO | None = None) -> ModelDescription:
+                      raw: BinaryIO | None = None, notes: tuple[str, ...] = ()) -> ModelDescription:
     """Read the BN layers of a Keras 3 weights tree; with `graph` from config.json when there is one."""
     bn_layers: list[BNLayer] = []
     if graph is not None:
+        cache: dict = {}
         for layer in graph.layers:
+            if may_hold_unlisted_bn(layer):
+                wrapper = _layer_group_for(root, graph, layer.path, cache)
+                bn_layers.extend(_unlisted_bn_layers(wrapper, layer, raw))
             if layer.class_name not in BN_CLASS_NAMES:
                 continue
-            vars_group = _vars_group_for(root, graph, layer.path)
+            vars_group = _vars_group_for(root, graph, layer.path, cache)
             arrays = _bn_arrays(vars_group, layer.config.get("center", True), layer.config.get("scale", True),
                                 f"weights of {layer.path}", raw)
             bn_layers.append(bn_layer(layer.path, layer.class_name, layer.config, arrays))
@@ -114,24 +148,76 @@ def read_weights_tree(source: str, root: Any, graph: ParsedGraph | None, fmt: st
         bn_layers.append(bn_layer(path, "BatchNormalization", None,
                                   _bn_arrays(vars_group, None, None, f"weights of {path}", raw)))
     return ModelDescription(source=source, format=fmt, bn_layers=tuple(bn_layers),
-                            keras_version=keras_version, has_config=False)
+                            keras_version=keras_version, has_config=False, notes=notes)
 
 
-def _walk_bn_groups(group: Any, prefix: str):
-    """Without a config, a BN layer is recognised by its key (`batch_normalization[_N]`)."""
-    layers = group.get("layers")
-    if not isinstance(layers, h5py.Group):
-        return
-    for key in layers:
-        child = layers[key]
-        if not isinstance(child, h5py.Group):
-            continue
+def _unlisted_bn_layers(group: Any, layer: Any, raw: BinaryIO | None) -> list[BNLayer]:
+    """BN layers inside a TimeDistributed wrapper or a custom layer, which the graph does not list.
+
+    A wrapped BN layer has its config in the wrapper's `layer` entry and its weights in the
+    wrapper's `layer` group. Inside custom layers BN layers are recognised as in a subclassed model.
+    """
+    wrapped = layer.config.get("layer")
+    if isinstance(wrapped, dict) and wrapped.get("class_name") in BN_CLASS_NAMES \
+            and isinstance(wrapped.get("config"), dict):
+        config = wrapped["config"]
+        path = f"{layer.path}/{config.get('name', 'layer')}"
+        inner = group.get("layer")
+        vars_group = inner.get("vars") if isinstance(inner, h5py.Group) else None
+        if not isinstance(vars_group, h5py.Group):
+            raise ConfigError(f"weights group of layer {layer.path!r} has no variables for the layer it wraps")
+        arrays = _bn_arrays(vars_group, config.get("center", True), config.get("scale", True),
+                            f"weights of {path}", raw)
+        return [bn_layer(path, str(wrapped["class_name"]), config, arrays)]
+    return [bn_layer(path, "BatchNormalization", None, _bn_arrays(vars_group, None, None, f"weights of {path}", raw))
+            for path, vars_group in _walk_bn_groups(group, prefix=layer.path + "/")]
+
+
+# Keys Keras gives BN layers in a `layers` group (derived from the class name, so reliable).
+BN_KEY = re.compile(r"(sync_)?batch_normalization(_\d+)?")
+# Layer names that say BN: `bn`, `bn1`, `stem_bn`, `BatchNorm`, not `subnet`.
+BN_NAME = re.compile(r"(^|[^a-z])(bn|batch_?norm)", re.IGNORECASE)
+# Top-level groups of a weights file that hold no layers.
+NOT_LAYER_GROUPS = frozenset({"vars", "layers", "optimizer"})
+MAX_NESTING = 64
+
+
+def _walk_bn_groups(group: Any, prefix: str, depth: int = 0):
+    """Without a config, a BN layer under `layers` is recognised by its key (`batch_normalization[_N]`).
+
+    A subclassed model keeps its layers in groups named after its attributes (`bn`, `block`) instead,
+    with no class information anywhere: those count as BN layers when their name says so and their
+    variables look like BN's (2 to 4 vectors of one length).
+    """
+    if depth > MAX_NESTING:
+        raise ConfigError(f"weights file nests layers more than {MAX_NESTING} deep")
+    for key, child, keyed_by_class in _layer_groups(group):
         vars_group = child.get("vars")
-        name = (attr_text(vars_group.attrs.get("name")) if isinstance(vars_group, h5py.Group) else None) or key
-        if re.fullmatch(r"(sync_)?batch_normalization(_\d+)?", key) and isinstance(vars_group, h5py.Group):
+        vars_group = vars_group if isinstance(vars_group, h5py.Group) else None
+        name = (attr_text(vars_group.attrs.get("name")) if vars_group is not None else None) or key
+        if vars_group is not None and (BN_KEY.fullmatch(key) if keyed_by_class
+                                       else BN_NAME.search(name) and _bn_shaped(vars_group)):
             yield prefix + name, vars_group
-        elif "layers" in child:
-            yield from _walk_bn_groups(child, prefix + name + "/")
+        else:
+            yield from _walk_bn_groups(child, prefix + name + "/", depth + 1)
+
+
+def _layer_groups(group: Any):
+    """(key, group, keyed by class name) of the layers directly inside `group`."""
+    layers = group.get("layers")
+    if isinstance(layers, h5py.Group):
+        for key in layers:
+            if isinstance(layers[key], h5py.Group):
+                yield key, layers[key], True
+    for key in group:
+        if key not in NOT_LAYER_GROUPS and isinstance(group[key], h5py.Group):
+            yield key, group[key], False
+
+
+def _bn_shaped(vars_group: Any) -> bool:
+    shapes = [getattr(vars_group[key], "shape", None) for key in vars_group]
+    return 2 <= len(shapes) <= 4 and all(shape is not None and len(shape) == 1 for shape in shapes) \
+        and len({shape[0] for shape in shapes}) == 1
 
 
 def read_keras_archive(source: str) -> ModelDescription:
@@ -150,12 +236,16 @@ def read_keras_archive(source: str) -> ModelDescription:
             metadata = parse_json_config(_read_member(archive, "metadata.json"), "metadata.json")
             if isinstance(metadata, dict) and isinstance(metadata.get("keras_version"), str):
                 keras_version = metadata["keras_version"]
-        graph = parse_model_config(config)
+        notes: tuple[str, ...] = ()
+        try:
+            graph: ParsedGraph | None = parse_model_config(config)
+        except NoGraphError as error:
+            graph, notes = None, (f"{error}: BN layers are read from the weights, without their config",)
         if WEIGHTS_MEMBER not in names:
             raise ConfigError(f"the .keras archive has no {WEIGHTS_MEMBER}")
         policy = dtype_policy_name(config["config"].get("dtype"))
-        with archive.open(WEIGHTS_MEMBER) as member, h5py.File(member, "r") as weights:
-            return read_weights_tree(source, weights, graph, "keras-v3", keras_version, policy)
+        with open_member(archive, source, WEIGHTS_MEMBER) as member, h5py.File(member, "r") as weights:
+            return read_weights_tree(source, weights, graph, "keras-v3", keras_version, policy, notes=notes)
 
 
 def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:

@@ -24,6 +24,7 @@ weights-only: BN layers are recognised by variables named `.../moving_mean` and 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from bninspect.loaders.common import BN_ARRAY_NAMES, MAX_CHANNELS, MAX_CONFIG_BYTES, bn_layer, parse_json_config
-from bninspect.loaders.graph import ConfigError, dtype_policy_name, parse_model_config
+from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
 METADATA_FILE = "keras_metadata.pb"
@@ -51,20 +52,40 @@ class _KerasNode:
 
 def read_savedmodel(source: str) -> ModelDescription:
     directory = Path(source)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    tf = _import_tensorflow()
 
     try:
         reader = tf.train.load_checkpoint(str(directory / "variables" / "variables"))
         checkpoint = _CheckpointObjects(reader)
         nodes = _keras_nodes(directory)
-    except (tf.errors.OpError, ValueError) as error:
-        if isinstance(error, ConfigError):
-            raise
+        if not nodes:
+            return _read_without_metadata(source, checkpoint)
+        return _read_with_metadata(source, nodes, checkpoint)
+    except tf.errors.OpError as error:
+        # Missing, truncated or corrupt checkpoint files (NotFound, DataLoss, ...).
         raise ConfigError(f"SavedModel variables cannot be read ({_first_line(error)})") from None
-    if not nodes:
-        return _read_without_metadata(source, checkpoint)
-    return _read_with_metadata(source, nodes, checkpoint)
+
+
+def _import_tensorflow() -> Any:
+    """Import TensorFlow without its start-up lines (oneDNN, CUDA, CPU features).
+
+    TensorFlow's C++ code writes them to file descriptor 2 before any log level applies (in TF 2.21
+    not even TF_CPP_MIN_LOG_LEVEL stops them); they would break bninspect's one-line errors and
+    clutter every report. Python errors raised by the import still surface normally.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+    return tensorflow
 
 
 def _first_line(error: BaseException) -> str:
@@ -214,8 +235,9 @@ class _CheckpointObjects:
         if not reader.has_tensor(OBJECT_GRAPH_KEY):
             raise ConfigError("SavedModel checkpoint has no object graph")
         graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        serialized = self._tensor(OBJECT_GRAPH_KEY)
         try:
-            graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+            graph.ParseFromString(serialized)
         except Exception as error:  # protobuf's DecodeError has no stable import path
             raise ConfigError(f"SavedModel checkpoint object graph is malformed ({_first_line(error)})") from None
         self._nodes = graph.nodes
@@ -257,10 +279,18 @@ class _CheckpointObjects:
             raise ConfigError(f"{what} has shape {tuple(shape)}, expected one value per channel")
         if shape[0] > MAX_CHANNELS:
             raise ConfigError(f"{what} has {shape[0]} channels, more than {MAX_CHANNELS}")
-        value = np.asarray(self._reader.get_tensor(key))
+        value = np.asarray(self._tensor(key))
         if value.dtype.kind not in "fiu":
             raise ConfigError(f"{what} has dtype {value.dtype}, expected floating point")
         return value.astype(np.float64), str(value.dtype)
+
+    def _tensor(self, key: str) -> Any:
+        try:
+            return self._reader.get_tensor(key)
+        except (IndexError, RuntimeError, ValueError) as error:
+            # TensorFlow translates a damaged data file (DataLoss: "Read less bytes than
+            # requested") to these; OpErrors reach read_savedmodel's handler.
+            raise ConfigError(f"SavedModel variables cannot be read ({_first_line(error)})") from None
 
     def _variable_key(self, node_id: int) -> str | None:
         for attribute in self._nodes[node_id].attributes:
@@ -298,6 +328,11 @@ def _root_config(root: _KerasNode) -> dict | None:
     return None
 
 
+def _own_config(node: _KerasNode) -> dict | None:
+    config = node.metadata.get("config")
+    return config if isinstance(config, dict) else None
+
+
 def _bn_from_node(path: str, node: _KerasNode, config: dict | None, checkpoint: _CheckpointObjects) -> BNLayer:
     node_id = checkpoint.find(node.node_path)
     if node_id is None:
@@ -317,23 +352,29 @@ def _read_with_metadata(source: str, nodes: list[_KerasNode], checkpoint: _Check
     common = dict(source=source, format="savedmodel",
                   keras_version=version if isinstance(version, str) else None,
                   backend=backend if isinstance(backend, str) else None)
+    graph = None
     if model_config is not None:
-        graph = parse_model_config(model_config)
+        try:
+            graph = parse_model_config(model_config)
+        except NoGraphError:
+            graph = None
+    if graph is not None:
         bn_layers = []
         for layer in graph.layers:
             if layer.class_name in BN_CLASS_NAMES:
                 if layer.path not in by_path:
                     raise ConfigError(f"Keras metadata has no object for BN layer {layer.path!r}")
                 bn_layers.append(_bn_from_node(layer.path, by_path[layer.path], layer.config, checkpoint))
+        listed = {bn.path for bn in bn_layers}
+        # BN layers inside wrappers (TimeDistributed) and custom layers are not in the graph.
+        bn_layers.extend(_bn_from_node(path, node, _own_config(node), checkpoint) for path, node in by_path.items()
+                         if node.metadata.get("class_name") in BN_CLASS_NAMES and path not in listed)
         return ModelDescription(bn_layers=tuple(bn_layers), has_config=True, layers=graph.layers,
                                 outputs=graph.outputs,
                                 dtype_policy=dtype_policy_name(model_config["config"].get("dtype")), **common)
     # A subclassed model: no graph, but every layer's own config is in its metadata.
-    bn_layers = [
-        _bn_from_node(path, node, node.metadata.get("config") if isinstance(node.metadata.get("config"), dict) else None,
-                      checkpoint)
-        for path, node in by_path.items() if node.metadata.get("class_name") in BN_CLASS_NAMES
-    ]
+    bn_layers = [_bn_from_node(path, node, _own_config(node), checkpoint)
+                 for path, node in by_path.items() if node.metadata.get("class_name") in BN_CLASS_NAMES]
     return ModelDescription(bn_layers=tuple(bn_layers), has_config=False,
                             notes=("subclassed model: the SavedModel has layer configs but no layer graph",),
                             **common)
