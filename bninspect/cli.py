@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from bninspect import __version__
-from bninspect.commands import diff_cmd, inspect_cmd
+from bninspect.commands import check_cmd, diff_cmd, inspect_cmd, probe_cmd, rules_cmd
 
 app = typer.Typer(
     name="bninspect",
@@ -37,6 +37,10 @@ def _root(
 app.command("inspect")(inspect_cmd.inspect)
 # --- commands registered below (one line each) ---
 app.command("diff")(diff_cmd.diff)
+app.command("check")(check_cmd.check)
+app.command("rules")(rules_cmd.rules)
+app.command("explain")(rules_cmd.explain)
+app.command("probe")(probe_cmd.probe)
 # --- end of command registrations ---
 
 COMMANDS = ("inspect", "check", "probe", "rules", "explain", "recalibrate", "diff")

@@ -1,0 +1,73 @@
+"""`bninspect probe MODEL --data FILE`: run the model on real data and check its BN layers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bninspect.commands.cli_settings import ConfigOption, command_settings
+from bninspect.commands.common import (EXIT_FINDINGS, EXIT_OK, DebugOption, OutputOption, emit, fail,
+                                       one_line_errors, terminal_width, use_color)
+from bninspect.reporters import OutputFormat
+
+
+def probe(
+    model: Path = typer.Argument(..., help="A model file (.h5, .keras) or SavedModel directory."),
+    data: Path = typer.Option(..., "--data", "-d", help="Input samples: .npy (batch first), .npz (one array, or one "
+                                                        "per model input name) or a directory of .png/.jpg images."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Samples per batch."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N samples."),
+    rescale: Optional[str] = typer.Option(None, "--rescale", help="Multiply the inputs by this factor, e.g. 1/255."),
+    unsafe: bool = typer.Option(False, "--unsafe", help="Allow Lambda layers: their Python code stored in the file "
+                                                        "runs while the model loads. Only for files you trust."),
+    custom_objects: Optional[Path] = typer.Option(None, "--custom-objects", dir_okay=False,
+                                                  help="A Python file whose top-level classes and functions are the "
+                                                       "model's custom objects. The file is executed."),
+    output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
+    output: Optional[Path] = OutputOption,
+    config: Optional[Path] = ConfigOption,
+    debug: bool = DebugOption,
+) -> None:
+    """Run MODEL on the samples in --data (inference mode) and report BN101-BN104.
+
+    Exit 0: no error-level findings; 1: error-level findings; 2: could not run.
+    """
+    if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
+        fail(f"--format {output_format.value} is for `bninspect check`; probe writes text or json")
+    settings = command_settings(config, debug=debug)
+    if not debug:
+        _quiet_tensorflow()
+    with one_line_errors(debug):
+        from bninspect.probes import run_probe
+
+        report = run_probe(str(model), str(data), batch_size=batch_size, limit=limit, rescale=rescale,
+                           unsafe=unsafe, custom_objects=custom_objects, thresholds=settings.thresholds,
+                           progress=True)
+    report = report.with_findings(settings.apply)
+    if output_format is OutputFormat.JSON:
+        from bninspect.report import ModelReport
+        from bninspect.reporters import json_report
+
+        entry = ModelReport(source=str(model), description=report.description, findings=report.findings,
+                            extra={"probe": report.to_dict()})
+        emit(json_report.render([entry]), output)
+    else:
+        from bninspect.reporters import probe_table
+
+        emit(probe_table.render(report, color=use_color(output), width=terminal_width()), output)
+    failing = any(finding.severity.value == "error" for finding in report.findings)
+    raise typer.Exit(EXIT_FINDINGS if failing else EXIT_OK)
+
+
+def _quiet_tensorflow() -> None:
+    """TF's start-up chatter (CUDA probing, oneDNN notes, deprecations) is not part of our report.
+
+    Set before TensorFlow is imported: the C++ log level is read once, at import.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "absl", "keras"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,211 @@
+"""Load a model file with Keras for the dynamic analysis, refusing models that would run code.
+
+Before Keras sees the file, its config is read statically (`bninspect.loaders`, JSON only) and the
+model is refused when it holds a Lambda layer (its bytecode is in the file) unless `--unsafe`, or
+classes that are not Keras' own unless `--custom-objects FILE.py` provides them. Keras then loads in
+safe mode as a second line of defence.
+
+Which Keras loads it follows who wrote it: Keras 3 for `.keras` files and Keras-3-written `.h5`;
+tf-keras (`import tf_keras`) for `.h5` written by Keras/tf.keras 1.x-2.x and for SavedModel
+directories, falling back to Keras 3's legacy HDF5 reader when tf-keras is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from bninspect.commands.common import UsageProblem
+from bninspect.model import CONTAINER_CLASS_NAMES, Layer, ModelDescription
+
+
+class ModelRefused(UsageProblem):
+    """The model needs code execution the user did not allow, or cannot be loaded by Keras."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any  # a keras.Model or tf_keras.Model
+    keras: str  # "keras 3.15.1" / "tf_keras 2.21.0"
+    description: ModelDescription | None  # the static reading, None for in-memory models
+
+
+# What keras / tf_keras raise for a file they cannot turn into a model (unknown class, bad config,
+# missing weights, unsupported format). Anything else is a bug and keeps its traceback.
+_KERAS_LOAD_ERRORS = (ValueError, TypeError, KeyError, OSError, AttributeError, NotImplementedError,
+                      ImportError, IndexError, LookupError)
+
+
+def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
+    """Run the user's Python file and collect its public top-level classes and functions.
+
+    This executes the file: it is only called when the user passed `--custom-objects FILE.py`.
+    """
+    try:
+        namespace = runpy.run_path(str(path), run_name="bninspect_custom_objects")
+    except (OSError, SyntaxError, ImportError) as error:
+        raise UsageProblem(f"--custom-objects {path}: cannot run the file ({type(error).__name__}: "
+                           f"{' '.join(str(error).split())[:200]})") from None
+    objects = {name: value for name, value in namespace.items()
+               if not name.startswith("_") and (isinstance(value, type) or callable(value))
+               and not isinstance(value, type(os))}
+    if not objects:
+        raise UsageProblem(f"--custom-objects {path}: defines no classes or functions")
+    return objects
+
+
+def _keras_version_major(description: ModelDescription) -> int | None:
+    version = description.keras_version or ""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _uses_tf_keras(description: ModelDescription) -> bool:
+    if description.format == "savedmodel":
+        return True
+    major = _keras_version_major(description)
+    return description.format == "h5-legacy" and (major is None or major < 3)
+
+
+def _tf_keras():
+    try:
+        import tf_keras
+    except ImportError:
+        return None
+    return tf_keras
+
+
+def _is_builtin(layer: Layer, keras_module: Any) -> bool:
+    if layer.class_name in CONTAINER_CLASS_NAMES or layer.class_name == "InputLayer":
+        return True
+    if layer.module is not None:
+        # Keras 3 configs name the module; Keras' own classes live under `keras.` and are not
+        # registered under a `package>Name` key.
+        own_module = layer.module == "keras" or layer.module.startswith("keras.")
+        return own_module and (layer.registered_name is None or ">" not in layer.registered_name)
+    if keras_module.__name__ == "tf_keras":
+        from tf_keras.src.layers import serialization
+
+        return serialization.get_builtin_layer(layer.class_name) is not None
+    return hasattr(keras_module.layers, layer.class_name)
+
+
+def code_in_model(description: ModelDescription, keras_module: Any,
+                  custom_objects: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
+    """(paths of Lambda layers, class names not provided by Keras nor by custom_objects)."""
+    provided = set(custom_objects or {})
+    lambdas = [layer.path for layer in description.layers if layer.class_name == "Lambda"]
+    custom = []
+    for layer in description.layers:
+        if layer.class_name == "Lambda" or _is_builtin(layer, keras_module):
+            continue
+        registered = (layer.registered_name or "").rpartition(">")[2]
+        if layer.class_name not in provided and registered not in provided:
+            custom.append(layer.class_name)
+    return lambdas, sorted(set(custom))
+
+
+def _with_registered_names(description: ModelDescription,
+                           custom_objects: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """Also key each custom object by the registered name the config uses (`package>Name`).
+
+    Keras 3 looks a class up by its registered name first; the user's file only names `Name`.
+    """
+    if not custom_objects:
+        return custom_objects
+    aliased = dict(custom_objects)
+    for layer in description.layers:
+        registered = layer.registered_name or ""
+        short = registered.rpartition(">")[2]
+        if ">" in registered and short in custom_objects:
+            aliased.setdefault(registered, custom_objects[short])
+    return aliased
+
+
+def _refuse_code(source: str, description: ModelDescription, keras_module: Any, unsafe: bool,
+                 custom_objects: Mapping[str, Any] | None) -> None:
+    lambdas, custom = code_in_model(description, keras_module, custom_objects)
+    if custom:
+        raise ModelRefused(
+            f"{source}: refused: the model uses classes that are not part of Keras ({', '.join(custom)}); "
+            "loading it would run their code. Pass --custom-objects FILE.py with their definitions if you trust them")
+    if lambdas and not unsafe:
+        shown = ", ".join(lambdas[:5]) + (", ..." if len(lambdas) > 5 else "")
+        raise ModelRefused(
+            f"{source}: refused: the model has Lambda layers ({shown}) whose Python code is stored in the file; "
+            "loading it would run that code. Pass --unsafe if you trust the file")
+
+
+def load_model(path: str | os.PathLike, *, unsafe: bool = False,
+               custom_objects: Mapping[str, Any] | None = None) -> LoadedModel:
+    """Load a model file with Keras after the static safety checks. Raises ModelRefused / ModelReadError."""
+    from bninspect import loaders
+
+    source = str(path)
+    description = loaders.load(source)
+    if description.format in ("h5-weights", "weights-v3") or not description.has_config:
+        raise ModelRefused(f"{source}: a weights-only file has no architecture to run; probe the full model file")
+    custom_objects = _with_registered_names(description, custom_objects)
+    tf_keras = _tf_keras() if _uses_tf_keras(description) else None
+    if description.format == "savedmodel" and tf_keras is None:
+        raise ModelRefused(f"{source}: loading a SavedModel directory needs tf-keras (pip install tf-keras)")
+    if tf_keras is not None:
+        _refuse_code(source, description, tf_keras, unsafe, custom_objects)
+        return LoadedModel(_load_with_tf_keras(tf_keras, source, unsafe, custom_objects),
+                           f"tf_keras {tf_keras.__version__}", description)
+    import keras
+
+    _refuse_code(source, description, keras, unsafe, custom_objects)
+    return LoadedModel(_load_with_keras(keras, source, description, unsafe, custom_objects),
+                       f"keras {keras.__version__}", description)
+
+
+def _load_error(source: str, error: BaseException) -> ModelRefused:
+    text = " ".join(str(error).split())[:300] or type(error).__name__
+    return ModelRefused(f"{source}: Keras cannot load the model ({text})")
+
+
+def _load_with_keras(keras: Any, source: str, description: ModelDescription, unsafe: bool,
+                     custom_objects: Mapping[str, Any] | None) -> Any:
+    # safe_mode=False is what lets Keras 3 rebuild a Lambda from the bytecode stored in the file.
+    # The user asked for it with --unsafe, after we told them the model has Lambda layers.
+    try:
+        if description.format == "h5-legacy" and not source.lower().endswith((".h5", ".hdf5")):
+            # keras.saving.load_model picks the reader by suffix; go to the HDF5 reader directly.
+            from keras.src.legacy.saving import legacy_h5_format
+
+            return legacy_h5_format.load_model_from_hdf5(source, custom_objects=dict(custom_objects or {}),
+                                                         compile=False, safe_mode=not unsafe)
+        if description.format == "keras-v3" and not source.lower().endswith(".keras"):
+            raise ModelRefused(f"{source}: Keras only opens a .keras archive under a name ending in .keras")
+        return keras.saving.load_model(source, custom_objects=dict(custom_objects or {}), compile=False,
+                                       safe_mode=not unsafe)
+    except _KERAS_LOAD_ERRORS as error:
+        raise _load_error(source, error) from error
+
+
+def _load_with_tf_keras(tf_keras: Any, source: str, unsafe: bool, custom_objects: Mapping[str, Any] | None) -> Any:
+    import tensorflow as tf
+    from tf_keras.src.saving import serialization_lib
+
+    # tf-keras applies safe mode only to its own .keras format; for HDF5 the Lambda check reads this
+    # scope, whose default (None) would let a stored lambda through. Set it explicitly.
+    try:
+        with serialization_lib.SafeModeScope(not unsafe):
+            return tf_keras.models.load_model(source, custom_objects=dict(custom_objects or {}), compile=False,
+                                              safe_mode=not unsafe)
+    except (*_KERAS_LOAD_ERRORS, tf.errors.OpError) as error:
+        raise _load_error(source, error) from error
+
+
+def describe_in_memory(model: Any) -> str:
+    """The Keras flavour of an in-memory model: "keras 3.x" or "tf_keras 2.x"."""
+    if any(cls.__module__.startswith("tf_keras") for cls in type(model).__mro__):
+        import tf_keras
+
+        return f"tf_keras {tf_keras.__version__}"
+    import keras
+
+    return f"keras {keras.__version__}"

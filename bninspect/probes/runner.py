@@ -1,0 +1,349 @@
+"""`run_probe`: one pass over the data with every BN layer instrumented, then the rules."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from bninspect.commands.common import UsageProblem
+from bninspect.data import Batch, DataSource, InputSpec, open_data, parse_rescale
+from bninspect.probes import rules
+from bninspect.probes.instrument import BNTap, Entry, Instrumentation, find_bn_layers
+from bninspect.probes.loading import LoadedModel, ModelRefused, describe_in_memory, load_custom_objects, load_model
+from bninspect.probes.moments import ChannelMoments, RunningMoments, merge
+from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, ProbeReport
+from bninspect.probes.thresholds import ProbeThresholds, resolve
+
+# Samples of the first batch that are also predicted one by one for the batch-consistency check.
+CONSISTENCY_SAMPLES = 4
+# Batches compared with BN on batch statistics vs moving statistics (BN102): enough to average out
+# one unlucky batch, few enough to cost little next to the full pass.
+GAP_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class _PassResult:
+    layout: tuple[Entry, ...]
+    moments: RunningMoments  # flat over the layout's entries
+    batches: int
+    # The first batches and their inference-mode outputs, for the two prediction comparisons.
+    kept: tuple[tuple[Batch, tuple[np.ndarray, ...]], ...]
+    # The traced inference step (outputs, summaries); its batch axis is free.
+    step: Any
+
+
+def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32, limit: int | None = None,
+              rescale: float | str | None = None, unsafe: bool = False,
+              custom_objects: Mapping[str, Any] | str | os.PathLike | None = None,
+              thresholds: Mapping[str, float] | ProbeThresholds | None = None,
+              progress: bool = True) -> ProbeReport:
+    """Run the model on `data` in inference mode and report BN101-BN104.
+
+    model: a model file / SavedModel directory, or an in-memory keras.Model / tf_keras Model.
+    data: a path (.npy, .npz, directory of images) or arrays (one array, a list in input order, a
+    dict by input name). `custom_objects` is a dict, or the path of a Python file whose top-level
+    classes and functions are used (the file is executed). The model's weights are left as they were.
+    Raises UsageProblem subclasses (ModelRefused, DataError, ThresholdError) and ModelReadError.
+    """
+    started = time.perf_counter()
+    limits = thresholds if isinstance(thresholds, ProbeThresholds) else resolve(_configured(thresholds))
+    if batch_size < 1:
+        raise UsageProblem(f"--batch-size {batch_size}: must be at least 1")
+    scale = parse_rescale(rescale) if isinstance(rescale, str) else rescale
+    if isinstance(custom_objects, (str, os.PathLike)):
+        custom_objects = load_custom_objects(custom_objects)
+    loaded = _load(model, unsafe, custom_objects)
+    source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
+    samples = open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale)
+    taps = find_bn_layers(loaded.model)
+    stored = _snapshot(taps)
+    try:
+        with Instrumentation(taps) as instrumentation:
+            result = _one_pass(loaded.model, instrumentation, samples, batch_size, GAP_BATCHES, progress)
+            gap = _train_inference_gap(loaded.model, instrumentation, result.kept)
+            _restore(stored)  # the consistency check runs on the moving statistics
+            consistency = _batch_consistency(result.step, result.kept[0])
+    finally:
+        _restore(stored)
+    layers = _layer_probes(taps, result)
+    findings = rules.evaluate(source, layers, gap, consistency, limits)
+    return ProbeReport(source=source, keras=loaded.keras, samples=samples.samples, batch_size=batch_size,
+                       batches=result.batches, seconds=time.perf_counter() - started, layers=layers,
+                       findings=findings, thresholds=limits, gap=gap, consistency=consistency,
+                       description=loaded.description)
+
+
+def _configured(thresholds: Mapping[str, float] | None) -> Any:
+    """Explicit thresholds win; otherwise those of `[tool.bninspect]` in the nearest pyproject.toml."""
+    if thresholds is not None:
+        return thresholds
+    from bninspect import config
+
+    try:
+        return config.load_settings().thresholds
+    except config.SettingsError as error:
+        raise UsageProblem(str(error)) from None
+
+
+def _load(model: Any, unsafe: bool, custom_objects: Mapping[str, Any] | None) -> LoadedModel:
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, unsafe=unsafe, custom_objects=custom_objects)
+    if not callable(model) or not hasattr(model, "layers"):
+        raise UsageProblem(f"expected a model file or a Keras model, not {type(model).__name__}")
+    return LoadedModel(model, describe_in_memory(model), None)
+
+
+def input_specs(model: Any, source: str) -> tuple[InputSpec, ...]:
+    try:
+        inputs = list(model.inputs or [])
+    except (AttributeError, ValueError):
+        inputs = []
+    if not inputs:
+        raise ModelRefused(f"{source}: the model has no defined inputs (a subclassed model that was never built); "
+                           "build it or save it as a functional/Sequential model")
+    specs = []
+    for position, tensor in enumerate(inputs):
+        name = str(getattr(tensor, "name", None) or f"input_{position}").split(":")[0]
+        shape = tuple(None if size is None else int(size) for size in tuple(tensor.shape)[1:])
+        dtype = getattr(tensor.dtype, "name", tensor.dtype)
+        specs.append(InputSpec(name, shape, str(dtype)))
+    return tuple(specs)
+
+
+def _snapshot(taps: tuple[BNTap, ...]) -> tuple[tuple[Any, np.ndarray], ...]:
+    return tuple((variable, np.array(variable.numpy(), copy=True)) for tap in taps for variable in tap.layer.weights)
+
+
+def _restore(stored: tuple[tuple[Any, np.ndarray], ...]) -> None:
+    # Batch-statistics mode (and a model that hard-codes training=True) updates the moving statistics.
+    for variable, value in stored:
+        variable.assign(value)
+
+
+def _model_inputs(arrays: tuple[Any, ...]) -> Any:
+    return arrays[0] if len(arrays) == 1 else list(arrays)
+
+
+def _progress_bar(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(file=sys.stderr)
+    return Progress(TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                    disable=not (enabled and console.is_terminal))
+
+
+def _traced_step(model: Any, instrumentation: Instrumentation, first: Batch, masked: bool,
+                 layouts: list[tuple[Entry, ...]], autograph: bool = False) -> Any:
+    """The model in inference mode plus the BN summaries, traced once for any batch size.
+
+    Without autograph by default: Keras' own layers have no Python control flow on tensors, and
+    converting every call made tracing 2x slower. `_first_call` retries with autograph for custom
+    layers that need it.
+    """
+    import tensorflow as tf
+
+    def step(*arrays):
+        instrumentation.start_recording(masked)
+        try:
+            outputs = model(_model_inputs(arrays), training=False)
+        finally:
+            layout, packed = instrumentation.stop_recording()
+        layouts.append(layout)
+        return tf.nest.flatten(outputs), packed
+
+    # A batch axis of None: the last, shorter batch and single samples reuse the one trace.
+    signature = [tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype)) for array in first.arrays]
+    return tf.function(step, input_signature=signature, autograph=autograph)
+
+
+def _first_call(model: Any, instrumentation: Instrumentation, first: Batch, masked: bool,
+                layouts: list[tuple[Entry, ...]]) -> tuple[Any, Any]:
+    """Trace and run the step on the first batch: (step, its result)."""
+    import tensorflow as tf
+
+    step = _traced_step(model, instrumentation, first, masked, layouts)
+    try:
+        return step, step(*first.arrays)
+    except tf.errors.OperatorNotAllowedInGraphError:
+        step = _traced_step(model, instrumentation, first, masked, layouts, autograph=True)
+        return step, step(*first.arrays)
+
+
+def _one_pass(model: Any, instrumentation: Instrumentation, samples: DataSource, batch_size: int, keep: int,
+              progress: bool) -> _PassResult:
+    batches = samples.batches(batch_size)
+    first = next(batches)
+    layouts: list[tuple[Entry, ...]] = []
+    step, first_result = _first_call(model, instrumentation, first, False, layouts)
+    masked_step = None
+    moments: RunningMoments | None = None
+    kept = []
+    count = 0
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("probe", total=samples.batch_count(batch_size))
+        for batch in _chain(first, batches):
+            outputs, packed = first_result if batch is first else step(*batch.arrays)
+            total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
+            if not (np.isfinite(mean).all() and np.isfinite(m2).all()):
+                # NaN/Inf somewhere in this batch: summarise it again without them, and count them.
+                if masked_step is None:
+                    masked_step, (_, packed) = _first_call(model, instrumentation, batch, True, [])
+                else:
+                    _, packed = masked_step(*batch.arrays)
+                total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
+            if moments is None:
+                moments = RunningMoments(total.size)
+            moments.add_summary(total, mean, m2, non_finite)
+            if len(kept) < keep:
+                kept.append((batch, tuple(output.numpy() for output in outputs)))
+            count += 1
+            bar.advance(task)
+    return _PassResult(layouts[-1], moments, count, tuple(kept), step)
+
+
+def _chain(first: Batch, rest):
+    yield first
+    yield from rest
+
+
+def _train_inference_gap(model: Any, instrumentation: Instrumentation,
+                         kept: tuple[tuple[Batch, tuple[np.ndarray, ...]], ...]) -> GapMeasure | None:
+    """Relative L2 difference of the predictions with BN on batch statistics vs moving statistics.
+
+    Only the BN layers switch to batch statistics; Dropout and everything else stay in inference
+    mode, so the number measures what BN alone changes. Run eagerly: a few batches cost less than
+    tracing the model a second time.
+    """
+    usable = [(batch, outputs) for batch, outputs in kept if batch.size >= 2]
+    if not usable:
+        return None
+    difference = reference = 0.0
+    for batch, inference_outputs in usable:
+        with instrumentation.batch_statistics():
+            batch_outputs = model(_model_inputs(batch.arrays), training=False)
+        import tensorflow as tf
+
+        for with_batch_stats, with_moving_stats in zip(tf.nest.flatten(batch_outputs), inference_outputs):
+            delta = np.asarray(with_batch_stats, np.float64) - np.asarray(with_moving_stats, np.float64)
+            difference += float(np.sum(delta * delta))
+            reference += float(np.sum(np.square(np.asarray(with_moving_stats, np.float64))))
+    relative = float(np.sqrt(difference / reference)) if reference > 0 else float(np.sqrt(difference))
+    return GapMeasure(relative, len(usable), max(batch.size for batch, _ in usable))
+
+
+def _largest_finite(values: np.ndarray) -> float:
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _batch_consistency(step: Any, first: tuple[Batch, tuple[np.ndarray, ...]]) -> ConsistencyMeasure | None:
+    """In inference mode a sample's prediction must not depend on the other samples of its batch.
+
+    The single samples go through the same traced step as the batch, so the comparison is not
+    blurred by eager-vs-graph rounding differences. NaN/Inf predictions are BN103's business and
+    are left out here.
+    """
+    batch, batch_outputs = first
+    if batch.size < 2:
+        return None
+    scale = max(_largest_finite(output) for output in batch_outputs)
+    worst, worst_sample = 0.0, 0
+    samples = min(CONSISTENCY_SAMPLES, batch.size)
+    for index in range(samples):
+        alone, _ = step(*(array[index:index + 1] for array in batch.arrays))
+        difference = max(_largest_finite(np.asarray(single.numpy()[0], np.float64) - output[index])
+                         for single, output in zip(alone, batch_outputs))
+        if difference > worst:
+            worst, worst_sample = difference, index
+    relative = worst / scale if scale > 0 else worst
+    return ConsistencyMeasure(relative, worst_sample, samples, batch.size)
+
+
+def _merged(moments: RunningMoments, layout: tuple[Entry, ...], tap: int, side: str) -> tuple[ChannelMoments, int]:
+    offset = 0
+    count = mean = m2 = non_finite = None
+    calls = 0
+    for entry in layout:
+        span = slice(offset, offset + entry.channels)
+        offset += entry.channels
+        if entry.tap != tap or entry.side != side:
+            continue
+        calls += 1
+        if count is None:
+            count, mean, m2, non_finite = (moments.count[span], moments.mean[span], moments.m2[span],
+                                           moments.non_finite[span])
+        else:
+            # A shared BN layer runs more than once per batch: pool everything it saw.
+            count, mean, m2 = merge(count, mean, m2, moments.count[span], moments.mean[span], moments.m2[span])
+            non_finite = non_finite + moments.non_finite[span]
+    if count is None:
+        return None, 0
+    pooled = RunningMoments(count.size)
+    pooled.add_summary(count, mean, m2, non_finite)
+    return pooled.result(), calls
+
+
+def _vector(layer: Any, name: str, channels: int, default: float) -> np.ndarray:
+    """gamma or beta as float64, or the constant they stand for when scale/center is off."""
+    variable = getattr(layer, name, None)
+    if variable is None:
+        return np.full(channels, default)
+    return np.asarray(variable.numpy(), np.float64).reshape(-1)
+
+
+def derive_output(inputs: ChannelMoments, gamma: np.ndarray, beta: np.ndarray, moving_mean: np.ndarray,
+                  moving_variance: np.ndarray, epsilon: float) -> ChannelMoments:
+    """Statistics of a BN layer's inference output from those of its input.
+
+    In inference mode y = a * x + b per channel, with a = gamma / sqrt(moving_variance + eps) and
+    b = beta - a * moving_mean, so mean(y) = a * mean(x) + b and var(y) = a^2 * var(x) exactly.
+    Where a or b is not finite every output value of the channel is NaN/Inf.
+    """
+    with np.errstate(all="ignore"):
+        scale = gamma / np.sqrt(moving_variance + epsilon)
+        shift = beta - scale * moving_mean
+        broken = ~(np.isfinite(scale) & np.isfinite(shift))
+        mean = np.where(broken, np.nan, scale * inputs.mean + shift)
+        variance = np.where(broken, np.nan, scale * scale * inputs.variance)
+    return ChannelMoments(count=np.where(broken, 0.0, inputs.count), mean=mean, variance=variance,
+                          non_finite=inputs.non_finite + np.where(broken, inputs.count, 0.0))
+
+
+def _unreached(channels: int) -> ChannelMoments:
+    nan = np.full(channels, np.nan)
+    return ChannelMoments(np.zeros(channels), nan, nan, np.zeros(channels))
+
+
+def _layer_probes(taps: tuple[BNTap, ...], result: _PassResult) -> tuple[LayerProbe, ...]:
+    first_seen = {}
+    for position, entry in enumerate(result.layout):
+        first_seen.setdefault(entry.tap, position)
+    order = {tap: rank for rank, tap in enumerate(sorted(first_seen, key=first_seen.get))}
+    probes = []
+    for tap in taps:
+        layer = tap.layer
+        moving_mean = np.asarray(layer.moving_mean.numpy(), np.float64).reshape(-1)
+        moving_variance = np.asarray(layer.moving_variance.numpy(), np.float64).reshape(-1)
+        epsilon = float(layer.epsilon)
+        inputs, calls = _merged(result.moments, result.layout, tap.index, "input")
+        outputs, _ = _merged(result.moments, result.layout, tap.index, "output")
+        measured = outputs is not None
+        if inputs is None:
+            inputs = outputs = _unreached(moving_mean.size)
+        elif outputs is None:
+            outputs = derive_output(inputs, _vector(layer, "gamma", moving_mean.size, 1.0),
+                                    _vector(layer, "beta", moving_mean.size, 0.0), moving_mean, moving_variance, epsilon)
+        entry = next((e for e in result.layout if e.tap == tap.index), None)
+        axes = entry.axes if entry is not None else tuple(np.atleast_1d(layer.axis).tolist())
+        probes.append(LayerProbe(
+            path=tap.path, order=order.get(tap.index), axis=axes, epsilon=epsilon,
+            moving_mean=moving_mean, moving_variance=moving_variance, input=inputs, output=outputs,
+            calls=calls * result.batches, output_measured=measured))
+    return tuple(probes)
