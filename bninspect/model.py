@@ -67,6 +67,9 @@ class BNLayer:
     dtype_policy: str | None = None
     # The dtype the arrays were stored with in the file (e.g. "float32", "float16").
     stored_dtype: str | None = None
+    # (array name, HDF5 dataset path) for files read with h5py; in a .keras archive the path is
+    # inside its model.weights.h5. Empty for SavedModel and in-memory models.
+    locations: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:

@@ -52,8 +52,9 @@ def attr_text_list(value: Any) -> list[str]:
     return [text for text in texts if text]
 
 
-def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None) -> tuple[np.ndarray, str]:
-    """A 1-D float array from dataset `name` of an HDF5 group, as float64, and its stored dtype.
+def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None) -> tuple[np.ndarray, str, str]:
+    """A 1-D float array from dataset `name` of an HDF5 group, as float64, its stored dtype and
+    the dataset's path in the file (where `recalibrate` writes new values).
 
     `raw` is the same file opened for plain reading, when it is a file on disk: a contiguous
     dataset is then a run of bytes at a known offset, read directly. That, and h5py's low-level
@@ -82,7 +83,7 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None) -
     else:
         values = np.empty(shape, dtype=dtype)
         dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
-    return values.astype(np.float64), str(dtype)
+    return values.astype(np.float64), str(dtype), f"{group.name.rstrip('/')}/{name}"
 
 
 def _axis(value: Any) -> tuple[int, ...] | None:
@@ -106,8 +107,9 @@ def _flag(value: Any, default: bool | None) -> bool | None:
 
 
 def bn_layer(path: str, class_name: str, config: Mapping[str, Any] | None,
-             arrays: Mapping[str, tuple[np.ndarray, str]]) -> "BNLayer":
-    """Build a BNLayer from its config (None for weights-only files) and its named arrays.
+             arrays: Mapping[str, tuple]) -> "BNLayer":
+    """Build a BNLayer from its config (None for weights-only files) and its named arrays:
+    (values, stored dtype) or, from HDF5 files, (values, stored dtype, dataset path).
 
     Raises ConfigError when the moving statistics are missing or the arrays disagree in length.
     """
@@ -116,7 +118,7 @@ def bn_layer(path: str, class_name: str, config: Mapping[str, Any] | None,
     for required in ("moving_mean", "moving_variance"):
         if required not in arrays:
             raise ConfigError(f"BN layer {path!r} has no {required}")
-    sizes = {name: values.size for name, (values, _) in arrays.items()}
+    sizes = {name: entry[0].size for name, entry in arrays.items()}
     if len(set(sizes.values())) != 1:
         listed = ", ".join(f"{name} {size}" for name, size in sizes.items())
         raise ConfigError(f"BN layer {path!r} has arrays of different lengths ({listed})")
@@ -137,6 +139,7 @@ def bn_layer(path: str, class_name: str, config: Mapping[str, Any] | None,
         trainable=_flag(get("trainable"), True if config else None),
         dtype_policy=dtype_policy_name(get("dtype")),
         stored_dtype=arrays["moving_mean"][1],
+        locations=tuple((name, entry[2]) for name, entry in arrays.items() if len(entry) > 2),
     )
 
 
