@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from bninspect import __version__
-from bninspect.commands import check_cmd, diff_cmd, inspect_cmd, probe_cmd, rules_cmd
+from bninspect.commands import check_cmd, diff_cmd, inspect_cmd, probe_cmd, recalibrate_cmd, rules_cmd
 
 app = typer.Typer(
     name="bninspect",
@@ -41,6 +41,7 @@ app.command("check")(check_cmd.check)
 app.command("rules")(rules_cmd.rules)
 app.command("explain")(rules_cmd.explain)
 app.command("probe")(probe_cmd.probe)
+app.command("recalibrate")(recalibrate_cmd.recalibrate)
 # --- end of command registrations ---
 
 COMMANDS = ("inspect", "check", "probe", "rules", "explain", "recalibrate", "diff")

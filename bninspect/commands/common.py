@@ -44,6 +44,30 @@ def one_line_errors(debug: bool) -> Iterator[None]:
         fail(str(error))
 
 
+def quiet_tensorflow() -> None:
+    """Import TensorFlow and Keras without their start-up chatter on stderr (CUDA probing, oneDNN
+    notes): it is not part of our report. Recent TF versions log from C++ before absl's logging is
+    set up, ignoring TF_CPP_MIN_LOG_LEVEL, so stderr's file descriptor is pointed at /dev/null for
+    the import only. `--debug` skips this.
+    """
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)
+    silent = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(silent, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(silent)
+    for name in ("tensorflow", "absl", "keras"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def use_color(output: Optional[Path]) -> bool:
     if output is not None or "NO_COLOR" in os.environ:
         return False

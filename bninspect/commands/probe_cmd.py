@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +9,7 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import (EXIT_FINDINGS, EXIT_OK, DebugOption, OutputOption, emit, fail,
-                                       one_line_errors, terminal_width, use_color)
+                                       one_line_errors, quiet_tensorflow, terminal_width, use_color)
 from bninspect.reporters import OutputFormat
 
 
@@ -40,7 +38,7 @@ def probe(
         fail(f"--format {output_format.value} is for `bninspect check`; probe writes text or json")
     settings = command_settings(config, debug=debug)
     if not debug:
-        _quiet_tensorflow()
+        quiet_tensorflow()
     with one_line_errors(debug):
         from bninspect.probes import run_probe
 
@@ -62,12 +60,3 @@ def probe(
     failing = any(finding.severity.value == "error" for finding in report.findings)
     raise typer.Exit(EXIT_FINDINGS if failing else EXIT_OK)
 
-
-def _quiet_tensorflow() -> None:
-    """TF's start-up chatter (CUDA probing, oneDNN notes, deprecations) is not part of our report.
-
-    Set before TensorFlow is imported: the C++ log level is read once, at import.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for name in ("tensorflow", "absl", "keras"):
-        logging.getLogger(name).setLevel(logging.ERROR)

@@ -126,8 +126,11 @@ def _summaries(x: Any, axes: tuple[int, ...], masked: bool) -> tuple[Any, Any, A
 class Instrumentation:
     """Context manager: wraps every BN layer's `call` on entry, restores it on exit."""
 
-    def __init__(self, taps: tuple[BNTap, ...]):
+    def __init__(self, taps: tuple[BNTap, ...], batch_statistics: bool = False):
+        """batch_statistics: while recording, the layers normalise with the batch's own statistics
+        (how `recalibrate` sees what each layer gets in training)."""
         self.taps = taps
+        self.record_with_batch_statistics = batch_statistics
         self.mode = Mode.OFF
         self._masked = False
         self._records: list[tuple[Entry, tuple[Any, Any, Any, Any]]] = []
@@ -156,7 +159,7 @@ class Instrumentation:
         @tf.autograph.experimental.do_not_convert
         def call(*args: Any, **kwargs: Any) -> Any:
             mode = self.mode
-            if mode is Mode.BATCH_STATS:
+            if mode is Mode.BATCH_STATS or (mode is Mode.RECORD and self.record_with_batch_statistics):
                 if len(args) > 1:
                     args = (args[0], True, *args[2:])
                 else:

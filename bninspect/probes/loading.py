@@ -162,6 +162,16 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
                        f"keras {keras.__version__}", description)
 
 
+def load_weights(loaded: LoadedModel, path: str) -> Any:
+    """`loaded`'s model with the weights of the weights-only file `path` (for `--architecture`)."""
+    try:
+        loaded.model.load_weights(path)
+    except _KERAS_LOAD_ERRORS as error:
+        text = " ".join(str(error).split())[:300] or type(error).__name__
+        raise ModelRefused(f"{path}: the weights do not fit the --architecture model ({text})") from error
+    return loaded.model
+
+
 def _load_error(source: str, error: BaseException) -> ModelRefused:
     text = " ".join(str(error).split())[:300] or type(error).__name__
     return ModelRefused(f"{source}: Keras cannot load the model ({text})")

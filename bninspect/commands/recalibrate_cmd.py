@@ -1,0 +1,137 @@
+"""`bninspect recalibrate MODEL --data FILE -o OUT`: new moving statistics from data, in a new file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bninspect.commands.cli_settings import ConfigOption, command_settings
+from bninspect.commands.common import (DebugOption, UsageProblem, emit, fail, one_line_errors, quiet_tensorflow,
+                                       terminal_width, use_color)
+from bninspect.reporters import OutputFormat
+
+
+def recalibrate(
+    model: Path = typer.Argument(..., help="The model file to recalibrate (.keras, .h5, or a weights file "
+                                           "with --architecture)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Input samples: .npy (batch first), .npz or a directory of "
+                                                        "images, preprocessed as in training."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", dir_okay=False,
+                                          help="Where to write the recalibrated model (same format as MODEL)."),
+    in_place: bool = typer.Option(False, "--in-place", help="Replace MODEL itself (atomically) instead of writing -o."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Only the BN layers matching PATTERN (glob on path "
+                                                                 "or name); the others keep their statistics."),
+    architecture: Optional[Path] = typer.Option(None, "--architecture", dir_okay=False,
+                                                help="For a weights-only MODEL: a full model file (.keras/.h5) "
+                                                     "with the same architecture to run the weights in."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=2, help="Samples per batch."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N samples."),
+    rescale: Optional[str] = typer.Option(None, "--rescale", help="Multiply the inputs by this factor, e.g. 1/255."),
+    unsafe: bool = typer.Option(False, "--unsafe", help="Allow Lambda layers: their Python code stored in the file "
+                                                        "runs while the model loads. Only for files you trust."),
+    custom_objects: Optional[Path] = typer.Option(None, "--custom-objects", dir_okay=False,
+                                                  help="A Python file whose top-level classes and functions are the "
+                                                       "model's custom objects. The file is executed."),
+    output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
+    report_file: Optional[Path] = typer.Option(None, "--report", dir_okay=False,
+                                               help="Write the report to FILE instead of stdout."),
+    config: Optional[Path] = ConfigOption,
+    debug: bool = DebugOption,
+) -> None:
+    """Recompute the moving mean and variance of MODEL's BN layers from --data and write a new file.
+
+    The statistics are the cumulative mean and variance of each layer's input over all the data
+    (every sample weighted equally, like PyTorch's update_bn), with the BN layers normalising with
+    batch statistics as in training and every other layer in inference mode. Everything else in
+    the file is copied unchanged. Prints the statistics before and after, and `check` on the new file.
+
+    Exit 0: written; 2: could not recalibrate (nothing is written).
+    """
+    if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
+        fail(f"--format {output_format.value} is for `bninspect check`; recalibrate writes text or json")
+    target = _target(model, output, in_place)
+    settings = command_settings(config, debug=debug)
+    if not debug:
+        quiet_tensorflow()
+    with one_line_errors(debug):
+        summary = _recalibrate(model, data, target, layers=layers, architecture=architecture, batch_size=batch_size,
+                               limit=limit, rescale=rescale, unsafe=unsafe, custom_objects=custom_objects,
+                               settings=settings)
+    from bninspect.reporters import recalibrate_report
+
+    if output_format is OutputFormat.JSON:
+        emit(recalibrate_report.render_json(summary), report_file)
+    else:
+        emit(recalibrate_report.render_text(summary, color=use_color(report_file), width=terminal_width()),
+             report_file)
+
+
+def _target(model: Path, output: Optional[Path], in_place: bool) -> Path:
+    if in_place:
+        if output is not None and not _same_file(model, output):
+            fail("--in-place replaces MODEL; leave out -o, or leave out --in-place to write a new file")
+        return model
+    if output is None:
+        fail("give -o OUT for the recalibrated model, or --in-place to replace MODEL")
+    if _same_file(model, output):
+        fail(f"{output}: that is MODEL itself; pass --in-place to replace it")
+    if _suffix(output) != _suffix(model):
+        fail(f"{output}: recalibrate writes the format of MODEL, so OUT must end in {_suffix(model) or 'nothing'}")
+    return output
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".weights.h5"):
+        return ".weights.h5"
+    return {".hdf5": ".h5"}.get(path.suffix.lower(), path.suffix.lower())
+
+
+def _recalibrate(model: Path, data: Path, target: Path, *, layers, architecture, batch_size, limit, rescale,
+                 unsafe, custom_objects, settings):
+    from bninspect import loaders
+    from bninspect.api import inspect_path
+    from bninspect.probes.recalibrate import recompute
+    from bninspect.recalibration import RecalibrationSummary
+    from bninspect.writing import check_writable, write_statistics
+
+    description = loaders.load(str(model))
+    check_writable(description)  # before minutes of computation, not after
+    subject = _model_to_run(description, architecture, unsafe, custom_objects)
+    result = recompute(subject, str(data), batch_size=batch_size, limit=limit, rescale=rescale, layers=layers,
+                       unsafe=unsafe, custom_objects=custom_objects, progress=True)
+    if not result.layers:
+        raise UsageProblem(f"{model}: no BN layer was recalibrated ("
+                           f"{'; '.join(f'{path}: {reason}' for path, reason in result.kept[:4])})")
+    write_statistics(description, {layer.path: (layer.after_mean, layer.after_variance) for layer in result.layers},
+                     target)
+    check = inspect_path(target, settings)
+    return RecalibrationSummary(source=str(model), output=str(target), keras=result.loaded.keras,
+                                samples=result.samples, batches=result.batches, batch_size=batch_size,
+                                layers=result.layers, kept=result.kept, check=check)
+
+
+def _model_to_run(description, architecture: Optional[Path], unsafe: bool, custom_objects: Optional[Path]):
+    """The file itself, or for a weights-only file the architecture with these weights loaded."""
+    if description.has_config:
+        if architecture is not None:
+            raise UsageProblem(f"--architecture is for weights-only files; {description.source} holds its own")
+        return description.source
+    if architecture is None:
+        raise UsageProblem(f"{description.source}: a weights-only file has no architecture to run; "
+                           "pass --architecture MODEL_FILE with the same layers")
+    from bninspect.probes.loading import load_custom_objects, load_model, load_weights
+
+    objects = load_custom_objects(custom_objects) if custom_objects is not None else None
+    loaded = load_model(str(architecture), unsafe=unsafe, custom_objects=objects)
+    return load_weights(loaded, description.source)

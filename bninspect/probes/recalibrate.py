@@ -1,0 +1,106 @@
+"""Recompute BN moving statistics from data, as PyTorch's `update_bn` does.
+
+One pass over the data with the chosen BN layers normalising with their batch's own statistics
+(training=True for them only; Dropout and every other layer stay in inference mode), exactly as
+during training, while each chosen layer's input is reduced to per-channel (count, mean, M2) and
+merged over all batches in float64. The result is the cumulative statistics of everything the layer
+saw, every sample weighted equally, not an exponential moving average: the same numbers whatever
+the batch order, and for the first BN layer exactly the mean and (population) variance of its input
+over the data. Keras stores the population variance (no Bessel correction), so that is what is
+written.
+
+The live model's variables are left as they were; the caller writes the numbers into a file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from bninspect.commands.common import UsageProblem
+from bninspect.data import open_data, parse_rescale
+from bninspect.probes.instrument import BNTap, Instrumentation, find_bn_layers
+from bninspect.probes.loading import LoadedModel, load_custom_objects
+from bninspect.recalibration import RecalibratedLayer
+from bninspect.probes.runner import _load, _merged, _one_pass, _restore, _snapshot, input_specs
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    loaded: LoadedModel
+    samples: int
+    batches: int
+    layers: tuple[RecalibratedLayer, ...]
+    # BN layers that keep their statistics, and why: not selected, or not reached by the data.
+    kept: tuple[tuple[str, str], ...]
+
+
+def matches(path: str, pattern: str) -> bool:
+    """A glob over the layer path or its last component, as `--layer` does elsewhere."""
+    return fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)
+
+
+def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32, limit: int | None = None,
+              rescale: float | str | None = None, layers: str | None = None, unsafe: bool = False,
+              custom_objects: Mapping[str, Any] | str | os.PathLike | None = None,
+              progress: bool = True) -> Recalibration:
+    """New moving statistics for the BN layers of `model` (all, or those matching `layers`).
+
+    Raises UsageProblem (ModelRefused, DataError) and ModelReadError. The model is not changed.
+    """
+    if batch_size < 2:
+        # Batch statistics of a single sample: every channel's variance is 0 and its mean the value.
+        raise UsageProblem(f"--batch-size {batch_size}: recalibration needs at least 2 samples per batch")
+    scale = parse_rescale(rescale) if isinstance(rescale, str) else rescale
+    if isinstance(custom_objects, (str, os.PathLike)):
+        custom_objects = load_custom_objects(custom_objects)
+    loaded = _load(model, unsafe, custom_objects)
+    source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
+    taps = find_bn_layers(loaded.model)
+    if not taps:
+        raise UsageProblem(f"{source}: the model has no BatchNormalization layers")
+    chosen = tuple(tap for tap in taps if layers is None or matches(tap.path, layers))
+    if not chosen:
+        raise UsageProblem(f"--layers {layers!r}: no BN layer matches (layers: "
+                           f"{', '.join(tap.path for tap in taps[:8])}{', ...' if len(taps) > 8 else ''})")
+    samples = open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale)
+    stored = _snapshot(taps)
+    try:
+        with Instrumentation(chosen, batch_statistics=True) as instrumentation:
+            result = _one_pass(loaded.model, instrumentation, samples, batch_size, 0, progress)
+    finally:
+        _restore(stored)  # training=True moved the variables with momentum; that is not our answer
+    new, kept = [], [(tap.path, "not selected by --layers") for tap in taps if tap not in chosen]
+    for tap in chosen:
+        seen, _ = _merged(result.moments, result.layout, tap.index, "input")
+        if seen is None or not np.any(seen.count > 0):
+            kept.append((tap.path, "the data never reaches it"))
+            continue
+        if np.any(seen.non_finite > 0):
+            raise UsageProblem(f"{source}: the data drives NaN/Inf into the input of {tap.path} "
+                               f"({int(seen.non_finite.sum())} values); statistics from it would be meaningless")
+        new.append(_statistics(tap, seen))
+    return Recalibration(loaded, samples.samples, result.batches, tuple(new), tuple(kept))
+
+
+def _statistics(tap: BNTap, seen: Any) -> RecalibratedLayer:
+    layer = tap.layer
+    return RecalibratedLayer(
+        path=tap.path, samples=int(seen.count.min()),
+        before_mean=np.asarray(layer.moving_mean.numpy(), np.float64).reshape(-1),
+        before_variance=np.asarray(layer.moving_variance.numpy(), np.float64).reshape(-1),
+        after_mean=seen.mean, after_variance=seen.variance)
+
+
+def assign(recalibration: Recalibration) -> None:
+    """Write the new statistics into the live model's variables (the in-memory API)."""
+    by_path = {tap.path: tap for tap in find_bn_layers(recalibration.loaded.model)}
+    for layer in recalibration.layers:
+        target = by_path[layer.path].layer
+        for variable, values in ((target.moving_mean, layer.after_mean), (target.moving_variance, layer.after_variance)):
+            current = np.asarray(variable.numpy())
+            variable.assign(values.reshape(current.shape).astype(current.dtype))

@@ -1,0 +1,117 @@
+"""Write new BN moving statistics into a copy of a model file, atomically.
+
+The copy keeps every byte the statistics do not touch: the same format, the same Keras flavour
+that wrote it, the same other weights, optimizer state and metadata. Only the moving_mean and
+moving_variance datasets the static reader located (`BNLayer.locations`) are overwritten, in the
+dtype the file stores them in. The copy is made next to the output under a temporary name and
+renamed over it at the end, so a reader never sees a half-written file and a failure leaves the
+output as it was. The input file is only read (unless the output is the input: `--in-place`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from bninspect.commands.common import UsageProblem
+from bninspect.model import ModelDescription
+
+WEIGHTS_MEMBER = "model.weights.h5"
+WRITABLE_FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3")
+
+# layer path -> (moving_mean, moving_variance)
+Statistics = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+
+def check_writable(description: ModelDescription) -> None:
+    if description.format not in WRITABLE_FORMATS:
+        raise UsageProblem(f"{description.source}: recalibrate writes .keras, .h5 and weights files, not "
+                           f"{description.format}; save the model as .keras first")
+
+
+def write_statistics(description: ModelDescription, statistics: Statistics, output: str | os.PathLike) -> None:
+    """Copy `description.source` to `output` with the given layers' moving statistics replaced."""
+    check_writable(description)
+    locations = _locations(description, statistics)
+    source = description.source
+    with _atomic(output, like=source) as temporary:
+        if description.format == "keras-v3":
+            _rewrite_archive(source, temporary, locations, statistics)
+        else:
+            shutil.copyfile(source, temporary)
+            _patch_hdf5(temporary, locations, statistics)
+
+
+def _locations(description: ModelDescription, statistics: Statistics) -> dict[str, dict[str, str]]:
+    by_path = {layer.path: dict(layer.locations) for layer in description.bn_layers}
+    located = {}
+    for path in statistics:
+        where = by_path.get(path, {})
+        if "moving_mean" not in where or "moving_variance" not in where:
+            raise UsageProblem(f"{description.source}: cannot find where layer {path!r} stores its moving "
+                               "statistics in the file")
+        located[path] = where
+    return located
+
+
+@contextmanager
+def _atomic(output: str | os.PathLike, like: str) -> Iterator[str]:
+    """A temporary path next to `output`, renamed over it when the block succeeds."""
+    output = os.path.abspath(output)
+    directory = os.path.dirname(output)
+    try:
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(output)}.", suffix=".tmp")
+    except OSError as error:
+        raise UsageProblem(f"{output}: cannot write here ({error.strerror or error})") from None
+    os.close(handle)
+    try:
+        yield temporary
+        shutil.copymode(like, temporary)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, output)
+    except OSError as error:
+        raise UsageProblem(f"{output}: cannot write the recalibrated model ({error.strerror or error})") from None
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _patch_hdf5(path: str, locations: Mapping[str, Mapping[str, str]], statistics: Statistics) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as handle:
+        for layer, (moving_mean, moving_variance) in statistics.items():
+            for name, values in (("moving_mean", moving_mean), ("moving_variance", moving_variance)):
+                dataset = handle[locations[layer][name]]
+                values = np.asarray(values, np.float64)
+                if values.size != dataset.size:
+                    raise UsageProblem(f"{path}: layer {layer!r} stores {dataset.size} values of {name}, "
+                                       f"the data gave {values.size}")
+                dataset[...] = values.reshape(dataset.shape).astype(dataset.dtype)
+
+
+def _rewrite_archive(source: str, target: str, locations: Mapping[str, Mapping[str, str]],
+                     statistics: Statistics) -> None:
+    """A new .keras zip: every member copied as it was, the weights member patched."""
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as rewritten:
+        for info in archive.infolist():
+            if info.filename != WEIGHTS_MEMBER:
+                with archive.open(info) as member, rewritten.open(info, "w") as copy:
+                    shutil.copyfileobj(member, copy, 1 << 20)
+                continue
+            handle, weights = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".weights.h5")
+            os.close(handle)
+            try:
+                with archive.open(info) as member, open(weights, "wb") as copy:
+                    shutil.copyfileobj(member, copy, 1 << 20)
+                _patch_hdf5(weights, locations, statistics)
+                rewritten.write(weights, info.filename, compress_type=info.compress_type)
+            finally:
+                os.unlink(weights)
