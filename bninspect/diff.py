@@ -1,9 +1,10 @@
 """Compare the BN layers of two checkpoints of one model, matched by layer path.
 
 For every array the change is reported two ways: the largest absolute change over the channels,
-and that same change relative to the array's scale in A (its largest magnitude). Relative to the
-scale, not per element, because beta and the moving mean start at exactly 0, where a per-element
-ratio would be infinite for any change at all.
+and that same change relative to the array's scale (its largest magnitude in A or B, whichever is
+larger). Relative to the scale, not per element, because beta and the moving mean start at exactly
+0, where a per-element ratio would be infinite for any change at all; and the larger of both sides,
+so that a moving mean trained away from its initial 0 reads as a 100% change, not as 1e13%.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def _array_change(a: np.ndarray, b: np.ndarray) -> ArrayChange:
     same_nan = np.isnan(a) & np.isnan(b)
     delta = np.where(same_nan, 0.0, np.where(np.isnan(delta), np.inf, delta))
     max_abs = float(delta.max()) if delta.size else 0.0
-    finite_a = np.abs(a[np.isfinite(a)])
-    scale = max(float(finite_a.max()) if finite_a.size else 0.0, SCALE_FLOOR)
+    finite = np.abs(np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]]))
+    scale = max(float(finite.max()) if finite.size else 0.0, SCALE_FLOOR)
     return ArrayChange(max_abs=max_abs, max_rel=max_abs / scale)
 
 
