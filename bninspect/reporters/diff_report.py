@@ -27,7 +27,7 @@ def render_text(model_diff: ModelDiff, color: bool = False, width: int | None = 
     console = Console(file=buffer, force_terminal=color, no_color=not color,
                       color_system="standard" if color else None, width=width or 200, highlight=False)
     console.print(Text(f"A: {model_diff.a.source} ({model_diff.a.format})\nB: {model_diff.b.source} ({model_diff.b.format})"))
-    table = Table(show_edge=False, header_style="bold", caption="largest change: absolute (relative to the array's largest magnitude in A or B)")
+    table = Table(show_edge=False, header_style="bold", caption="largest change: absolute (relative to max |value| in A or B)")
     table.add_column("layer")
     table.add_column("status")
     for name in ARRAY_NAMES:
