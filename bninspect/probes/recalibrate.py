@@ -22,11 +22,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from bninspect.commands.common import UsageProblem
-from bninspect.data import open_data, parse_rescale
 from bninspect.probes.instrument import BNTap, Instrumentation, find_bn_layers
-from bninspect.probes.loading import LoadedModel, load_custom_objects
+from bninspect.probes.loading import LoadedModel
 from bninspect.recalibration import RecalibratedLayer
-from bninspect.probes.runner import _load, _merged, _one_pass, _restore, _snapshot, input_specs
+from bninspect.probes.runner import _merged, _one_pass, _restore, _snapshot, open_model_and_data
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,8 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     if batch_size < 2:
         # Batch statistics of a single sample: every channel's variance is 0 and its mean the value.
         raise UsageProblem(f"--batch-size {batch_size}: recalibration needs at least 2 samples per batch")
-    scale = parse_rescale(rescale) if isinstance(rescale, str) else rescale
-    if isinstance(custom_objects, (str, os.PathLike)):
-        custom_objects = load_custom_objects(custom_objects)
-    loaded = _load(model, unsafe, custom_objects)
-    source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
+    loaded, source, samples = open_model_and_data(model, data, limit=limit, rescale=rescale, unsafe=unsafe,
+                                                  custom_objects=custom_objects)
     taps = find_bn_layers(loaded.model)
     if not taps:
         raise UsageProblem(f"{source}: the model has no BatchNormalization layers")
@@ -67,7 +63,6 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     if not chosen:
         raise UsageProblem(f"--layers {layers!r}: no BN layer matches (layers: "
                            f"{', '.join(tap.path for tap in taps[:8])}{', ...' if len(taps) > 8 else ''})")
-    samples = open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale)
     stored = _snapshot(taps)
     try:
         with Instrumentation(chosen, batch_statistics=True) as instrumentation:

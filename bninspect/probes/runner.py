@@ -54,12 +54,8 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     limits = thresholds if isinstance(thresholds, ProbeThresholds) else resolve(_configured(thresholds))
     if batch_size < 1:
         raise UsageProblem(f"--batch-size {batch_size}: must be at least 1")
-    scale = parse_rescale(rescale) if isinstance(rescale, str) else rescale
-    if isinstance(custom_objects, (str, os.PathLike)):
-        custom_objects = load_custom_objects(custom_objects)
-    loaded = _load(model, unsafe, custom_objects)
-    source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
-    samples = open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale)
+    loaded, source, samples = open_model_and_data(model, data, limit=limit, rescale=rescale, unsafe=unsafe,
+                                                  custom_objects=custom_objects)
     taps = find_bn_layers(loaded.model)
     stored = _snapshot(taps)
     try:
@@ -76,6 +72,18 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
                        batches=result.batches, seconds=time.perf_counter() - started, layers=layers,
                        findings=findings, thresholds=limits, gap=gap, consistency=consistency,
                        description=loaded.description)
+
+
+def open_model_and_data(model: Any, data: Any, *, limit: int | None, rescale: float | str | None, unsafe: bool,
+                        custom_objects: Mapping[str, Any] | str | os.PathLike | None
+                        ) -> tuple[LoadedModel, str, DataSource]:
+    """The model loaded (or taken as it is), the name to report it by, and the data matched to its inputs."""
+    scale = parse_rescale(rescale) if isinstance(rescale, str) else rescale
+    if isinstance(custom_objects, (str, os.PathLike)):
+        custom_objects = load_custom_objects(custom_objects)
+    loaded = _load(model, unsafe, custom_objects)
+    source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
+    return loaded, source, open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale)
 
 
 def _configured(thresholds: Mapping[str, float] | None) -> Any:
