@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from bninspect.config import Settings
 from bninspect.report import ModelReport
@@ -53,6 +53,57 @@ def check_one(target: Target, settings: Settings) -> ModelReport:
         return inspect_path(target.path, settings)
     except ModelReadError as error:
         return ModelReport(source=target.path, description=None, error=error.reason)
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """What `bninspect check --data` / `bninspect.check(..., data=...)` run every model on.
+
+    `rescale` is a number (parse "1/255" with `bninspect.data.parse_rescale` first) and
+    `custom_objects` a dict (the CLI runs the user's --custom-objects file once, up front).
+    """
+
+    data: Any  # a path (.npy, .npz, directory of images) or arrays
+    batch_size: int = 32
+    limit: int | None = None
+    rescale: float | None = None
+    unsafe: bool = False
+    custom_objects: Mapping[str, Any] | None = None
+    progress: bool = False
+
+
+def probe_one(target: Target, settings: Settings, options: ProbeOptions) -> ModelReport:
+    """Check one model statically, then run it on the data and merge the dynamic findings.
+
+    A model that cannot be read, loaded or run on the data (refused Lambda or custom classes,
+    weights-only file, data that does not fit its inputs) becomes a report with `error` set, like
+    an unreadable file: the static findings stay in the report, but it never passes.
+    """
+    from bninspect.api import add_probe
+    from bninspect.commands.common import UsageProblem
+    from bninspect.model import ModelReadError
+
+    report = check_one(target, settings)
+    if report.error is not None:
+        return report
+    try:
+        return add_probe(report, target.path, settings, options)
+    except (ModelReadError, UsageProblem) as error:
+        return replace(report, error=f"cannot run on the data: {_reason(error, target.path)}")
+
+
+def _reason(error: BaseException, source: str) -> str:
+    """The one-line message without the model path the report already names."""
+    text = " ".join(str(error).split())
+    prefix = f"{source}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def probe_targets(items: list[Target], settings: Settings, options: ProbeOptions,
+                  on_done: Callable[[ModelReport], None] | None = None) -> list[ModelReport]:
+    """`probe_one` for every target, one after another in this process (the models run under
+    TensorFlow, which worker processes would each have to import again)."""
+    return _collect((probe_one(item, settings, options) for item in items), on_done)
 
 
 def _check_star(args: tuple[Target, Settings]) -> ModelReport:

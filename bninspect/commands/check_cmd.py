@@ -1,5 +1,9 @@
 """`bninspect check PATH...`: the CI gate. Exit 0 clean, 1 findings at the failing severity,
-2 bad usage or an unreadable file (every other file is still checked and reported)."""
+2 bad usage or an unreadable file (every other file is still checked and reported).
+
+With `--data FILE` every model is also run on the data (the dynamic analysis of `bninspect probe`)
+and its BN101-BN104 findings join the static ones in the same report and exit status.
+"""
 
 from __future__ import annotations
 
@@ -26,23 +30,89 @@ def check(
                                                help="text, json, sarif, junit or github."),
     output: Optional[Path] = OutputOption,
     config: Optional[Path] = ConfigOption,
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Read files in N worker processes (0: one per CPU)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Read files in N worker processes (0: one per CPU). "
+                                                      "Ignored with --data: models are run one after another."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d",
+                                        help="Also run every model on these samples (inference mode) and report "
+                                             "BN101-BN104 with the static findings: .npy (batch first), .npz (one "
+                                             "array, or one per model input name) or a directory of .png/.jpg "
+                                             "images. PATH must then name model files or SavedModel directories "
+                                             "(no directory search: one data set fits one model's inputs). A model "
+                                             "that cannot be loaded or run on the data fails with exit 2."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
+                                             help="With --data: samples per batch (default 32)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="With --data: use only the first N samples."),
+    rescale: Optional[str] = typer.Option(None, "--rescale", help="With --data: multiply the inputs by this factor, "
+                                                                  "e.g. 1/255."),
+    unsafe: bool = typer.Option(False, "--unsafe", help="With --data: allow Lambda layers: their Python code stored "
+                                                        "in the file runs while the model loads. Only for files you trust."),
+    custom_objects: Optional[Path] = typer.Option(None, "--custom-objects", dir_okay=False,
+                                                  help="With --data: a Python file whose top-level classes and "
+                                                       "functions are the models' custom objects. The file is executed."),
     debug: bool = DebugOption,
 ) -> None:
-    """Check model files for BatchNormalization problems; the exit code says whether they pass."""
+    """Check model files for BatchNormalization problems; the exit code says whether they pass.
+
+    Exit 0: nothing at the failing severity; 1: a finding at error (with --strict, warning too);
+    2: bad usage, or a model that could not be read (or, with --data, loaded and run on the data).
+    """
     from bninspect.checking import check_targets, exit_status, targets
 
     settings = command_settings(config, select, ignore, strict, debug)
     if jobs < 0:
         fail(f"--jobs must be 0 (one per CPU) or more, got {jobs}")
     workers = jobs or os.cpu_count() or 1
+    if data is None:
+        given = [flag for flag, value in (("--batch-size", batch_size), ("--limit", limit), ("--rescale", rescale),
+                                          ("--unsafe", unsafe), ("--custom-objects", custom_objects)) if value]
+        if given:
+            fail(f"{', '.join(given)} only apply with --data")
     with one_line_errors(debug):
-        items = targets(paths)
-        with _progress(len(items)) as advance:
-            reports = check_targets(items, settings, jobs=workers, on_done=advance)
+        if data is not None:
+            reports = _check_with_data(paths, settings, data, batch_size or 32, limit, rescale, unsafe,
+                                       custom_objects, debug)
+        else:
+            items = targets(paths)
+            with _progress(len(items)) as advance:
+                reports = check_targets(items, settings, jobs=workers, on_done=advance)
     code = exit_status(reports, settings)
     emit(_render(reports, output_format, settings, code, output), output)
     raise typer.Exit(code)
+
+
+def _check_with_data(paths: List[Path], settings, data: Path, batch_size: int, limit: Optional[int],
+                     rescale: Optional[str], unsafe: bool, custom_objects: Optional[Path], debug: bool):
+    """Static rules and the probe for every model, one after another; one report per model."""
+    from bninspect.api import probe_options
+    from bninspect.checking import Target, probe_targets
+
+    for path in paths:
+        if path.is_dir() and not (path / "saved_model.pb").is_file():
+            fail(f"{path}: with --data, name model files or SavedModel directories, not a directory to search "
+                 "(one data set fits the inputs of one model; pass the checkpoints of one model explicitly, "
+                 "e.g. checkpoints/*.keras)")
+    if not data.exists():
+        fail(f"--data {data}: no such file or directory")
+    if not debug:
+        _quiet_tensorflow()
+    # Parsed once, up front: a bad --rescale is a usage error, and the custom-objects file runs once.
+    options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
+    items = [Target(str(path)) for path in dict.fromkeys(paths)]
+    return probe_targets(items, settings, options)
+
+
+def _quiet_tensorflow() -> None:
+    """TensorFlow's start-up chatter is not part of the report (as in `bninspect probe`)."""
+    try:
+        from bninspect.commands.common import quiet_tensorflow
+    except ImportError:  # a common.py without the shared helper
+        import logging
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        for name in ("tensorflow", "absl", "keras"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        return
+    quiet_tensorflow()
 
 
 def _render(reports, output_format: OutputFormat, settings, code: int, output: Optional[Path]) -> str:
