@@ -15,7 +15,8 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.cli_settings import ConfigOption, IgnoreOption, SelectOption, command_settings
-from bninspect.commands.common import DebugOption, OutputOption, emit, fail, one_line_errors, use_color
+from bninspect.commands.common import DebugOption, OutputOption, emit, fail, one_line_errors, quiet_tensorflow, use_color
+from bninspect.commands.data_options import CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.reporters import OutputFormat
 
 
@@ -41,14 +42,10 @@ def check(
                                              "that cannot be loaded or run on the data fails with exit 2."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
                                              help="With --data: samples per batch (default 32)."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="With --data: use only the first N samples."),
-    rescale: Optional[str] = typer.Option(None, "--rescale", help="With --data: multiply the inputs by this factor, "
-                                                                  "e.g. 1/255."),
-    unsafe: bool = typer.Option(False, "--unsafe", help="With --data: allow Lambda layers: their Python code stored "
-                                                        "in the file runs while the model loads. Only for files you trust."),
-    custom_objects: Optional[Path] = typer.Option(None, "--custom-objects", dir_okay=False,
-                                                  help="With --data: a Python file whose top-level classes and "
-                                                       "functions are the models' custom objects. The file is executed."),
+    limit: Optional[int] = LimitOption,
+    rescale: Optional[str] = RescaleOption,
+    unsafe: bool = UnsafeOption,
+    custom_objects: Optional[Path] = CustomObjectsOption,
     debug: bool = DebugOption,
 ) -> None:
     """Check model files for BatchNormalization problems; the exit code says whether they pass.
@@ -94,25 +91,11 @@ def _check_with_data(paths: List[Path], settings, data: Path, batch_size: int, l
     if not data.exists():
         fail(f"--data {data}: no such file or directory")
     if not debug:
-        _quiet_tensorflow()
+        quiet_tensorflow()
     # Parsed once, up front: a bad --rescale is a usage error, and the custom-objects file runs once.
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
     items = [Target(str(path)) for path in dict.fromkeys(paths)]
     return probe_targets(items, settings, options)
-
-
-def _quiet_tensorflow() -> None:
-    """TensorFlow's start-up chatter is not part of the report (as in `bninspect probe`)."""
-    try:
-        from bninspect.commands.common import quiet_tensorflow
-    except ImportError:  # a common.py without the shared helper
-        import logging
-
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        for name in ("tensorflow", "absl", "keras"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        return
-    quiet_tensorflow()
 
 
 def _render(reports, output_format: OutputFormat, settings, code: int, output: Optional[Path]) -> str:

@@ -58,7 +58,7 @@ def quiet_tensorflow() -> None:
     try:
         sys.stderr.flush()
         os.dup2(silent, 2)
-        import keras  # noqa: F401
+        import keras  # noqa: F401  (imported here, silenced, for the caller to use)
         import tensorflow  # noqa: F401
     finally:
         os.dup2(saved, 2)

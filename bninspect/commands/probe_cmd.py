@@ -10,21 +10,18 @@ import typer
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import (EXIT_FINDINGS, EXIT_OK, DebugOption, OutputOption, emit, fail,
                                        one_line_errors, quiet_tensorflow, terminal_width, use_color)
+from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.reporters import OutputFormat
 
 
 def probe(
     model: Path = typer.Argument(..., help="A model file (.h5, .keras) or SavedModel directory."),
-    data: Path = typer.Option(..., "--data", "-d", help="Input samples: .npy (batch first), .npz (one array, or one "
-                                                        "per model input name) or a directory of .png/.jpg images."),
+    data: Path = typer.Option(..., "--data", "-d", help=DATA_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Samples per batch."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N samples."),
-    rescale: Optional[str] = typer.Option(None, "--rescale", help="Multiply the inputs by this factor, e.g. 1/255."),
-    unsafe: bool = typer.Option(False, "--unsafe", help="Allow Lambda layers: their Python code stored in the file "
-                                                        "runs while the model loads. Only for files you trust."),
-    custom_objects: Optional[Path] = typer.Option(None, "--custom-objects", dir_okay=False,
-                                                  help="A Python file whose top-level classes and functions are the "
-                                                       "model's custom objects. The file is executed."),
+    limit: Optional[int] = LimitOption,
+    rescale: Optional[str] = RescaleOption,
+    unsafe: bool = UnsafeOption,
+    custom_objects: Optional[Path] = CustomObjectsOption,
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
     config: Optional[Path] = ConfigOption,

@@ -11,14 +11,14 @@ import typer
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import (DebugOption, UsageProblem, emit, fail, one_line_errors, quiet_tensorflow,
                                        terminal_width, use_color)
+from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.reporters import OutputFormat
 
 
 def recalibrate(
     model: Path = typer.Argument(..., help="The model file to recalibrate (.keras, .h5, or a weights file "
                                            "with --architecture)."),
-    data: Path = typer.Option(..., "--data", "-d", help="Input samples: .npy (batch first), .npz or a directory of "
-                                                        "images, preprocessed as in training."),
+    data: Path = typer.Option(..., "--data", "-d", help=DATA_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", dir_okay=False,
                                           help="Where to write the recalibrated model (same format as MODEL)."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace MODEL itself (atomically) instead of writing -o."),
@@ -28,13 +28,10 @@ def recalibrate(
                                                 help="For a weights-only MODEL: a full model file (.keras/.h5) "
                                                      "with the same architecture to run the weights in."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=2, help="Samples per batch."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N samples."),
-    rescale: Optional[str] = typer.Option(None, "--rescale", help="Multiply the inputs by this factor, e.g. 1/255."),
-    unsafe: bool = typer.Option(False, "--unsafe", help="Allow Lambda layers: their Python code stored in the file "
-                                                        "runs while the model loads. Only for files you trust."),
-    custom_objects: Optional[Path] = typer.Option(None, "--custom-objects", dir_okay=False,
-                                                  help="A Python file whose top-level classes and functions are the "
-                                                       "model's custom objects. The file is executed."),
+    limit: Optional[int] = LimitOption,
+    rescale: Optional[str] = RescaleOption,
+    unsafe: bool = UnsafeOption,
+    custom_objects: Optional[Path] = CustomObjectsOption,
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     report_file: Optional[Path] = typer.Option(None, "--report", dir_okay=False,
                                                help="Write the report to FILE instead of stdout."),
