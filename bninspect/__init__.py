@@ -17,7 +17,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "inspect", "check", "ModelReport", "Finding", "Severity", "Settings", "ModelReadError"]
+__all__ = ["__version__", "inspect", "check", "recalibrate", "ModelReport", "Finding", "Severity", "Settings", "ModelReadError"]
 
 # Names re-exported lazily (PEP 562), so that `import bninspect` and `bninspect --version` stay fast.
 _LAZY = {
@@ -97,3 +97,22 @@ def check(models, data=None, *, batch_size=32, limit=None, rescale=None, unsafe=
     return api.check(models, data, batch_size=batch_size, limit=limit, rescale=rescale, unsafe=unsafe,
                      custom_objects=custom_objects, select=select, ignore=ignore, config=config,
                      settings=settings, unreadable=unreadable, progress=progress)
+
+
+def recalibrate(model, data, *, layers=None, batch_size=32, limit=None, rescale=None, progress=False):
+    """Recompute the moving statistics of an in-memory Keras model's BN layers from data, in place.
+
+    The same computation as `bninspect recalibrate` (cumulative mean and variance of each layer's
+    input over all of `data`, BN layers on batch statistics, everything else in inference mode),
+    written into the model's `moving_mean` / `moving_variance` variables; save the model yourself
+    afterwards. `layers` is a glob on the layer path or name; the others keep their statistics.
+    data and the other options: as for `bninspect.inspect`. For model files use the command line,
+    which writes a new file of the same format.
+
+    Returns the recalibrated layers (.path, .before_mean, .before_variance, .after_mean,
+    .after_variance as float64 arrays).
+    """
+    from bninspect import api
+
+    return api.recalibrate(model, data, layers=layers, batch_size=batch_size, limit=limit, rescale=rescale,
+                           progress=progress)

@@ -183,3 +183,17 @@ def _could_not_run(error: BaseException) -> bool:
     from bninspect.commands.common import UsageProblem
 
     return isinstance(error, UsageProblem)
+
+
+def recalibrate(model: Any, data: Any, *, layers: str | None = None, batch_size: int = 32, limit: int | None = None,
+                rescale: float | str | None = None, progress: bool = False) -> tuple:
+    """See `bninspect.recalibrate`."""
+    if not is_keras_model(model):
+        raise TypeError(f"expected an in-memory Keras model, not {type(model).__name__} "
+                        "(for model files: bninspect recalibrate MODEL --data FILE -o OUT)")
+    from bninspect.probes.recalibrate import assign, recompute
+
+    result = recompute(model, data, batch_size=batch_size, limit=limit, rescale=rescale, layers=layers,
+                       progress=progress)
+    assign(result)
+    return result.layers

@@ -232,3 +232,24 @@ def test_write_is_atomic(work: Path, monkeypatch: pytest.MonkeyPatch):
     written = bn(loaders.load(str(out)), "bn1")
     assert np.all(written.moving_mean == 0.5) and np.all(written.moving_variance == 2.0)
     assert np.all(bn(loaders.load(str(out)), "bn2").moving_variance == 1.0)
+
+
+def test_in_memory_model_is_recalibrated_in_place():
+    import keras
+
+    import bninspect
+
+    model = keras.models.load_model(str(SAMPLES / "cnn_untrained.keras"), compile=False)
+    data = np.load(DATA)
+    expected = np.asarray(keras.Model(model.inputs, model.get_layer("conv1").output).predict(data, verbose=0),
+                          np.float64)
+    layers = bninspect.recalibrate(model, data, layers="bn1")
+    assert [layer.path for layer in layers] == ["bn1"]
+    np.testing.assert_allclose(model.get_layer("bn1").moving_mean.numpy(), expected.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.get_layer("bn1").moving_variance.numpy(), expected.var(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-7)
+    assert np.all(model.get_layer("bn2").moving_variance.numpy() == 1)
+    assert "BN001" not in {f.code for f in bninspect.inspect(model).findings if f.layer == "bn1"}
+    with pytest.raises(TypeError, match="bninspect recalibrate MODEL"):
+        bninspect.recalibrate(str(SAMPLES / "cnn_untrained.keras"), data)
