@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from bninspect import __version__
 from bninspect.commands import check_cmd, diff_cmd, inspect_cmd, probe_cmd, recalibrate_cmd, rules_cmd
+from bninspect.commands.common import VersionOption
 
 app = typer.Typer(
     name="bninspect",
@@ -20,17 +20,8 @@ app = typer.Typer(
 )
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"bninspect {__version__}")
-        raise typer.Exit(0)
-
-
 @app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
-                                 help="Show the version and exit."),
-) -> None:
+def _root(version: bool = VersionOption) -> None:
     """Find BatchNormalization problems in saved Keras models."""
 
 

@@ -170,3 +170,15 @@ def test_version_and_help_do_not_import_tensorflow():
             "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'h5py') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("command", ["inspect", "check", "probe", "rules", "explain", "recalibrate", "diff"])
+def test_every_command_has_version(command):
+    from typer.testing import CliRunner
+
+    from bninspect import __version__
+    from bninspect.cli import app
+
+    result = CliRunner().invoke(app, [command, "--version"])
+    assert result.exit_code == 0
+    assert result.output == f"bninspect {__version__}\n"

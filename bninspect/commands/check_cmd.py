@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.cli_settings import ConfigOption, IgnoreOption, SelectOption, command_settings
-from bninspect.commands.common import DebugOption, OutputOption, emit, fail, one_line_errors, quiet_tensorflow, use_color
+from bninspect.commands.common import VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors, quiet_tensorflow, use_color
 from bninspect.commands.data_options import CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.reporters import OutputFormat
 
@@ -47,6 +47,7 @@ def check(
     unsafe: bool = UnsafeOption,
     custom_objects: Optional[Path] = CustomObjectsOption,
     debug: bool = DebugOption,
+    version: bool = VersionOption,
 ) -> None:
     """Check model files for BatchNormalization problems; the exit code says whether they pass.
 

@@ -15,6 +15,18 @@ EXIT_FINDINGS = 1
 EXIT_FAILURE = 2
 
 DebugOption = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from bninspect import __version__
+
+        typer.echo(f"bninspect {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+VersionOption = typer.Option(False, "--version", "-V", callback=show_version, is_eager=True,
+                             help="Show the version and exit.")
 OutputOption = typer.Option(None, "--output", "-o", help="Write the report to FILE instead of stdout.",
                             dir_okay=False)
 

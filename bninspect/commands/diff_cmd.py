@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from bninspect.commands.common import DebugOption, OutputOption, emit, fail, one_line_errors, terminal_width, use_color
+from bninspect.commands.common import VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors, terminal_width, use_color
 from bninspect.reporters import OutputFormat
 
 
@@ -17,6 +17,7 @@ def diff(
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
     debug: bool = DebugOption,
+    version: bool = VersionOption,
 ) -> None:
     """Compare the BN layers of two checkpoints of one model, matched by layer path. Exit 0 whether or not they differ."""
     from bninspect import loaders

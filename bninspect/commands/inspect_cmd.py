@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from bninspect.commands.common import (DebugOption, OutputOption, emit, fail,
+from bninspect.commands.common import (VersionOption, DebugOption, OutputOption, emit, fail,
                                        one_line_errors, terminal_width, use_color)
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.reporters import OutputFormat
@@ -20,6 +20,7 @@ def inspect(
     output: Optional[Path] = OutputOption,
     config: Optional[Path] = ConfigOption,
     debug: bool = DebugOption,
+    version: bool = VersionOption,
 ) -> None:
     """Show every BatchNormalization layer of MODEL: gamma, beta, moving statistics and findings."""
     from bninspect.api import inspect_path

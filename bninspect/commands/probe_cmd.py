@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
-from bninspect.commands.common import (EXIT_FINDINGS, EXIT_OK, DebugOption, OutputOption, emit, fail,
+from bninspect.commands.common import (VersionOption, EXIT_FINDINGS, EXIT_OK, DebugOption, OutputOption, emit, fail,
                                        one_line_errors, quiet_tensorflow, terminal_width, use_color)
 from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.reporters import OutputFormat
@@ -26,6 +26,7 @@ def probe(
     output: Optional[Path] = OutputOption,
     config: Optional[Path] = ConfigOption,
     debug: bool = DebugOption,
+    version: bool = VersionOption,
 ) -> None:
     """Run MODEL on the samples in --data (inference mode) and report BN101-BN104.
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
-from bninspect.commands.common import (DebugOption, UsageProblem, emit, fail, one_line_errors, quiet_tensorflow,
+from bninspect.commands.common import (VersionOption, DebugOption, UsageProblem, emit, fail, one_line_errors, quiet_tensorflow,
                                        terminal_width, use_color)
 from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.reporters import OutputFormat
@@ -37,6 +37,7 @@ def recalibrate(
                                                help="Write the report to FILE instead of stdout."),
     config: Optional[Path] = ConfigOption,
     debug: bool = DebugOption,
+    version: bool = VersionOption,
 ) -> None:
     """Recompute the moving mean and variance of MODEL's BN layers from --data and write a new file.
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from bninspect.commands.common import OutputOption, emit, fail, terminal_width, use_color
+from bninspect.commands.common import VersionOption, OutputOption, emit, fail, terminal_width, use_color
 from bninspect.reporters import OutputFormat
 
 
@@ -26,6 +26,7 @@ def _rule_dict(rule) -> dict:
 def rules(
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
+    version: bool = VersionOption,
 ) -> None:
     """List every rule: code, name, default severity and what it finds."""
     from bninspect.rules.catalogue import RULES
@@ -58,6 +59,7 @@ def explain(
     rule_id: str = typer.Argument(..., metavar="CODE|NAME", help="A rule code (BN001) or name (untrained-moving-stats)."),
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
+    version: bool = VersionOption,
 ) -> None:
     """Show one rule's documentation: what it does, why it matters, an example, how to fix it."""
     from bninspect.rules.catalogue import find_rule
