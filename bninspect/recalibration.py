@@ -30,3 +30,4 @@ class RecalibrationSummary:
     layers: tuple[RecalibratedLayer, ...]
     kept: tuple[tuple[str, str], ...]  # (layer path, why its statistics were kept)
     check: ModelReport  # the static check of the written file
+    notes: tuple[str, ...] = ()

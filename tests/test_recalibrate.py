@@ -253,3 +253,24 @@ def test_in_memory_model_is_recalibrated_in_place():
     assert "BN001" not in {f.code for f in bninspect.inspect(model).findings if f.layer == "bn1"}
     with pytest.raises(TypeError, match="bninspect recalibrate MODEL"):
         bninspect.recalibrate(str(SAMPLES / "cnn_untrained.keras"), data)
+
+
+def test_a_last_batch_of_one_sample_is_left_out():
+    """Batch statistics of one sample are degenerate (variance 0): that sample is not used."""
+    import keras
+
+    from bninspect.probes.recalibrate import recompute
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(6, name="first_dense")(inputs)
+    normalised = keras.layers.BatchNormalization(name="bn_a")(hidden)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn_b")(keras.layers.Dense(3)(normalised)))
+    data = np.random.default_rng(1).normal(2.0, 3.0, (33, 4)).astype(np.float32)
+    result = recompute(model, data, batch_size=32, progress=False)
+    assert result.samples == 32 and result.batches == 1
+    assert result.notes and "left out" in result.notes[0]
+    first = next(layer for layer in result.layers if layer.path == "bn_a")
+    seen = np.asarray(model.get_layer("first_dense")(data[:32]), np.float64)
+    np.testing.assert_allclose(first.after_mean, seen.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(first.after_variance, seen.var(axis=0), rtol=1e-4)
+    assert recompute(model, data, batch_size=10, progress=False).samples == 33

@@ -116,7 +116,7 @@ def _recalibrate(model: Path, data: Path, target: Path, *, layers, architecture,
     check = inspect_path(target, settings)
     return RecalibrationSummary(source=str(model), output=str(target), keras=result.loaded.keras,
                                 samples=result.samples, batches=result.batches, batch_size=batch_size,
-                                layers=result.layers, kept=result.kept, check=check)
+                                layers=result.layers, kept=result.kept, check=check, notes=result.notes)
 
 
 def _model_to_run(description, architecture: Optional[Path], unsafe: bool, custom_objects: Optional[Path]):

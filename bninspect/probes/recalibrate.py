@@ -36,6 +36,7 @@ class Recalibration:
     layers: tuple[RecalibratedLayer, ...]
     # BN layers that keep their statistics, and why: not selected, or not reached by the data.
     kept: tuple[tuple[str, str], ...]
+    notes: tuple[str, ...] = ()  # what was done differently from what was asked, and why
 
 
 def matches(path: str, pattern: str) -> bool:
@@ -63,6 +64,12 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     if not chosen:
         raise UsageProblem(f"--layers {layers!r}: no BN layer matches (layers: "
                            f"{', '.join(tap.path for tap in taps[:8])}{', ...' if len(taps) > 8 else ''})")
+    notes = ()
+    if samples.samples > 1 and samples.samples % batch_size == 1:
+        # A last batch of one sample has no batch statistics: BN would output beta for every
+        # channel, and the layers after it would see that constant. Leave the sample out.
+        samples.samples -= 1
+        notes = (f"the last sample was left out: with batch size {batch_size} it would be a batch of one",)
     stored = _snapshot(taps)
     try:
         with Instrumentation(chosen, batch_statistics=True) as instrumentation:
@@ -79,7 +86,7 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
             raise UsageProblem(f"{source}: the data drives NaN/Inf into the input of {tap.path} "
                                f"({int(seen.non_finite.sum())} values); statistics from it would be meaningless")
         new.append(_statistics(tap, seen))
-    return Recalibration(loaded, samples.samples, result.batches, tuple(new), tuple(kept))
+    return Recalibration(loaded, samples.samples, result.batches, tuple(new), tuple(kept), notes)
 
 
 def _statistics(tap: BNTap, seen: Any) -> RecalibratedLayer:

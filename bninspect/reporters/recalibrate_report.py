@@ -55,6 +55,8 @@ def render_text(summary: RecalibrationSummary, color: bool = False, width: int |
     console.print(table)
     for path, reason in summary.kept:
         console.print(Text(f"kept {path}: {reason}", style="dim"))
+    for note in summary.notes:
+        console.print(Text(f"note: {note}", style="dim"))
     console.print()
     console.print(Text(f"check {summary.output}:", style="bold"))
     console.print(check_text.render([summary.check], Severity.ERROR, exit_code=_check_exit(summary.check),
@@ -82,6 +84,7 @@ def to_dict(summary: RecalibrationSummary) -> dict:
                     "largest_mean_shift": _largest_shift(layer)}
                    for layer in summary.layers],
         "kept": [{"path": path, "reason": reason} for path, reason in summary.kept],
+        "notes": list(summary.notes),
         "check": summary.check.to_dict(),
     }
 
