@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bninspect import __version__
 from bninspect.findings import Finding, Severity
 from bninspect.model import BNLayer, ModelDescription
-from bninspect.summary import array_stats
+from bninspect.summary import array_stats, array_stats_many
 
 SCHEMA_VERSION = 1
+_FINDING_FIELDS = tuple(item.name for item in fields(Finding))
 
 
-def bn_layer_dict(layer: BNLayer) -> dict:
+def finding_dict(finding: Finding) -> dict:
+    """`Finding.to_dict()` without `dataclasses.asdict`, whose deep copies cost more than the rest
+    of the JSON document for files with thousands of findings. Same keys, same order."""
+    data = {name: getattr(finding, name) for name in _FINDING_FIELDS}
+    data["severity"] = finding.severity.value
+    return data
+
+
+_ARRAY_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def bn_layer_dict(layer: BNLayer, stats: list[dict] | None = None) -> dict:
+    """The JSON entry of one BN layer. `stats`: its arrays' `array_stats`, when already computed."""
+    if stats is None:
+        stats = [array_stats(getattr(layer, name)) for name in _ARRAY_NAMES]
     return {
         "path": layer.path, "class_name": layer.class_name,
         "axis": list(layer.axis) if layer.axis is not None else None,
         "channels": layer.channels, "epsilon": layer.epsilon, "momentum": layer.momentum,
         "center": layer.center, "scale": layer.scale, "trainable": layer.trainable,
         "dtype_policy": layer.dtype_policy,
-        "gamma": array_stats(layer.gamma), "beta": array_stats(layer.beta),
-        "moving_mean": array_stats(layer.moving_mean),
-        "moving_variance": array_stats(layer.moving_variance),
+        "gamma": stats[0], "beta": stats[1], "moving_mean": stats[2], "moving_variance": stats[3],
     }
+
+
+def bn_layer_dicts(layers: tuple[BNLayer, ...]) -> list[dict]:
+    """`[bn_layer_dict(layer) for layer in layers]`, with the array statistics computed together."""
+    stats = array_stats_many([getattr(layer, name) for layer in layers for name in _ARRAY_NAMES])
+    width = len(_ARRAY_NAMES)
+    return [bn_layer_dict(layer, stats[index * width:(index + 1) * width]) for index, layer in enumerate(layers)]
 
 
 @dataclass(frozen=True)
@@ -54,8 +74,8 @@ class ModelReport:
             "format": description.format if description else None,
             "keras_version": description.keras_version if description else None,
             "error": self.error,
-            "bn_layers": [bn_layer_dict(layer) for layer in self.bn_layers],
-            "findings": [finding.to_dict() for finding in self.findings],
+            "bn_layers": bn_layer_dicts(self.bn_layers),
+            "findings": [finding_dict(finding) for finding in self.findings],
         }
         entry.update(self.extra)
         return entry

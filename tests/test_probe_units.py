@@ -375,12 +375,40 @@ def test_unreached_layers_are_ignored_by_the_rules():
 
 
 def test_gap_and_consistency_findings_follow_their_thresholds():
-    small = rules.evaluate("m", (), GapMeasure(0.05, 4, 32), ConsistencyMeasure(1e-6, 0, 4, 32), T)
-    assert small == ()
-    large = rules.evaluate("m", (), GapMeasure(0.42, 4, 32), ConsistencyMeasure(0.3, 2, 4, 32), T)
-    assert [f.code for f in large] == ["BN102", "BN102"]
-    assert "42.0%" in large[0].message and "sample 2" in large[1].message
-    assert all(f.layer is None for f in large)
+    # Inference-mode variance at 0.42 of the moving variance: what Dropout(0.5) before BN during
+    # training leaves behind.
+    shifted = (_layer("stem/bn", 0, np.zeros(4), np.ones(4)), _layer("head/bn", 1, np.zeros(4), np.full(4, 0.42)))
+    small = rules.evaluate("m", shifted, GapMeasure(0.05, 4, 32), ConsistencyMeasure(1e-6, 0, 4, 32), T)
+    assert [f.code for f in small] == ["BN101"]
+    large = rules.evaluate("m", shifted, GapMeasure(0.42, 4, 32), ConsistencyMeasure(0.3, 2, 4, 32), T)
+    gap, alone = [f for f in large if f.code == "BN102"]
+    assert "42.0%" in gap.message and "moving statistics of head/bn disagree" in gap.message
+    assert "sample 2" in alone.message
+    assert gap.layer is None and alone.layer is None
+
+
+def test_a_gap_without_statistics_that_disagree_with_the_data_is_batch_noise():
+    # Numbers like the healthy trained sample CNN's: moving statistics that match the data (mean
+    # shift ~0.05 stored std, variance ratio ~0.95), yet predictions on the batch statistics of 32
+    # samples differ by 14%. That is the noise of batch statistics, not a property of the model.
+    healthy = (_layer("bn1", 0, np.full(8, 0.05), np.full(8, 0.97)), _layer("bn2", 1, np.full(8, -0.08), np.full(8, 0.93)))
+    assert rules.first_mismatched_layer(healthy, T) is None
+    assert rules.evaluate("m", healthy, GapMeasure(0.143, 2, 32), ConsistencyMeasure(0.0, 0, 4, 32), T) == ()
+    # The batch-consistency half of BN102 does not depend on the statistics.
+    (alone,) = rules.evaluate("m", healthy, GapMeasure(0.143, 2, 32), ConsistencyMeasure(0.3, 1, 4, 32), T)
+    assert alone.code == "BN102" and "predicted alone" in alone.message
+
+
+def test_the_gap_names_the_first_mismatched_layer_in_graph_order():
+    late = _layer("late", 2, np.zeros(4), np.full(4, 0.3))
+    early = _layer("early", 1, np.full(4, 2.0), np.ones(4))
+    unreached = LayerProbe("never", None, (1,), 1e-3, np.zeros(4), np.ones(4),
+                           ChannelMoments(np.zeros(4), np.full(4, np.nan), np.full(4, np.nan), np.zeros(4)),
+                           ChannelMoments(np.zeros(4), np.full(4, np.nan), np.full(4, np.nan), np.zeros(4)), calls=0)
+    assert rules.first_mismatched_layer((late, unreached, early), T) is early
+    (gap,) = [f for f in rules.evaluate("m", (late, unreached, early), GapMeasure(0.3, 4, 32), None, T)
+              if f.code == "BN102"]
+    assert "moving statistics of early disagree" in gap.message
 
 
 def test_probe_report_dict_is_json_ready():

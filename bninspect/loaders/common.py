@@ -52,13 +52,37 @@ def attr_text_list(value: Any) -> list[str]:
     return [text for text in texts if text]
 
 
-def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None) -> tuple[np.ndarray, str, str]:
+# Stored type (H5Tencode bytes) -> (numpy dtype, its name). h5py's dataset.dtype converts the HDF5
+# type afresh for each dataset (~15 us) and str(dtype) takes ~10 us more; a file with thousands of BN
+# arrays has one or two types.
+_DTYPES: dict[bytes, tuple[np.dtype, str]] = {}
+_MAX_DTYPES = 64
+
+
+def _dataset_dtype(dataset: Any) -> tuple[np.dtype, str]:
+    try:
+        key = dataset.get_type().encode()
+    except Exception:  # a type HDF5 cannot serialise: no caching, h5py's conversion as before
+        dtype = dataset.dtype
+        return dtype, str(dtype)
+    known = _DTYPES.get(key)
+    if known is None:
+        dtype = dataset.dtype
+        known = (dtype, str(dtype))
+        if len(_DTYPES) < _MAX_DTYPES:
+            _DTYPES[key] = known
+    return known
+
+
+def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
+                group_path: str | None = None) -> tuple[np.ndarray, str, str]:
     """A 1-D float array from dataset `name` of an HDF5 group, as float64, its stored dtype and
     the dataset's path in the file (where `recalibrate` writes new values).
 
     `raw` is the same file opened for plain reading, when it is a file on disk: a contiguous
     dataset is then a run of bytes at a known offset, read directly. That, and h5py's low-level
     API instead of `group[name][()]`, matter for files with thousands of BN arrays.
+    `group_path` is `group.name` when the caller already has it (it costs an HDF5 call).
     """
     import h5py
 
@@ -66,7 +90,8 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None) -
         dataset = h5py.h5d.open(group.id, name.encode("utf-8"))
     except KeyError:
         raise ConfigError(f"{what} is listed but missing") from None
-    shape, dtype = dataset.shape, dataset.dtype
+    shape = dataset.shape
+    dtype, dtype_name = _dataset_dtype(dataset)
     if len(shape) != 1:
         raise ConfigError(f"{what} has shape {tuple(shape)}, expected one value per channel")
     if shape[0] > MAX_CHANNELS:
@@ -83,7 +108,9 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None) -
     else:
         values = np.empty(shape, dtype=dtype)
         dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
-    return values.astype(np.float64), str(dtype), f"{group.name.rstrip('/')}/{name}"
+    if group_path is None:
+        group_path = group.name
+    return values.astype(np.float64), dtype_name, f"{group_path.rstrip('/')}/{name}"
 
 
 def _axis(value: Any) -> tuple[int, ...] | None:

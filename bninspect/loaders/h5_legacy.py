@@ -37,9 +37,12 @@ def _group_weights(group: Any) -> list[_Weight]:
 
 def _arrays(group: Any, weights: list[_Weight], where: str, raw: BinaryIO | None) -> dict[str, tuple]:
     arrays = {}
+    group_path = None
     for weight in weights:
         if weight.leaf in BN_ARRAY_NAMES:
-            arrays[weight.leaf] = read_vector(group, weight.name, f"{where}/{weight.name}", raw)
+            if group_path is None:
+                group_path = group.name
+            arrays[weight.leaf] = read_vector(group, weight.name, f"{where}/{weight.name}", raw, group_path)
     return arrays
 
 
@@ -138,9 +141,9 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
     bn_layers: list[BNLayer] = []
     for path in bn_paths:
         top, owner = owner_of[path]
-        if top not in root:
+        group = root.get(top)  # one lookup instead of `in` and `[]`: it adds up over thousands of layers
+        if group is None:
             raise ConfigError(f"no weights group for BN layer {path!r}")
-        group = root[top]
         weights = [w for w in _group_weights(group) if owner is None or w.owner == owner]
         layer = layers_by_path[path]
         bn_layers.append(bn_layer(path, layer.class_name, layer.config,

@@ -59,16 +59,27 @@ class GuardedReader(io.RawIOBase):
     def tell(self) -> int:
         return self._position
 
+    # seek and readinto run for every read HDF5 makes (tens of thousands for a file with thousands
+    # of BN layers): kept to a few operations each.
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
+        if whence == io.SEEK_SET:
+            position = offset
+        elif whence == io.SEEK_CUR:
+            position = self._position + offset
+        elif whence == io.SEEK_END:
+            position = self._size + offset
+        else:
+            raise KeyError(whence)
+        if position < 0:
             raise OSError("seek before the start of the file")
-        self._position = base + offset
-        return self._position
+        self._position = position
+        return position
 
     def readinto(self, buffer) -> int:
-        count = max(0, min(len(buffer), self._size - self._position))
-        data = self._pread(count, self._position)
+        count = min(len(buffer), self._size - self._position)
+        if count <= 0:
+            return 0
+        data = os.pread(self._fd, count, self._start + self._position)
         buffer[:len(data)] = data
         at = data.find(HEAP_SIGNATURE)
         while at != -1:

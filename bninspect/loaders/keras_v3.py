@@ -50,7 +50,12 @@ def _layer_group_for(root: Any, graph: ParsedGraph, path: str, cache: dict) -> A
     parts = path.split("/")
     for depth, name in enumerate(parts):
         container = "/".join(parts[:depth])
-        layers = group.get("layers") if hasattr(group, "get") else None
+        if depth == 0:  # the model's own `layers` group, looked up once per file
+            if "root layers" not in cache:
+                cache["root layers"] = root.get("layers") if hasattr(root, "get") else None
+            layers = cache["root layers"]
+        else:
+            layers = group.get("layers") if hasattr(group, "get") else None
         if layers is None:
             raise ConfigError(f"weights file has no 'layers' group for {container or 'the model'!r}")
         child = _child_named(layers, name, graph.children.get(container, ()), cache)
@@ -68,25 +73,40 @@ def _child_named(layers: Any, name: str, children: tuple[tuple[str, str], ...], 
     all for every layer would make files with thousands of layers slow. `cache` keeps both maps
     per `layers` group.
     """
-    if ("keys", layers.name) not in cache:
-        cache["keys", layers.name] = _container_keys(children)
-    key = cache["keys", layers.name].get(name)
+    layers_name = layers.name
+    if ("keys", layers_name) not in cache:
+        cache["keys", layers_name] = _container_keys(children)
+    key = cache["keys", layers_name].get(name)
     child = layers.get(key) if key else None
-    if isinstance(child, h5py.Group) and _name_attr(child) in (name, None):
-        return child
-    if ("names", layers.name) not in cache:
-        cache["names", layers.name] = _keys_by_name_attr(layers)
-    key = cache["names", layers.name].get(name)
+    if isinstance(child, h5py.Group):
+        name_attr, vars_group = _name_and_vars(child)
+        if name_attr in (name, None):
+            # `_vars_group_for` asks for this vars group next: spare it a second lookup.
+            cache["last vars"] = (child, vars_group)
+            return child
+    if ("names", layers_name) not in cache:
+        cache["names", layers_name] = _keys_by_name_attr(layers)
+    key = cache["names", layers_name].get(name)
     return layers.get(key) if key else None
 
 
-def _name_attr(layer_group: Any) -> str | None:
+def _name_and_vars(layer_group: Any) -> tuple[str | None, Any]:
+    """The `name` attribute of a layer group's `vars` group, and that group (None, None without)."""
     vars_group = layer_group.get("vars")
-    return attr_text(vars_group.attrs.get("name")) if isinstance(vars_group, h5py.Group) else None
+    if isinstance(vars_group, h5py.Group):
+        return attr_text(vars_group.attrs.get("name")), vars_group
+    return None, None
+
+
+def _name_attr(layer_group: Any) -> str | None:
+    return _name_and_vars(layer_group)[0]
 
 
 def _vars_group_for(root: Any, graph: ParsedGraph, path: str, cache: dict) -> Any:
     group = _layer_group_for(root, graph, path, cache)
+    last = cache.pop("last vars", None)
+    if last is not None and last[0] is group and last[1] is not None:
+        return last[1]
     if "vars" not in group:
         raise ConfigError(f"weights group of layer {path!r} has no 'vars'")
     return group["vars"]
@@ -116,10 +136,11 @@ def _bn_arrays(vars_group: Any, center: bool | None, scale: bool | None, where: 
     if names is None or len(names) != count:
         raise ConfigError(f"{where} holds {count} variables, which does not fit a BatchNormalization layer")
     arrays = {}
+    group_path = vars_group.name
     for index, name in enumerate(names):
         if name is None:
             continue
-        arrays[name] = read_vector(vars_group, str(index), f"{where}/{index}", raw)
+        arrays[name] = read_vector(vars_group, str(index), f"{where}/{index}", raw, group_path)
     return arrays
 
 

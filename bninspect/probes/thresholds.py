@@ -10,7 +10,10 @@ Keys (all numbers >= 0). The same names, kebab- or snake_case, go under
 - `drift_channel_fraction` (0.25): BN101 flags a layer when more than this fraction of its channels
   drift. One odd channel is normal; a quarter of them is a different input distribution.
 - `train_inference_gap` (0.1): BN102 when predictions with BN on batch statistics differ from
-  predictions on the moving statistics by more than this: ||y_batch - y_moving|| / ||y_moving||.
+  predictions on the moving statistics by more than this: ||y_batch - y_moving|| / ||y_moving||,
+  and some BN layer's moving statistics disagree with the data (BN101's test, with the drift
+  thresholds above). A gap alone is mostly batch-to-batch noise: healthy trained CNNs show
+  ~15% at the probe's default batch of 32 (17-24% at 8, 5-9% at 128).
 - `batch_consistency` (1e-4): BN102 when a sample predicted alone differs from the same sample
   predicted inside a batch by more than this, relative to the largest output magnitude (float
   noise is ~1e-7).

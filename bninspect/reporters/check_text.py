@@ -11,7 +11,7 @@ from rich.text import Text
 
 from bninspect.findings import Severity
 from bninspect.report import ModelReport
-from bninspect.reporters.table import SEVERITY_STYLE
+from bninspect.reporters.table import SEVERITY_STYLE, FittingText
 
 _LABELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "info"}
 
@@ -74,7 +74,9 @@ def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR,
                       color_system="standard" if color else None, width=width or 200,
                       highlight=False, soft_wrap=True)
     for report in reports:
-        console.print(_model_lines(report, fail_severity), end="")
+        lines = _model_lines(report, fail_severity)
+        lines.end = ""  # the lines end in a newline already
+        console.print(FittingText(lines))
     if reports:
         console.print()
     console.print(summary_line(reports, fail_severity, exit_code))

@@ -21,4 +21,9 @@ def _finite_or_text(value):
 
 def render(reports: list[ModelReport]) -> str:
     # Compact: indent=None lets json use its C encoder, which matters for files with thousands of layers.
-    return json.dumps(_finite_or_text(document(reports)), allow_nan=False) + "\n"
+    data = document(reports)
+    try:
+        return json.dumps(data, allow_nan=False) + "\n"
+    except ValueError:
+        # Only a document with a NaN/Inf somewhere (rare) pays for the walk that spells them out.
+        return json.dumps(_finite_or_text(data), allow_nan=False) + "\n"

@@ -73,7 +73,8 @@ def _comparisons(report: ProbeReport) -> Text:
     if report.gap is not None:
         text.append(f"batch statistics vs moving statistics: predictions differ by {report.gap.relative_difference:.1%} "
                     f"(relative L2 over {report.gap.batches} batch(es); BN102 above "
-                    f"{report.thresholds.train_inference_gap:.1%})\n")
+                    f"{report.thresholds.train_inference_gap:.1%} when a BN layer's moving statistics "
+                    f"disagree with the data, else it is batch-to-batch noise)\n")
     if report.consistency is not None:
         text.append(f"one sample alone vs inside a batch of {report.consistency.batch_size}: "
                     f"max relative difference {report.consistency.relative_difference:.2g} "

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import fnmatch
 import io
+from typing import Iterable, Iterator
 
 import numpy as np
-from rich.console import Console, Group
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group
+from rich.measure import Measurement
+from rich.segment import Segment
 from rich.table import Table
-from rich.text import Text
+from rich.text import Span, Text
 
 from bninspect.findings import Finding, Severity
 from bninspect.model import BNLayer
@@ -36,30 +40,151 @@ def _header(report: ModelReport) -> Text:
     return text
 
 
+LAYER_COLUMNS = ("layer", "axis", "ch", "eps", "mom", "gamma", "beta", "moving mean",
+                 "moving variance", "var hist", "findings")
+
+
+def _layer_rows(report: ModelReport) -> list[tuple[list[str], list[Finding]]]:
+    """Per BN layer: the plain-text cells before the findings column, and the layer's findings in
+    display order. Findings are grouped by layer once: a scan per layer is quadratic, and files with
+    thousands of BN layers have thousands of findings."""
+    by_layer: dict[str | None, list[Finding]] = {}
+    for finding in report.findings:
+        by_layer.setdefault(finding.layer, []).append(finding)
+    rows = []
+    for layer in report.bn_layers:
+        findings = sorted(by_layer.get(layer.path, ()), key=lambda f: (-f.severity.rank, f.code))
+        rows.append(([
+            layer.path,
+            "?" if layer.axis is None else ",".join(str(a) for a in layer.axis),
+            str(layer.channels), fmt_number(layer.epsilon), fmt_number(layer.momentum),
+            fmt_range(layer.gamma), fmt_range(layer.beta), fmt_range(layer.moving_mean),
+            fmt_range(layer.moving_variance), histogram(layer.moving_variance),
+        ], findings))
+    return rows
+
+
 def _codes(findings: list[Finding]) -> Text:
     text = Text()
-    for finding in sorted(findings, key=lambda f: (-f.severity.rank, f.code)):
+    for finding in findings:
         if text:
             text.append(" ")
         text.append(finding.code, style=SEVERITY_STYLE[finding.severity])
     return text
 
 
-def _layers_table(report: ModelReport) -> Table:
+def _rich_table(rows: list[tuple[list[str], list[Finding]]]) -> Table:
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for column in ("layer", "axis", "ch", "eps", "mom", "gamma", "beta", "moving mean",
-                   "moving variance", "var hist", "findings"):
+    for column in LAYER_COLUMNS:
         table.add_column(column, overflow="fold")
-    for layer in report.bn_layers:
-        findings = [f for f in report.findings if f.layer == layer.path]
-        table.add_row(
-            layer.path,
-            "?" if layer.axis is None else ",".join(str(a) for a in layer.axis),
-            str(layer.channels), fmt_number(layer.epsilon), fmt_number(layer.momentum),
-            fmt_range(layer.gamma), fmt_range(layer.beta), fmt_range(layer.moving_mean),
-            fmt_range(layer.moving_variance), histogram(layer.moving_variance), _codes(findings),
-        )
+    for cells, findings in rows:
+        # Text, not str: a layer name is data, never console markup or an :emoji: code.
+        table.add_row(*(Text(cell) for cell in cells), _codes(findings))
     return table
+
+
+def _plain_table(rows: list[tuple[list[str], list[Finding]]], max_width: int) -> Text | None:
+    """The same table as `_rich_table`, laid out directly, when every cell fits on one line.
+
+    rich measures and wraps each of the ~10 cells of every row, which takes seconds for thousands of
+    BN layers. When the widest cell of every column fits in `max_width`, rich's layout is simple:
+    each column as wide as its widest cell, ` ┃ ` / ` │ ` between columns, a `━╇━` rule under the
+    header. Anything else (a table too wide, a cell that rich would clean or measure specially)
+    returns None and rich lays it out.
+    """
+    table = [(list(LAYER_COLUMNS), None)]
+    for cells, findings in rows:
+        table.append((cells + [" ".join(finding.code for finding in findings)], findings))
+    widths = [0] * len(LAYER_COLUMNS)
+    for cells, _ in table:
+        for index, cell in enumerate(cells):
+            if not cell.isprintable():
+                return None  # control characters, tabs: rich strips or expands them
+            length = cell_len(cell)
+            if length > widths[index]:
+                widths[index] = length
+    if sum(widths) + 3 * (len(widths) - 1) > max_width:
+        return None
+    last = len(widths) - 1
+    lines: list[str] = []
+    spans: list[Span] = []
+    offset = 0
+    for row_index, (cells, findings) in enumerate(table):
+        padded = [cell + " " * (width - cell_len(cell)) for cell, width in zip(cells, widths)]
+        separator = " ┃ " if row_index == 0 else " │ "
+        line = separator.join(padded)
+        if row_index == 0:
+            start = offset
+            for index, cell in enumerate(padded):
+                spans.append(Span(start, start + len(cell), "bold"))
+                start += len(cell) + len(separator)
+        elif findings:
+            start = offset + len(line) - len(padded[last])
+            for finding in findings:
+                spans.append(Span(start, start + len(finding.code), SEVERITY_STYLE[finding.severity]))
+                start += len(finding.code) + 1
+        lines.append(line)
+        offset += len(line) + 1
+        if row_index == 0:
+            rule = "╇".join("━" * (width + (1 if index in (0, last) else 2)) for index, width in enumerate(widths))
+            lines.append(rule)
+            offset += len(rule) + 1
+    return Text("\n".join(lines), spans=spans, no_wrap=True, overflow="ignore")
+
+
+def _fitting_segments(text: Text, console: Console, options: ConsoleOptions):
+    """The segments of `text` straight from `Text.render` when every line fits the width and
+    there is nothing for rich's line wrapping to change (no tabs); None otherwise.
+
+    rich wraps a Text line by line (split, look for wrap points, render each line), which costs
+    tens of microseconds a line: seconds for the table and findings of a model with thousands of
+    BN layers. For lines that fit, the wrapping changes nothing, so the output is the same.
+    """
+    plain = text.plain
+    if "\t" in plain or text.style or text.justify not in (None, "default") \
+            or options.justify not in (None, "default"):
+        return None
+    width = options.max_width
+    if not all(cell_len(line) <= width for line in plain.split("\n")):
+        return None
+    if console.color_system is None and not console.record:
+        # Without colour (and nothing recording styles for export), styles print nothing: skip
+        # resolving them span by span.
+        return _split_lines([Segment(plain + text.end)])
+    return _split_lines(text.render(console, end=text.end))
+
+
+def _split_lines(segments: Iterable[Segment]) -> Iterator[Segment]:
+    """Each newline a plain segment of its own, as rich's line-by-line rendering leaves them (and
+    no segment spanning many lines, which rich would split again by repeated `partition`)."""
+    newline = Segment("\n")
+    for segment in segments:
+        if "\n" not in segment.text or segment.control:
+            yield segment
+            continue
+        for index, part in enumerate(segment.text.split("\n")):
+            if index:
+                yield newline
+            if part:
+                yield Segment(part, segment.style)
+
+
+class _LayersTable:
+    """The BN layer table: laid out directly when it fits the width, by rich's Table otherwise."""
+
+    def __init__(self, report: ModelReport) -> None:
+        self.rows = _layer_rows(report)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions):
+        plain = _plain_table(self.rows, options.max_width)
+        segments = _fitting_segments(plain, console, options) if plain is not None else None
+        if segments is not None:
+            yield from segments
+        else:
+            yield plain if plain is not None else _rich_table(self.rows)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, _rich_table(self.rows))
 
 
 def _finding_lines(findings: tuple[Finding, ...]) -> Text:
@@ -72,17 +197,35 @@ def _finding_lines(findings: tuple[Finding, ...]) -> Text:
     return text
 
 
+class FittingText:
+    """A Text rendered without rich's line wrapping when it has nothing to wrap (the finding
+    lines: thousands for a large model). The output is the same."""
+
+    def __init__(self, text: Text) -> None:
+        self.text = text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions):
+        segments = _fitting_segments(self.text, console, options)
+        if segments is not None:
+            yield from segments
+        else:
+            yield self.text
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.text)
+
+
 def model_renderable(report: ModelReport):
     parts = [_header(report)]
     if report.error is not None:
         parts.append(Text(f"error: {report.error}", style="bold red"))
         return Group(*parts)
     if report.bn_layers:
-        parts.append(_layers_table(report))
+        parts.append(_LayersTable(report))
     else:
         parts.append(Text("no BatchNormalization layers found", style="dim"))
     if report.findings:
-        parts.append(_finding_lines(report.findings))
+        parts.append(FittingText(_finding_lines(report.findings)))
     else:
         parts.append(Text("no findings", style="green"))
     return Group(*parts)
