@@ -28,20 +28,24 @@ from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
 from bninspect.commands.common import UsageProblem
+from bninspect.config import Thresholds
 
 
 class ThresholdError(UsageProblem):
     """A threshold has a value the rules cannot use."""
 
 
+_DEFAULTS = Thresholds()  # one place for every default: the config's
+
+
 @dataclass(frozen=True)
 class ProbeThresholds:
-    drift_mean_shift: float = 0.5
-    drift_variance_ratio: float = 2.0
-    drift_channel_fraction: float = 0.25
-    train_inference_gap: float = 0.1
-    batch_consistency: float = 1e-4
-    dead_channel_variance: float = 1e-12
+    drift_mean_shift: float = _DEFAULTS.drift_mean_shift
+    drift_variance_ratio: float = _DEFAULTS.drift_variance_ratio
+    drift_channel_fraction: float = _DEFAULTS.drift_channel_fraction
+    train_inference_gap: float = _DEFAULTS.train_inference_gap
+    batch_consistency: float = _DEFAULTS.batch_consistency
+    dead_channel_variance: float = _DEFAULTS.dead_channel_variance
 
     def to_dict(self) -> dict:
         return {item.name: getattr(self, item.name) for item in fields(self)}

@@ -560,13 +560,17 @@ RULES: tuple[Rule, ...] = (
     Rule(
         code="BN102", name="train-inference-gap", severity=Severity.WARNING, kind=DYNAMIC,
         summary="predictions with batch statistics differ from predictions with moving statistics by more "
-                "than a threshold; one sample alone must equal the same sample inside a batch",
+                "than a threshold while a BN layer's statistics disagree with the data; one sample alone must "
+                "equal the same sample inside a batch",
         what=_text("""
             With `--data`, compares the predictions with BatchNormalization using batch statistics
             (training mode) and using the moving statistics (inference mode); reports a relative
-            difference `||y_batch - y_moving|| / ||y_moving||` above `train-inference-gap` (default 0.1).
-            Also checks that
-            in inference mode one sample predicted alone equals the same sample predicted inside a batch
+            difference `||y_batch - y_moving|| / ||y_moving||` above `train-inference-gap` (default 0.1)
+            when some BN layer's moving statistics also disagree with the data (BN101's test), and names
+            that layer. On a healthy model the gap is batch-to-batch noise of the batch statistics (14%
+            at batch 32 on the sample CNN, 9% at batch 128), which no single threshold separates from a
+            real mismatch; pooled over all the data, the per-layer statistics do. Also checks that in
+            inference mode one sample predicted alone equals the same sample predicted inside a batch
             (within `batch-consistency`).
             """),
         why=_text("""
