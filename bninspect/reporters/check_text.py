@@ -29,7 +29,7 @@ def _counts(report: ModelReport) -> str:
 def _model_lines(report: ModelReport, fail_severity: Severity) -> Text:
     text = Text()
     text.append(report.source, style="bold")
-    if report.error is not None:
+    if report.error is not None and report.description is None:
         text.append("  unreadable: ", style="bold red")
         text.append(f"{report.error}\n")
         return text
@@ -41,9 +41,13 @@ def _model_lines(report: ModelReport, fail_severity: Severity) -> Text:
             about.append(f"Keras {description.keras_version}")
         about.append(_plural(len(description.bn_layers), "BN layer"))
     failing = any(f.severity.rank >= fail_severity.rank for f in report.findings)
-    status = _counts(report) or "ok"
+    status = _counts(report) or ("no static findings" if report.error else "ok")
     text.append(f"  {status}", style="bold red" if failing else ("yellow" if report.findings else "green"))
     text.append(f"  ({', '.join(about)})\n" if about else "\n", style="dim")
+    if report.error is not None:
+        # Read, but not checked to the end (with --data: could not be loaded or run on the data).
+        text.append("  error: ", style="bold red")
+        text.append(f"{report.error}\n")
     for finding in sorted(report.findings, key=lambda f: (-f.severity.rank, f.code, f.layer or "")):
         style = SEVERITY_STYLE[finding.severity]
         text.append(f"  {finding.code} ", style=style)
@@ -55,11 +59,13 @@ def _model_lines(report: ModelReport, fail_severity: Severity) -> Text:
 
 def summary_line(reports: list[ModelReport], fail_severity: Severity, exit_code: int) -> Text:
     counts = {severity: sum(report.count(severity) for report in reports) for severity in Severity}
-    unreadable = sum(1 for report in reports if report.error is not None)
+    unreadable = sum(1 for report in reports if report.error is not None and report.description is None)
+    not_run = sum(1 for report in reports if report.error is not None and report.description is not None)
     text = Text()
     text.append(f"{_plural(len(reports), 'model')} checked: "
                 f"{_plural(counts[Severity.ERROR], 'error')}, {_plural(counts[Severity.WARNING], 'warning')}, "
-                f"{_plural(counts[Severity.INFO], 'info')}, {unreadable} unreadable")
+                f"{_plural(counts[Severity.INFO], 'info')}, {unreadable} unreadable"
+                + (f", {not_run} could not be run on the data" if not_run else ""))
     failing = "errors and warnings fail" if fail_severity is Severity.WARNING else "errors fail"
     verdict = "passed" if exit_code == 0 else "FAILED"
     text.append(f"  ({failing}) ")

@@ -184,6 +184,9 @@ def test_a_model_that_cannot_run_fails_with_exit_2_and_the_others_are_still_repo
     assert json.loads(result.stdout)["summary"]["unreadable"] == 2
     text = run("check", work["lambda"], "--data", work["held"])
     assert text.exit_code == 2 and "lambda.keras" in text.stdout and "Lambda" in text.stdout
+    # Read but not run: its static findings are still listed, and it is not called unreadable.
+    assert "BN001" in text.stdout and "BN017" in text.stdout
+    assert "0 unreadable, 1 could not be run on the data" in text.stdout
 
 
 def test_unsafe_lets_a_lambda_model_run(work):
