@@ -137,6 +137,7 @@ def check(models: Any, data: Any = None, *, batch_size: int = 32, limit: int | N
           unreadable: str = "raise", progress: bool = False) -> tuple["Finding", ...]:
     """See `bninspect.check`."""
     from bninspect.checking import targets
+    from bninspect.commands.common import UsageProblem
     from bninspect.model import ModelReadError
 
     if unreadable not in ("raise", "skip"):
@@ -163,8 +164,8 @@ def check(models: Any, data: Any = None, *, batch_size: int = 32, limit: int | N
                 report = inspect_path(target.path, resolved)
                 if options is not None:
                     report = add_probe(report, target.path, resolved, options)
-            except Exception as error:
-                if unreadable == "raise" or not _could_not_run(error):
+            except (ModelReadError, UsageProblem) as error:  # unreadable, or (with data) could not run
+                if unreadable == "raise":
                     raise
                 from bninspect.checking import _reason
 
@@ -173,16 +174,6 @@ def check(models: Any, data: Any = None, *, batch_size: int = 32, limit: int | N
             findings.extend(report.findings)
     return tuple(findings)
 
-
-def _could_not_run(error: BaseException) -> bool:
-    """A model file that could not be read, or (with data) could not be loaded and run."""
-    from bninspect.model import ModelReadError
-
-    if isinstance(error, ModelReadError):
-        return True
-    from bninspect.commands.common import UsageProblem
-
-    return isinstance(error, UsageProblem)
 
 
 def recalibrate(model: Any, data: Any, *, layers: str | None = None, batch_size: int = 32, limit: int | None = None,
