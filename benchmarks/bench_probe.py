@@ -7,8 +7,17 @@ N and 10N random samples as .npy, and runs each measurement in a fresh child pro
   probe    `bninspect.probes.run_probe` over the same file (batch 32), with the same loaded model
 
 For each: wall time of the call (model loading and TF start-up excluded, tracing included), the
-peak of Python-tracked allocations (tracemalloc: numpy buffers included) and the child's peak RSS.
+peak of Python-tracked allocations (tracemalloc: numpy buffers included), the child's peak RSS and,
+sampled every few milliseconds, its peak anonymous RSS (heap, TF's allocator; file-backed pages
+such as those of a memory-mapped .npy are what it leaves out).
 Targets (SPEC): probe time <= 1.5x predict time; probe memory flat from N to 10N.
+
+Peak RSS is the child's own VmHWM from /proc/self/status, not getrusage's ru_maxrss: on Linux a
+child's ru_maxrss starts from its parent's peak RSS (fork and exec carry it over), so a parent that
+had just written the 10N file reported that file as the child's "peak" (2,000 -> 20,000 samples:
+654 -> 901 MB, where this process's VmHWM was 651 -> 900 MB after writing each file; the probe's
+own peak was 652 and 651 MB). For the same reason the model and the data files are made in a child
+process, which keeps this process small.
 
 Usage: python benchmarks/bench_probe.py [--samples N] [--repeat R] [--work DIR]
 """
@@ -25,12 +34,45 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
-import json, os, resource, sys, time, tracemalloc
+import json, os, resource, sys, threading, time, tracemalloc
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 sys.path.insert(0, sys.argv[4])
 import numpy as np
 import keras
 from bninspect.probes import run_probe
+
+
+def status():
+    # kB -> MB of this process's own address space; None where /proc is missing (not Linux).
+    try:
+        with open("/proc/self/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        return {key: int(fields[key].split()[0]) / 1024 for key in ("VmHWM", "RssAnon", "RssFile")}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class PeakSampler(threading.Thread):
+    # Peak anonymous and file-backed RSS, sampled: the kernel keeps a peak of the total only.
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.anon = self.file = 0.0
+        self.done = threading.Event()
+
+    def sample(self):
+        now = status()
+        if now is not None:
+            self.anon, self.file = max(self.anon, now["RssAnon"]), max(self.file, now["RssFile"])
+
+    def run(self):
+        while not self.done.wait(0.005):
+            self.sample()
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        self.sample()
+
 
 mode, model_path, data_path = sys.argv[1:4]
 model = keras.saving.load_model(model_path, compile=False)
@@ -38,6 +80,8 @@ model = keras.saving.load_model(model_path, compile=False)
 # measured call pays for tracing its own function, as on a freshly loaded model.
 warm = np.zeros((2,) + tuple(model.inputs[0].shape[1:]), np.float32)
 model(warm, training=False)
+sampler = PeakSampler()
+sampler.start()
 tracemalloc.start()
 started = time.perf_counter()
 if mode == "predict":
@@ -47,8 +91,25 @@ else:
     report = run_probe(model, data_path, batch_size=32, progress=False, thresholds={})
 seconds = time.perf_counter() - started
 _, traced_peak = tracemalloc.get_traced_memory()
-print(json.dumps({"seconds": seconds, "traced_peak_mb": traced_peak / 2**20,
-                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+sampler.stop()
+final = status()
+if final is None:  # no /proc: ru_maxrss (kB on Linux, bytes on macOS), which may include the parent's peak
+    scale = 2**20 if sys.platform == "darwin" else 2**10
+    peak_rss, anon = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, float("nan")
+else:
+    peak_rss, anon = final["VmHWM"], sampler.anon
+print(json.dumps({"seconds": seconds, "traced_peak_mb": traced_peak / 2**20, "peak_rss_mb": peak_rss,
+                  "peak_anon_mb": anon, "peak_file_mb": sampler.file}))
+"""
+
+PREPARE = r"""
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import bench_probe
+bench_probe.build_model(Path(sys.argv[2]))
+for samples, path in zip(sys.argv[3::2], sys.argv[4::2]):
+    bench_probe.write_samples(Path(path), int(samples))
 """
 
 
@@ -110,35 +171,40 @@ def main() -> None:
     options = parser.parse_args()
     options.work.mkdir(parents=True, exist_ok=True)
     model = options.work / "probe_cnn.keras"
-    build_model(model)
     sizes = (options.samples, options.samples * 10)
+    files = {samples: options.work / f"probe_samples_{samples}.npy" for samples in sizes}
+    # In a child: building the model imports TF and writing the files maps them, which would raise
+    # this process's peak RSS (and with it the ru_maxrss the measuring children inherit).
+    prepared = subprocess.run([sys.executable, "-c", PREPARE, str(Path(__file__).resolve().parent), str(model),
+                               *(str(part) for samples in sizes for part in (samples, files[samples]))],
+                              capture_output=True, text=True)
+    if prepared.returncode != 0:
+        sys.exit(f"making the model and the data failed:\n{prepared.stderr}")
     results = {}
     for samples in sizes:
-        data = options.work / f"probe_samples_{samples}.npy"
-        write_samples(data, samples)
         for mode in ("predict", "probe"):
-            runs = [measure(mode, model, data) for _ in range(options.repeat)]
+            runs = [measure(mode, model, files[samples]) for _ in range(options.repeat)]
             results[mode, samples] = min(runs, key=lambda run: run["seconds"])
 
     print(f"{'samples':>8} {'predict s':>10} {'probe s':>9} {'ratio':>6}   "
-          f"{'predict MB (traced/rss)':>24} {'probe MB (traced/rss)':>22}")
+          f"{'predict MB traced/rss (anon)':>29}   {'probe MB traced/rss (anon)':>27}")
     for samples in sizes:
         predict, probe = results["predict", samples], results["probe", samples]
         print(f"{samples:>8} {predict['seconds']:>10.2f} {probe['seconds']:>9.2f} "
               f"{probe['seconds'] / predict['seconds']:>6.2f}   "
-              f"{predict['traced_peak_mb']:>11.1f} / {predict['max_rss_mb']:>7.0f}   "
-              f"{probe['traced_peak_mb']:>9.1f} / {probe['max_rss_mb']:>7.0f}")
+              f"{predict['traced_peak_mb']:>11.1f} / {predict['peak_rss_mb']:>5.0f} ({predict['peak_anon_mb']:>5.0f})   "
+              f"{probe['traced_peak_mb']:>9.1f} / {probe['peak_rss_mb']:>5.0f} ({probe['peak_anon_mb']:>5.0f})")
     small, large = results["probe", sizes[0]], results["probe", sizes[1]]
     worst_ratio = max(results["probe", n]["seconds"] / results["predict", n]["seconds"] for n in sizes)
     print(f"time: probe / predict at most {worst_ratio:.2f}x (target <= 1.5x) -> "
           f"{'ok' if worst_ratio <= 1.5 else 'MISSED'}")
-    growth_traced = large["traced_peak_mb"] - small["traced_peak_mb"]
-    growth_rss = large["max_rss_mb"] - small["max_rss_mb"]
     data_growth = (sizes[1] - sizes[0]) * 32 * 32 * 3 * 4 / 2**20
-    print(f"memory: probe peak grows by {growth_traced:+.1f} MB traced, {growth_rss:+.0f} MB RSS from "
-          f"{sizes[0]} to {sizes[1]} samples (the data grows by {data_growth:.0f} MB) -> "
-          f"{'flat' if growth_traced < 0.1 * data_growth and growth_rss < 0.1 * data_growth else 'NOT flat'}")
-
+    growth = {key: large[key] - small[key] for key in ("traced_peak_mb", "peak_rss_mb", "peak_anon_mb")}
+    # The verdict counts the whole RSS, memory-mapped data pages included, not only the anonymous part.
+    flat = growth["traced_peak_mb"] < 0.1 * data_growth and growth["peak_rss_mb"] < 0.1 * data_growth
+    print(f"memory: probe peak grows by {growth['traced_peak_mb']:+.1f} MB traced, {growth['peak_rss_mb']:+.0f} MB RSS "
+          f"({growth['peak_anon_mb']:+.0f} MB anonymous) from {sizes[0]} to {sizes[1]} samples "
+          f"(the data grows by {data_growth:.0f} MB) -> {'flat' if flat else 'NOT flat'}")
 
 if __name__ == "__main__":
     main()

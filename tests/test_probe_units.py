@@ -105,6 +105,31 @@ def test_npy_is_memory_mapped_and_read_in_batches(tmp_path):
     assert source.batch_count(4) == 3
 
 
+def _rss_file_mb():
+    try:
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) / 1024 for line in handle if line.startswith("RssFile:"))
+    except (OSError, StopIteration):
+        pytest.skip("needs /proc/self/status with RssFile (Linux)")
+
+
+def test_npy_pages_read_are_released_so_resident_memory_stays_flat(tmp_path):
+    # 64 MB of samples behind a header that leaves the data off a page boundary.
+    data = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=(4096, 64, 64, 1))
+    data[:] = np.arange(4096, dtype=np.float32)[:, None, None, None]
+    data.flush()
+    del data
+    source = open_data(tmp_path / "x.npy", [InputSpec("image", (64, 64, 1))])
+    assert source._inputs[0]._array.offset % 4096 != 0
+    for _ in range(2):  # a second pass reads the released pages back from the file
+        before, peak, firsts = _rss_file_mb(), 0.0, []
+        for batch in source.batches(100):
+            peak = max(peak, _rss_file_mb() - before)
+            firsts.extend(batch.arrays[0][:, 0, 0, 0].tolist())
+        assert firsts == list(range(4096))
+        assert peak < 8, f"{peak:.1f} MB of the 64 MB file stayed resident"
+
+
 def test_limit_takes_the_first_samples(tmp_path):
     data = np.arange(10 * 48, dtype=np.float32).reshape(10, 4, 4, 3)
     np.save(tmp_path / "x.npy", data)
