@@ -106,8 +106,10 @@ def _recalibrate(model: Path, data: Path, target: Path, *, layers, architecture,
     description = loaders.load(str(model))
     check_writable(description)  # before minutes of computation, not after
     subject = _model_to_run(description, architecture, unsafe, custom_objects)
+    # A live model (weights-only file + --architecture) is loaded already, custom objects included.
+    loads_itself = isinstance(subject, str)
     result = recompute(subject, str(data), batch_size=batch_size, limit=limit, rescale=rescale, layers=layers,
-                       unsafe=unsafe, custom_objects=custom_objects, progress=True)
+                       unsafe=unsafe, custom_objects=custom_objects if loads_itself else None, progress=True)
     if not result.layers:
         raise UsageProblem(f"{model}: no BN layer was recalibrated ("
                            f"{'; '.join(f'{path}: {reason}' for path, reason in result.kept[:4])})")
