@@ -182,3 +182,18 @@ def test_every_command_has_version(command):
     result = CliRunner().invoke(app, [command, "--version"])
     assert result.exit_code == 0
     assert result.output == f"bninspect {__version__}\n"
+
+
+@pytest.mark.parametrize("untrained, trained", [("cnn_untrained.keras", "cnn_trained.keras"),
+                                                ("cnn_untrained_tf2.h5", "cnn_trained.keras"),
+                                                ("cnn_untrained.weights.h5", "cnn_trained_tf2_weights.h5")])
+def test_diff_untrained_against_trained_reports_every_layer_changed(untrained, trained):
+    samples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sample_models")
+    result = run_cli("diff", os.path.join(samples, untrained), os.path.join(samples, trained), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    layers = json.loads(result.stdout)["layers"]
+    assert [layer["path"] for layer in layers] == ["bn1", "bn2"]
+    for layer in layers:
+        assert layer["status"] == "changed"
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            assert 0 < layer[name]["max_rel_change"] <= 2, (layer["path"], name)
