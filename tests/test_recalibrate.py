@@ -274,3 +274,34 @@ def test_a_last_batch_of_one_sample_is_left_out():
     np.testing.assert_allclose(first.after_mean, seen.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(first.after_variance, seen.var(axis=0), rtol=1e-4)
     assert recompute(model, data, batch_size=10, progress=False).samples == 33
+
+
+@pytest.mark.parametrize("flavour", ["keras", "tf_keras"])
+def test_frozen_bn_layers_use_batch_statistics_during_the_pass(flavour):
+    """A fine-tuned model with frozen BN is what recalibration is for: the frozen layers must
+    normalise with batch statistics in the pass like the others, and stay frozen afterwards."""
+    import importlib
+
+    from bninspect.probes.recalibrate import recompute
+
+    K = importlib.import_module(flavour)
+
+    def build(frozen: bool):
+        K.utils.set_random_seed(3)
+        inputs = K.Input((5,))
+        x = K.layers.Dense(7, name="d1")(inputs)
+        first = K.layers.BatchNormalization(name="bn_a")
+        x = first(x)
+        x = K.layers.Dense(4, name="d2")(x)
+        model = K.Model(inputs, K.layers.BatchNormalization(name="bn_b")(x))
+        first.trainable = not frozen
+        return model
+
+    data = np.random.default_rng(0).normal(5.0, 2.0, (64, 5)).astype(np.float32)
+    frozen_model, open_model = build(True), build(False)
+    open_model.set_weights(frozen_model.get_weights())
+    frozen_result = {layer.path: layer for layer in recompute(frozen_model, data, progress=False).layers}
+    open_result = {layer.path: layer for layer in recompute(open_model, data, progress=False).layers}
+    np.testing.assert_allclose(frozen_result["bn_b"].after_mean, open_result["bn_b"].after_mean, rtol=1e-5)
+    np.testing.assert_allclose(frozen_result["bn_b"].after_variance, open_result["bn_b"].after_variance, rtol=1e-5)
+    assert frozen_model.get_layer("bn_a").trainable is False

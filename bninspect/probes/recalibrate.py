@@ -71,10 +71,17 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
         samples.samples -= 1
         notes = (f"the last sample was left out: with batch size {batch_size} it would be a batch of one",)
     stored = _snapshot(taps)
+    # Keras runs a BN layer with trainable=False in inference mode even when called with
+    # training=True; for the pass it must use batch statistics like the others.
+    frozen = [tap.layer for tap in chosen if not tap.layer.trainable]
     try:
+        for layer in frozen:
+            layer.trainable = True
         with Instrumentation(chosen, batch_statistics=True) as instrumentation:
             result = _one_pass(loaded.model, instrumentation, samples, batch_size, 0, progress)
     finally:
+        for layer in frozen:
+            layer.trainable = False
         _restore(stored)  # training=True moved the variables with momentum; that is not our answer
     new, kept = [], [(tap.path, "not selected by --layers") for tap in taps if tap not in chosen]
     for tap in chosen:
