@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import bninspect
+from bn_model_zoo import color_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -262,14 +263,6 @@ def test_unbuilt_in_memory_model_is_a_model_read_error():
         bninspect.inspect(model)
 
 
-def _color_data(samples: int, seed: int):
-    """Images in [0, 1], 16x16x3; the label is the brightest channel."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 1, (samples, 16, 16, 3)).astype(np.float32)
-    x *= rng.uniform(0.3, 1.0, (samples, 1, 1, 3)).astype(np.float32)
-    return x, x.mean(axis=(1, 2)).argmax(axis=1)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A small CNN trained long enough (momentum 0.9) for its moving statistics to fit [0, 1] data."""
@@ -286,12 +279,12 @@ def trained(tmp_path_factory):
         layers.GlobalAveragePooling2D(name="gap"),
         layers.Dense(3, activation="softmax", name="head"),
     ], name="trained_cnn")
-    x, y = _color_data(512, seed=1)
+    x, y = color_data(512, seed=1)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=32, epochs=3, verbose=0)
     folder = tmp_path_factory.mktemp("api_trained")
     model.save(folder / "trained.keras")
-    held, _ = _color_data(256, seed=2)
+    held, _ = color_data(256, seed=2)
     np.save(folder / "held.npy", held)
     return {"model": model, "path": folder / "trained.keras", "held": held, "held_npy": folder / "held.npy"}
 

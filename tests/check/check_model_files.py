@@ -62,3 +62,12 @@ def write_model(path: Path, arrays: dict[str, np.ndarray] | None = None, bn_conf
 def write_broken(path: Path) -> Path:
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 40)  # an HDF5 signature, then nothing usable
     return path
+
+
+def run(*args):
+    """`bninspect ARGS` in this process (typer's CliRunner); arguments may be paths."""
+    from typer.testing import CliRunner
+
+    from bninspect.cli import app
+
+    return CliRunner().invoke(app, [str(arg) for arg in args])

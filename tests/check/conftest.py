@@ -13,6 +13,14 @@ from check_model_files import trained_arrays, untrained_arrays, write_model
 
 
 @pytest.fixture
+def in_empty_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from an empty directory, so no pyproject.toml above the test changes the settings."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+
+
+@pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     """A directory of synthetic model files: healthy, untrained (error), momentum 0.1 (warning)."""
     write_model(tmp_path / "healthy.h5", trained_arrays(1))

@@ -10,25 +10,13 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from bninspect.cli import app
 from bninspect.rules.catalogue import RULES
-from check_model_files import trained_arrays, untrained_arrays, write_broken, write_model
+from check_model_files import run, trained_arrays, untrained_arrays, write_broken, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str):
-    return CliRunner().invoke(app, [str(arg) for arg in args])
-
-
-@pytest.fixture(autouse=True)
-def _no_project_config(tmp_path, monkeypatch):
-    # Run from an empty directory, so no pyproject.toml above the test changes the settings.
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
+pytestmark = pytest.mark.usefixtures("in_empty_directory")
 
 
 def test_healthy_model_passes(model_dir):

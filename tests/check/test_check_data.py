@@ -12,32 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from bn_model_zoo import color_data
+from check_model_files import run
 
-from bninspect.cli import app
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_empty_directory")]
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(arg) for arg in args])
-
-
-@pytest.fixture(autouse=True)
-def _no_project_config(tmp_path, monkeypatch):
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-
-
-def _color_data(samples: int, seed: int):
-    """Images in [0, 1], 16x16x3; the label is the brightest channel."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 1, (samples, 16, 16, 3)).astype(np.float32)
-    x *= rng.uniform(0.3, 1.0, (samples, 1, 1, 3)).astype(np.float32)
-    return x, x.mean(axis=(1, 2)).argmax(axis=1)
 
 
 def _cnn(keras, name: str, with_lambda: bool = False):
@@ -63,7 +45,7 @@ def work(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("check_data")
     keras.utils.set_random_seed(5)
     model = _cnn(keras, "cnn")
-    x, y = _color_data(512, seed=1)
+    x, y = color_data(512, seed=1)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=32, epochs=3, verbose=0)
     paths = {"trained_keras": folder / "trained.keras", "trained_h5": folder / "trained.h5",
@@ -75,7 +57,7 @@ def work(tmp_path_factory) -> dict[str, Path]:
     model.save_weights(paths["weights"])
     _cnn(keras, "untrained").save(paths["untrained"])
     _cnn(keras, "with_lambda", with_lambda=True).save(paths["lambda"])
-    held, _ = _color_data(96, seed=2)
+    held, _ = color_data(96, seed=2)
     np.save(paths["held"], held)
     np.save(paths["held_255"], held * 255)
     np.save(paths["small"], np.zeros((8, 8, 8, 3), np.float32))
