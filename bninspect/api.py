@@ -167,9 +167,9 @@ def check(models: Any, data: Any = None, *, batch_size: int = 32, limit: int | N
             except (ModelReadError, UsageProblem) as error:  # unreadable, or (with data) could not run
                 if unreadable == "raise":
                     raise
-                from bninspect.checking import _reason
+                from bninspect.checking import reason_without_source
 
-                warnings.warn(f"bninspect.check: skipped {target.path}: {_reason(error, target.path)}", stacklevel=3)
+                warnings.warn(f"bninspect.check: skipped {target.path}: {reason_without_source(error, target.path)}", stacklevel=3)
                 continue
             findings.extend(report.findings)
     return tuple(findings)

@@ -89,10 +89,10 @@ def probe_one(target: Target, settings: Settings, options: ProbeOptions) -> Mode
     try:
         return add_probe(report, target.path, settings, options)
     except (ModelReadError, UsageProblem) as error:
-        return replace(report, error=f"cannot run on the data: {_reason(error, target.path)}")
+        return replace(report, error=f"cannot run on the data: {reason_without_source(error, target.path)}")
 
 
-def _reason(error: BaseException, source: str) -> str:
+def reason_without_source(error: BaseException, source: str) -> str:
     """The one-line message without the model path the report already names."""
     text = " ".join(str(error).split())
     prefix = f"{source}: "

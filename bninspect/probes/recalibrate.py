@@ -25,7 +25,7 @@ from bninspect.commands.common import UsageProblem
 from bninspect.probes.instrument import BNTap, Instrumentation, find_bn_layers
 from bninspect.probes.loading import LoadedModel
 from bninspect.recalibration import RecalibratedLayer
-from bninspect.probes.runner import _merged, _one_pass, _restore, _snapshot, open_model_and_data
+from bninspect.probes.runner import merged_moments, one_pass, open_model_and_data, restore, snapshot
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
         # channel, and the layers after it would see that constant. Leave the sample out.
         samples.samples -= 1
         notes = (f"the last sample was left out: with batch size {batch_size} it would be a batch of one",)
-    stored = _snapshot(taps)
+    stored = snapshot(taps)
     # Keras runs a BN layer with trainable=False in inference mode even when called with
     # training=True; for the pass it must use batch statistics like the others.
     frozen = [tap.layer for tap in chosen if not tap.layer.trainable]
@@ -78,14 +78,14 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
         for layer in frozen:
             layer.trainable = True
         with Instrumentation(chosen, batch_statistics=True) as instrumentation:
-            result = _one_pass(loaded.model, instrumentation, samples, batch_size, 0, progress)
+            result = one_pass(loaded.model, instrumentation, samples, batch_size, 0, progress)
     finally:
         for layer in frozen:
             layer.trainable = False
-        _restore(stored)  # training=True moved the variables with momentum; that is not our answer
+        restore(stored)  # training=True moved the variables with momentum; that is not our answer
     new, kept = [], [(tap.path, "not selected by --layers") for tap in taps if tap not in chosen]
     for tap in chosen:
-        seen, _ = _merged(result.moments, result.layout, tap.index, "input")
+        seen, _ = merged_moments(result.moments, result.layout, tap.index, "input")
         if seen is None or not np.any(seen.count > 0):
             kept.append((tap.path, "the data never reaches it"))
             continue

@@ -57,15 +57,15 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     loaded, source, samples = open_model_and_data(model, data, limit=limit, rescale=rescale, unsafe=unsafe,
                                                   custom_objects=custom_objects)
     taps = find_bn_layers(loaded.model)
-    stored = _snapshot(taps)
+    stored = snapshot(taps)
     try:
         with Instrumentation(taps) as instrumentation:
-            result = _one_pass(loaded.model, instrumentation, samples, batch_size, GAP_BATCHES, progress)
+            result = one_pass(loaded.model, instrumentation, samples, batch_size, GAP_BATCHES, progress)
             gap = _train_inference_gap(loaded.model, instrumentation, result.kept)
-            _restore(stored)  # the consistency check runs on the moving statistics
+            restore(stored)  # the consistency check runs on the moving statistics
             consistency = _batch_consistency(result.step, result.kept[0])
     finally:
-        _restore(stored)
+        restore(stored)
     layers = _layer_probes(taps, result)
     findings = rules.evaluate(source, layers, gap, consistency, limits)
     return ProbeReport(source=source, keras=loaded.keras, samples=samples.samples, batch_size=batch_size,
@@ -123,11 +123,11 @@ def input_specs(model: Any, source: str) -> tuple[InputSpec, ...]:
     return tuple(specs)
 
 
-def _snapshot(taps: tuple[BNTap, ...]) -> tuple[tuple[Any, np.ndarray], ...]:
+def snapshot(taps: tuple[BNTap, ...]) -> tuple[tuple[Any, np.ndarray], ...]:
     return tuple((variable, np.array(variable.numpy(), copy=True)) for tap in taps for variable in tap.layer.weights)
 
 
-def _restore(stored: tuple[tuple[Any, np.ndarray], ...]) -> None:
+def restore(stored: tuple[tuple[Any, np.ndarray], ...]) -> None:
     # Batch-statistics mode (and a model that hard-codes training=True) updates the moving statistics.
     for variable, value in stored:
         variable.assign(value)
@@ -184,7 +184,7 @@ def _first_call(model: Any, instrumentation: Instrumentation, first: Batch, mask
         return step, step(*first.arrays)
 
 
-def _one_pass(model: Any, instrumentation: Instrumentation, samples: DataSource, batch_size: int, keep: int,
+def one_pass(model: Any, instrumentation: Instrumentation, samples: DataSource, batch_size: int, keep: int,
               progress: bool) -> _PassResult:
     batches = samples.batches(batch_size)
     first = next(batches)
@@ -274,7 +274,7 @@ def _batch_consistency(step: Any, first: tuple[Batch, tuple[np.ndarray, ...]]) -
     return ConsistencyMeasure(relative, worst_sample, samples, batch.size)
 
 
-def _merged(moments: RunningMoments, layout: tuple[Entry, ...], tap: int, side: str) -> tuple[ChannelMoments, int]:
+def merged_moments(moments: RunningMoments, layout: tuple[Entry, ...], tap: int, side: str) -> tuple[ChannelMoments, int]:
     offset = 0
     count = mean = m2 = non_finite = None
     calls = 0
@@ -340,8 +340,8 @@ def _layer_probes(taps: tuple[BNTap, ...], result: _PassResult) -> tuple[LayerPr
         moving_mean = np.asarray(layer.moving_mean.numpy(), np.float64).reshape(-1)
         moving_variance = np.asarray(layer.moving_variance.numpy(), np.float64).reshape(-1)
         epsilon = float(layer.epsilon)
-        inputs, calls = _merged(result.moments, result.layout, tap.index, "input")
-        outputs, _ = _merged(result.moments, result.layout, tap.index, "output")
+        inputs, calls = merged_moments(result.moments, result.layout, tap.index, "input")
+        outputs, _ = merged_moments(result.moments, result.layout, tap.index, "output")
         measured = outputs is not None
         if inputs is None:
             inputs = outputs = _unreached(moving_mean.size)
