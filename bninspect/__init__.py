@@ -11,11 +11,13 @@ In a notebook::
 
 Importing bninspect is cheap: Keras/TensorFlow are imported only when a model has to run
 (`data=...`) or is passed in memory (then they are already imported).
+
+Layer: api (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from bninspect._version import __version__
 
 __all__ = ["__version__", "inspect", "check", "recalibrate", "ModelReport", "Finding", "Severity", "Settings", "ModelReadError"]
 
@@ -25,7 +27,7 @@ _LAZY = {
     "Finding": "bninspect.findings",
     "Severity": "bninspect.findings",
     "Settings": "bninspect.config",
-    "ModelReadError": "bninspect.model",
+    "ModelReadError": "bninspect.errors",
 }
 
 

@@ -1,3 +1,5 @@
+"""Layer: cli."""
+
 from bninspect.cli import main
 
 main()

@@ -1,4 +1,7 @@
-"""The `bninspect` command line. Commands live in `bninspect.commands`; this file wires them up."""
+"""The `bninspect` command line. Commands live in `bninspect.commands`; this file wires them up.
+
+Layer: cli (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -19,6 +19,8 @@ flags are applied on top with `Settings.with_overrides`.
     extreme-scale = 1000.0
 
 Everything is frozen and picklable: `bninspect check --jobs N` sends Settings to worker processes.
+
+Layer: settings (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -32,52 +34,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from bninspect.errors import SettingsError
 from bninspect.findings import Finding, Severity
+from bninspect.thresholds import Thresholds
 
 TABLE_KEYS = ("select", "ignore", "strict", "severity", "per-layer-ignores", "thresholds")
-
-
-class SettingsError(ValueError):
-    """A configuration or rule selection bninspect cannot use. `str()` is the one-line reason."""
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Numbers the rules compare against. Config keys are the field names in kebab-case.
-
-    Static rules:
-      collapsed_variance_factor  BN005: a channel is collapsed when moving variance < factor * epsilon.
-      extreme_scale              BN007: abs(gamma) / sqrt(moving_variance + epsilon) above this.
-      min_momentum               BN008: momentum below this looks like a PyTorch value.
-      zero_gamma                 BN006: abs(gamma) at or below this counts as zero.
-    Dynamic probes (BN101-BN104; bninspect.probes.thresholds reads these fields):
-      drift_mean_shift           BN101: a channel drifts when abs(data mean - moving mean) /
-                                 sqrt(moving variance + epsilon) is above this.
-      drift_variance_ratio       BN101: a channel drifts when (data var + eps) / (moving var + eps) is
-                                 above this or below its inverse (must be >= 1).
-      drift_channel_fraction     BN101: a layer drifts when more than this fraction (0..1) of its
-                                 channels drift.
-      train_inference_gap        BN102: ||y_batch_stats - y_moving_stats|| / ||y_moving_stats|| above this.
-      batch_consistency          BN102: in inference mode, one sample predicted alone vs inside a batch
-                                 may differ by at most this, relative to the largest output (float noise).
-      dead_channel_variance      BN104: a channel is constant when its BN input variance on the data is
-                                 at most this times max(1, mean^2).
-    """
-
-    collapsed_variance_factor: float = 1.0
-    extreme_scale: float = 1e3
-    min_momentum: float = 0.5
-    zero_gamma: float = 1e-5
-    drift_mean_shift: float = 0.5
-    drift_variance_ratio: float = 2.0
-    drift_channel_fraction: float = 0.25
-    train_inference_gap: float = 0.1
-    batch_consistency: float = 1e-4
-    dead_channel_variance: float = 1e-12
-
-    @classmethod
-    def keys(cls) -> tuple[str, ...]:
-        return tuple(item.name.replace("_", "-") for item in fields(cls))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 Memory stays flat however many samples the file holds: `.npy` files are memory-mapped, `.npz`
 members are streamed row by row (compressed or not), and images are decoded one batch at a time.
-Nothing here imports TensorFlow; decoding images is delegated to `bninspect.probes.images`.
+Nothing here imports TensorFlow: image files are decoded by the `decoder` the caller passes
+(`bninspect.probes.images.decode_images` when the probes open data).
+
+Layer: readers, beside the loaders; it imports only `bninspect.errors`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from bninspect.commands.common import UsageProblem
+from bninspect.errors import UsageProblem
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -318,12 +321,6 @@ def _image_files(path: str) -> tuple[str, ...]:
     return tuple(files)
 
 
-def _default_decoder(paths: Sequence[str], height: int, width: int, channels: int) -> np.ndarray:
-    from bninspect.probes.images import decode_images
-
-    return decode_images(paths, height, width, channels)
-
-
 # In-memory data for the Python API: one array, a list of arrays in input order, or a dict by input name.
 ArrayData = Union[np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
 
@@ -347,6 +344,7 @@ def open_data(data: str | os.PathLike | ArrayData, specs: Sequence[InputSpec], *
               rescale: float | None = None, decoder: ImageDecoder | None = None) -> DataSource:
     """Open `data` (a path, or arrays in memory) for a model with inputs `specs`.
 
+    `decoder` turns image files into pixels; it is needed only when `data` is a directory.
     Shapes are checked before any batch is read. Raises DataError (a UsageProblem: one line, exit 2)
     for anything that cannot be fed to the model.
     """
@@ -358,7 +356,7 @@ def open_data(data: str | os.PathLike | ArrayData, specs: Sequence[InputSpec], *
     source = str(data)
     target = Path(source)
     if target.is_dir():
-        return _open_images(source, specs, limit, rescale, decoder or _default_decoder)
+        return _open_images(source, specs, limit, rescale, decoder)
     if not target.exists():
         raise DataError(f"{source}: no such file or directory")
     magic = _magic(source)
@@ -398,7 +396,7 @@ def _check_rescale(source: str, rescale: float | None, specs: tuple[InputSpec, .
 
 
 def _open_images(source: str, specs: tuple[InputSpec, ...], limit: int | None, rescale: float | None,
-                 decoder: ImageDecoder) -> DataSource:
+                 decoder: ImageDecoder | None) -> DataSource:
     if len(specs) != 1 or len(specs[0].shape) != 3:
         wanted = ", ".join(spec.describe() for spec in specs)
         raise DataError(f"{source}: a directory of images feeds one image input (height, width, channels), "
@@ -410,6 +408,8 @@ def _open_images(source: str, specs: tuple[InputSpec, ...], limit: int | None, r
     if not files:
         raise DataError(f"{source}: no .png or .jpg images in the directory")
     _check_rescale(source, rescale, specs)
+    if decoder is None:
+        raise TypeError("open_data needs an image decoder to read a directory of images")
     image_source = ImageSource(source, spec, files[:limit] if limit else files, rescale, decoder)
     if image_source._channels not in (1, 3, 4):
         raise DataError(f"{source}: the model input {spec.describe()}; images have 1, 3 or 4 channels")

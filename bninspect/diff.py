@@ -5,6 +5,8 @@ and that same change relative to the array's scale (its largest magnitude in A o
 larger). Relative to the scale, not per element, because beta and the moving mean start at exactly
 0, where a per-element ratio would be infinite for any change at all; and the larger of both sides,
 so that a moving mean trained away from its initial 0 reads as a 100% change, not as 1e13%.
+
+Layer: readers (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""What a rule or probe reports: one problem in one layer of one model file."""
+"""What a rule or probe reports: one problem in one layer of one model file.
+
+Layer: foundation (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Loaders turn a file into a `ModelDescription`; rules, probes and reporters only ever see this.
 BatchNormalization parameters keep Keras' own names (axis, momentum, epsilon, center, scale,
 gamma, beta, moving_mean, moving_variance). Everything is frozen: data flows one way.
+
+Layer: foundation (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+
+from bninspect.errors import ModelReadError  # noqa: F401  (re-exported: loaders raise it from here)
 
 FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3", "savedmodel")
 
@@ -117,12 +121,3 @@ class ModelDescription:
 
     def consumers(self, path: str) -> tuple[Layer, ...]:
         return tuple(layer for layer in self.layers if path in layer.inbound)
-
-
-class ModelReadError(Exception):
-    """A model file could not be read. `str()` is the one-line reason shown to the user."""
-
-    def __init__(self, source: str, reason: str):
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason

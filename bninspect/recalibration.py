@@ -1,4 +1,7 @@
-"""What `recalibrate` produced: plain data passed from the probe to the reporters."""
+"""What `recalibrate` produced: plain data passed from the probe to the reporters.
+
+Layer: results (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,15 @@
-"""The result of inspecting one model, and the JSON document (schema_version 1) built from them."""
+"""The result of inspecting one model, and the JSON document (schema_version 1) built from them.
+
+Layer: results (result types), above the model description and the findings, below the probes, the engine
+and the reporters (which render it).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from bninspect import __version__
+from bninspect._version import __version__
 from bninspect.findings import Finding, Severity
 from bninspect.model import BNLayer, ModelDescription
 from bninspect.summary import array_stats, array_stats_many
@@ -50,7 +54,7 @@ def bn_layer_dicts(layers: tuple[BNLayer, ...]) -> list[dict]:
 class ModelReport:
     """One model: what was read (or why it could not be), and what was found.
 
-    In a notebook it renders as the same table as `bninspect MODEL`.
+    `bninspect.inspect` returns it as an `api.InspectionReport`, which renders in a notebook.
     """
 
     source: str
@@ -79,16 +83,6 @@ class ModelReport:
         }
         entry.update(self.extra)
         return entry
-
-    def __rich__(self):
-        from bninspect.reporters.table import model_renderable
-
-        return model_renderable(self)
-
-    def _repr_html_(self) -> str:
-        from bninspect.reporters.table import render_html
-
-        return render_html([self])
 
 
 def document(reports: list[ModelReport]) -> dict:

@@ -1,4 +1,7 @@
-"""Plain-number summaries of BN arrays, shared by the table and JSON reporters."""
+"""Plain-number summaries of BN arrays, shared by the table and JSON reporters.
+
+Layer: foundation (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

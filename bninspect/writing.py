@@ -6,6 +6,8 @@ moving_variance datasets the static reader located (`BNLayer.locations`) are ove
 dtype the file stores them in. The copy is made next to the output under a temporary name and
 renamed over it at the end, so a reader never sees a half-written file and a failure leaves the
 output as it was. The input file is only read (unless the output is the input: `--in-place`).
+
+Layer: readers (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from bninspect.commands.common import UsageProblem
+from bninspect.errors import UsageProblem
 from bninspect.model import ModelDescription
 
 WEIGHTS_MEMBER = "model.weights.h5"

@@ -21,7 +21,7 @@ from bninspect import loaders
 from bninspect.model import ModelReadError
 from bninspect.report import ModelReport
 from bninspect.reporters import json_report, table
-from bninspect.rules import run_static_rules
+from bninspect.checking import run_static_rules
 
 FUZZ_SETTINGS = settings(max_examples=1000, deadline=5000, derandomize=True,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

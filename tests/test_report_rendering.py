@@ -19,7 +19,7 @@ from bninspect.findings import Finding, Severity
 from bninspect.model import BNLayer, Layer, ModelDescription
 from bninspect.report import ModelReport, bn_layer_dict, bn_layer_dicts, finding_dict
 from bninspect.reporters import check_text, json_report, table
-from bninspect.rules import run_static_rules
+from bninspect.checking import run_static_rules
 from bninspect.summary import array_stats, array_stats_many, fmt_number, fmt_range
 
 RNG = np.random.default_rng(7)

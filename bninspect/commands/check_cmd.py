@@ -3,6 +3,8 @@
 
 With `--data FILE` every model is also run on the data (the dynamic analysis of `bninspect probe`)
 and its BN101-BN104 findings join the static ones in the same report and exit status.
+
+Layer: commands (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def check(
 def _check_with_data(paths: List[Path], settings, data: Path, batch_size: int, limit: Optional[int],
                      rescale: Optional[str], unsafe: bool, custom_objects: Optional[Path], debug: bool):
     """Static rules and the probe for every model, one after another; one report per model."""
-    from bninspect.api import probe_options
+    from bninspect.checking import probe_options
     from bninspect.checking import Target, probe_targets
 
     for path in paths:

@@ -1,5 +1,8 @@
 """Settings for a command: the config file (explicit or the nearest pyproject.toml) with the
-command-line flags on top. A bad config is a one-line error and exit 2."""
+command-line flags on top. A bad config is a one-line error and exit 2.
+
+Layer: commands (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""What every command shares: options, output, one-line errors and exit codes."""
+"""What every command shares: options, output, one-line errors and exit codes.
+
+Layer: commands (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Iterator, NoReturn, Optional
 
 import typer
 
+from bninspect.errors import ModelReadError, UsageProblem
+
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_FAILURE = 2
@@ -19,7 +24,7 @@ DebugOption = typer.Option(False, "--debug", help="Show tracebacks instead of on
 
 def show_version(value: bool) -> None:
     if value:
-        from bninspect import __version__
+        from bninspect._version import __version__
 
         typer.echo(f"bninspect {__version__}")
         raise typer.Exit(EXIT_OK)
@@ -29,10 +34,6 @@ VersionOption = typer.Option(False, "--version", "-V", callback=show_version, is
                              help="Show the version and exit.")
 OutputOption = typer.Option(None, "--output", "-o", help="Write the report to FILE instead of stdout.",
                             dir_okay=False)
-
-
-class UsageProblem(Exception):
-    """Bad usage or bad input that is not a model file: one line, exit 2."""
 
 
 def fail(message: str) -> NoReturn:
@@ -46,8 +47,6 @@ def one_line_errors(debug: bool) -> Iterator[None]:
 
     Only our own error types are caught: anything else is a bug and keeps its traceback.
     """
-    from bninspect.model import ModelReadError
-
     try:
         yield
     except (ModelReadError, UsageProblem) as error:

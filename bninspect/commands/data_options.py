@@ -1,4 +1,7 @@
-"""The options of the commands that run a model on data: `probe`, `recalibrate`, `check --data`."""
+"""The options of the commands that run a model on data: `probe`, `recalibrate`, `check --data`.
+
+Layer: commands (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""`bninspect diff A B`: which BN statistics and affine parameters changed between two checkpoints."""
+"""`bninspect diff A B`: which BN statistics and affine parameters changed between two checkpoints.
+
+Layer: commands (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""`bninspect MODEL` / `bninspect inspect MODEL`: the BN table of one or more model files."""
+"""`bninspect MODEL` / `bninspect inspect MODEL`: the BN table of one or more model files.
+
+Layer: commands (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def inspect(
     version: bool = VersionOption,
 ) -> None:
     """Show every BatchNormalization layer of MODEL: gamma, beta, moving statistics and findings."""
-    from bninspect.api import inspect_path
+    from bninspect.checking import inspect_path
     from bninspect.reporters import json_report, table
 
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):

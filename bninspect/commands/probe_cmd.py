@@ -1,4 +1,7 @@
-"""`bninspect probe MODEL --data FILE`: run the model on real data and check its BN layers."""
+"""`bninspect probe MODEL --data FILE`: run the model on real data and check its BN layers.
+
+Layer: commands (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""`bninspect recalibrate MODEL --data FILE -o OUT`: new moving statistics from data, in a new file."""
+"""`bninspect recalibrate MODEL --data FILE -o OUT`: new moving statistics from data, in a new file.
+
+Layer: commands (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -98,7 +101,7 @@ def _suffix(path: Path) -> str:
 def _recalibrate(model: Path, data: Path, target: Path, *, layers, architecture, batch_size, limit, rescale,
                  unsafe, custom_objects, settings):
     from bninspect import loaders
-    from bninspect.api import inspect_path
+    from bninspect.checking import inspect_path
     from bninspect.probes.recalibrate import recompute
     from bninspect.recalibration import RecalibrationSummary
     from bninspect.writing import check_writable, write_statistics

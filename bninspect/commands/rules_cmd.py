@@ -1,4 +1,7 @@
-"""`bninspect rules` (the catalogue) and `bninspect explain CODE|NAME` (one rule's documentation)."""
+"""`bninspect rules` (the catalogue) and `bninspect explain CODE|NAME` (one rule's documentation).
+
+Layer: commands (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

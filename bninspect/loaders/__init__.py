@@ -2,6 +2,8 @@
 
 The format is told by the bytes, not the file name: HDF5 signature, zip signature, or a directory
 with `saved_model.pb`. Only SavedModel reading imports TensorFlow.
+
+Layer: readers (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Pieces every static loader shares: bounded JSON, BN layers from config + arrays, HDF5 reads."""
+"""Pieces every static loader shares: bounded JSON, BN layers from config + arrays, HDF5 reads.
+
+Layer: readers (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -175,7 +178,7 @@ def may_hold_unlisted_bn(layer: Any) -> bool:
     sublayers are saved as weights, not in the config) and TimeDistributed. Keras 3 configs name
     the module of built-in classes; Keras 2 configs and legacy .h5 files carry only the class name."""
     from bninspect.model import BN_CLASS_NAMES
-    from bninspect.rules.keras_classes import BUILTIN_LAYER_CLASSES
+    from bninspect.keras_classes import BUILTIN_LAYER_CLASSES
 
     if layer.class_name in BN_CLASS_NAMES or layer.is_container or layer.class_name == "TimeDistributed":
         return layer.class_name == "TimeDistributed"

@@ -4,6 +4,8 @@ Understands the configs written by Keras 2 / tf.keras (inbound nodes as `[name, 
 kwargs]` lists) and by Keras 3 (inbound nodes as `__keras_tensor__` dicts with a `keras_history`),
 for Functional, Model and Sequential containers, nested to any depth. Only JSON is read: nothing
 is deserialised, so a Lambda's code or a custom class is never touched.
+
+Layer: readers (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

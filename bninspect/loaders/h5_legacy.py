@@ -5,6 +5,8 @@ Their spelling depends on who wrote the file: `bn/gamma:0` (tf.keras 2), `bn/bn_
 standalone Keras, where the TF name scope got a suffix), `bn/gamma` (Keras 3), and for a nested
 model `inner/bn/gamma` or `bn/gamma:0`. The last path component always names the variable, so
 that is what we match on; the rest only tells which inner layer of a nested model owns it.
+
+Layer: readers (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

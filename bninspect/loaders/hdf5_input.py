@@ -12,6 +12,8 @@ byte range of an open file:
   archives with 1,000 BN layers take seconds. Keras stores `model.weights.h5` uncompressed, so
   the member is a plain run of bytes inside the archive and is read in place. A compressed
   member (a re-zipped archive) is expanded once into a temporary file instead.
+
+Layer: readers (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

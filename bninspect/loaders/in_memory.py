@@ -4,6 +4,8 @@ For the notebook API: `bninspect.inspect(model)`. The graph comes from `model.to
 JSON that `.h5` (`model_config`) and `.keras` (`config.json`) files hold, so the config parser and
 the layer paths are exactly those of the file loaders. The arrays are read from the layers.
 Nothing is deserialised: the model is already in memory.
+
+Layer: readers (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Keys are the snake_case class name with `_1`, `_2`, ... for repeats, counted per
 layer order. Newer Keras also writes the layer name as the `name` attribute of each `vars` group;
 older archives do not, so we derive the keys from `config.json` the way Keras does when saving.
 A BN layer's variables are, in order: gamma (if scale), beta (if center), moving_mean, moving_variance.
+
+Layer: readers (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ imported, which SPEC allows for this format only.
 
 A SavedModel without any Keras metadata (Keras 3 `model.export()`, `tf.saved_model.save`) is read
 weights-only: BN layers are recognised by variables named `.../moving_mean` and `.../moving_variance`.
+
+Layer: readers (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

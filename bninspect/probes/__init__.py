@@ -2,6 +2,8 @@
 
 With SavedModel reading, this package is the only place bninspect imports TensorFlow/Keras, and
 only inside functions: importing `bninspect.probes` stays cheap.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
 """
 
 from bninspect.probes.results import ProbeReport

@@ -1,4 +1,7 @@
-"""Decode and resize images with TensorFlow (no PIL needed): for `--data DIRECTORY`."""
+"""Decode and resize images with TensorFlow (no PIL needed): for `--data DIRECTORY`.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ layers that run with training=True although the model was called in inference mo
 
 The same wrapper can also force a BN layer into batch-statistics mode (training=True) while every
 other layer stays in inference mode, which is how the train/inference gap is measured.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

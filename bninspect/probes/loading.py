@@ -8,6 +8,8 @@ safe mode as a second line of defence.
 Which Keras loads it follows who wrote it: Keras 3 for `.keras` files and Keras-3-written `.h5`;
 tf-keras (`import tf_keras`) for `.h5` written by Keras/tf.keras 1.x-2.x and for SavedModel
 directories, falling back to Keras 3's legacy HDF5 reader when tf-keras is not installed.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import runpy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from bninspect.commands.common import UsageProblem
+from bninspect.errors import UsageProblem
 from bninspect.model import CONTAINER_CLASS_NAMES, Layer, ModelDescription
 
 

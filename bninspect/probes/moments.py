@@ -4,6 +4,8 @@ Each batch arrives already reduced to per-channel (count, mean, M2), where M2 is
 deviations from the batch's own mean. Merging those summaries in float64 gives the statistics of
 all values seen so far, with memory that depends only on the number of channels, and without the
 cancellation of the naive sum/sum-of-squares formula (BN inputs often have |mean| >> std).
+
+Layer: probes (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ over the data. Keras stores the population variance (no Bessel correction), so t
 written.
 
 The live model's variables are left as they were; the caller writes the numbers into a file.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bninspect.commands.common import UsageProblem
+from bninspect.errors import UsageProblem
 from bninspect.probes.instrument import BNTap, Instrumentation, find_bn_layers
 from bninspect.probes.loading import LoadedModel
 from bninspect.recalibration import RecalibratedLayer

@@ -1,6 +1,8 @@
 """What one probe run measured: per-BN-layer statistics, the two prediction comparisons, findings.
 
 Plain numpy and frozen dataclasses, so the rules and reporters work without TensorFlow.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -115,8 +117,6 @@ class ProbeReport:
     def to_dict(self) -> dict:
         """The `probe` entry of the JSON model entry. The findings themselves are the entry's
         `findings`; each layer lists its finding codes."""
-        from bninspect.probes import rules
-
         return {
             "keras": self.keras,
             "samples": self.samples,
@@ -131,9 +131,34 @@ class ProbeReport:
                 "relative_difference": self.consistency.relative_difference,
                 "worst_sample": self.consistency.worst_sample, "samples": self.consistency.samples,
                 "batch_size": self.consistency.batch_size},
-            "layers": [_layer_dict(layer, self.thresholds, rules, self.findings_for(layer.path))
+            "layers": [_layer_dict(layer, self.thresholds, self.findings_for(layer.path))
                        for layer in self.layers],
         }
+
+
+def constant_channels(layer: LayerProbe, thresholds: ProbeThresholds) -> np.ndarray:
+    """Channels whose input took one value on the whole data (needs two values to tell)."""
+    moments = layer.input
+    with np.errstate(invalid="ignore", over="ignore"):
+        # Relative to the mean: a constant 100.0 summed in float32 leaves ~1e-14 * 100^2 of variance.
+        limit = thresholds.dead_channel_variance * np.maximum(1.0, np.square(moments.mean))
+        return (moments.count >= 2) & (moments.variance <= limit)
+
+
+def drifting_channels(layer: LayerProbe, thresholds: ProbeThresholds) -> np.ndarray:
+    """Channels whose input mean or variance disagrees with the moving statistics.
+
+    Constant channels are judged by their mean only: their variance ratio is 0 by definition, and
+    BN104 reports them.
+    """
+    shift = layer.mean_shift
+    ratio = layer.variance_ratio
+    constant = constant_channels(layer, thresholds)
+    with np.errstate(invalid="ignore"):
+        shifted = shift > thresholds.drift_mean_shift
+        rescaled = ((ratio > thresholds.drift_variance_ratio) | (ratio < 1.0 / thresholds.drift_variance_ratio)) & ~constant
+    return (shifted | rescaled) & (layer.input.count > 0)
+
 
 
 def _summary(values: np.ndarray) -> dict:
@@ -143,7 +168,7 @@ def _summary(values: np.ndarray) -> dict:
     return {"min": float(finite.min()), "median": float(np.median(finite)), "max": float(finite.max())}
 
 
-def _layer_dict(layer: LayerProbe, thresholds: ProbeThresholds, rules, findings) -> dict:
+def _layer_dict(layer: LayerProbe, thresholds: ProbeThresholds, findings) -> dict:
     return {
         "path": layer.path,
         "order": layer.order,
@@ -156,8 +181,8 @@ def _layer_dict(layer: LayerProbe, thresholds: ProbeThresholds, rules, findings)
             "std": _summary(layer.input.std),
             "values": int(layer.input.count.sum()),
             "non_finite": int(layer.input.non_finite.sum()),
-            "drifting_channels": int(rules.drifting_channels(layer, thresholds).sum()),
-            "constant_channels": int(rules.constant_channels(layer, thresholds).sum()),
+            "drifting_channels": int(drifting_channels(layer, thresholds).sum()),
+            "constant_channels": int(constant_channels(layer, thresholds).sum()),
         },
         "output": {
             "mean": _summary(layer.output.mean),

@@ -1,40 +1,19 @@
-"""The dynamic rules BN101-BN104: pure functions from measured statistics to findings."""
+"""The dynamic rules BN101-BN104: pure functions from measured statistics to findings.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from bninspect.findings import Finding, Severity
-from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe
+from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, constant_channels, drifting_channels
 from bninspect.probes.thresholds import ProbeThresholds
 from bninspect.summary import fmt_number
 
 # Scales people commonly apply to image inputs; a drift that matches one of them is named in the hint.
 _COMMON_SCALES = {255.0: "1/255", 127.5: "1/127.5", 256.0: "1/256"}
-
-
-def constant_channels(layer: LayerProbe, thresholds: ProbeThresholds) -> np.ndarray:
-    """Channels whose input took one value on the whole data (needs two values to tell)."""
-    moments = layer.input
-    with np.errstate(invalid="ignore", over="ignore"):
-        # Relative to the mean: a constant 100.0 summed in float32 leaves ~1e-14 * 100^2 of variance.
-        limit = thresholds.dead_channel_variance * np.maximum(1.0, np.square(moments.mean))
-        return (moments.count >= 2) & (moments.variance <= limit)
-
-
-def drifting_channels(layer: LayerProbe, thresholds: ProbeThresholds) -> np.ndarray:
-    """Channels whose input mean or variance disagrees with the moving statistics.
-
-    Constant channels are judged by their mean only: their variance ratio is 0 by definition, and
-    BN104 reports them.
-    """
-    shift = layer.mean_shift
-    ratio = layer.variance_ratio
-    constant = constant_channels(layer, thresholds)
-    with np.errstate(invalid="ignore"):
-        shifted = shift > thresholds.drift_mean_shift
-        rescaled = ((ratio > thresholds.drift_variance_ratio) | (ratio < 1.0 / thresholds.drift_variance_ratio)) & ~constant
-    return (shifted | rescaled) & (layer.input.count > 0)
 
 
 def _is_drifting(layer: LayerProbe, thresholds: ProbeThresholds) -> bool:

@@ -1,4 +1,7 @@
-"""`run_probe`: one pass over the data with every BN layer instrumented, then the rules."""
+"""`run_probe`: one pass over the data with every BN layer instrumented, then the rules.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bninspect.commands.common import UsageProblem
+from bninspect.errors import UsageProblem
 from bninspect.data import Batch, DataSource, InputSpec, open_data, parse_rescale
 from bninspect.probes import rules
+from bninspect.probes.images import decode_images
 from bninspect.probes.instrument import BNTap, Entry, Instrumentation, find_bn_layers
 from bninspect.probes.loading import LoadedModel, ModelRefused, describe_in_memory, load_custom_objects, load_model
 from bninspect.probes.moments import ChannelMoments, RunningMoments, merge
@@ -83,7 +87,8 @@ def open_model_and_data(model: Any, data: Any, *, limit: int | None, rescale: fl
         custom_objects = load_custom_objects(custom_objects)
     loaded = _load(model, unsafe, custom_objects)
     source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
-    return loaded, source, open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale)
+    return loaded, source, open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale,
+                                         decoder=decode_images)
 
 
 def _configured(thresholds: Mapping[str, float] | None) -> Any:

@@ -19,6 +19,8 @@ Keys (all numbers >= 0). The same names, kebab- or snake_case, go under
   noise is ~1e-7).
 - `dead_channel_variance` (1e-12): BN104 when a channel's input variance on the data is at most
   this times max(1, mean^2): constant at float32 precision.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
-from bninspect.commands.common import UsageProblem
-from bninspect.config import Thresholds
+from bninspect.errors import UsageProblem
+from bninspect.thresholds import Thresholds
 
 
 class ThresholdError(UsageProblem):

@@ -1,4 +1,7 @@
-"""Reporters take plain data (ModelReports, findings) and return text. One module per format."""
+"""Reporters take plain data (ModelReports, findings) and return text. One module per format.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
+"""
 
 from enum import Enum
 

@@ -1,6 +1,9 @@
 """The text output of `bninspect check`: one line per model file, its findings below it, and a
 summary line. Compact on purpose: a CI log over a model registry must stay readable.
-(`bninspect MODEL` shows the full table of one model.)"""
+(`bninspect MODEL` shows the full table of one model.)
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Text and JSON for `bninspect diff`."""
+"""Text and JSON for `bninspect diff`.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bninspect import __version__
+from bninspect._version import __version__
 from bninspect.diff import ARRAY_NAMES, ModelDiff
 from bninspect.reporters.json_report import _finite_or_text
 from bninspect.summary import fmt_number

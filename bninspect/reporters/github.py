@@ -3,6 +3,8 @@ so findings show up as annotations on the run and the pull request.
 
 Escaping follows the runner's rules: in the message `%`, CR and LF are escaped; in properties
 (`file=`, `title=`) also `:` and `,`.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

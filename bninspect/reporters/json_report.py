@@ -1,4 +1,7 @@
-"""The schema_version 1 JSON document."""
+"""The schema_version 1 JSON document.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 A model with findings at the failing severity gets a <failure> listing them; an unreadable model
 gets an <error>; other findings go to <system-out> so they stay visible without failing.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The text report of `bninspect probe`: what the data did to every BN layer, then the findings."""
+"""The text report of `bninspect probe`: what the data did to every BN layer, then the findings.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bninspect.findings import Finding, Severity
-from bninspect.probes.results import LayerProbe, ProbeReport
+from bninspect.probes.results import LayerProbe, ProbeReport, drifting_channels
 from bninspect.summary import fmt_number, fmt_range
 
 SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -44,14 +47,12 @@ def _codes(findings: tuple[Finding, ...]) -> Text:
 
 
 def _row(layer: LayerProbe, report: ProbeReport) -> list:
-    from bninspect.probes import rules
-
     codes = _codes(report.findings_for(layer.path))
     if not layer.reached:
         return [layer.path, str(layer.channels), "not reached by the data", "", "", "", "", codes]
     shift, ratio = layer.mean_shift, layer.variance_ratio
     ratio_text = f"{fmt_number(_median(ratio))} ({fmt_range(ratio[np.isfinite(ratio)])})"
-    drifting = int(rules.drifting_channels(layer, report.thresholds).sum())
+    drifting = int(drifting_channels(layer, report.thresholds).sum())
     derived = "" if layer.output_measured else "*"
     return [layer.path, str(layer.channels),
             f"{fmt_number(_median(shift))} / {fmt_number(_maximum(shift))}", ratio_text, f"{drifting}/{layer.channels}",

@@ -1,5 +1,8 @@
 """The report of `bninspect recalibrate`: moving statistics before and after, then `check` on the
-new file. Text (a rich table) or JSON; both take plain data and return a string."""
+new file. Text (a rich table) or JSON; both take plain data and return a string.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bninspect import __version__
+from bninspect._version import __version__
 from bninspect.findings import Severity
 from bninspect.recalibration import RecalibratedLayer, RecalibrationSummary
 from bninspect.report import ModelReport

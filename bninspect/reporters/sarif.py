@@ -3,6 +3,8 @@
 Every catalogue rule is listed in `tool.driver.rules` with its documentation; each finding is a
 result pointing at the model file (physical location) and the layer path (logical location).
 Unreadable models are tool execution notifications, and make `executionSuccessful` false.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 from pathlib import Path
 from urllib.parse import quote
 
-from bninspect import __version__
+from bninspect._version import __version__
 from bninspect.findings import Finding, Severity
 from bninspect.report import ModelReport
 

@@ -1,4 +1,7 @@
-"""The rich table of `bninspect MODEL`: a header, one row per BN layer, the findings below."""
+"""The rich table of `bninspect MODEL`: a header, one row per BN layer, the findings below.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

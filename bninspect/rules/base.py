@@ -4,6 +4,8 @@ A rule's check is a pure function `(ModelDescription, Thresholds) -> Iterable[Hi
 only what the check knows (the layer, the message with its numbers, optionally a more specific hint
 or severity); `Rule.finding` adds what the catalogue knows (code, name, default severity and hint)
 so those are written down once, in the catalogue.
+
+Layer: rules (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from bninspect.findings import Finding, Severity
 from bninspect.model import ModelDescription
 
 if TYPE_CHECKING:
-    from bninspect.config import Thresholds
+    from bninspect.thresholds import Thresholds
 
 STATIC = "static"
 DYNAMIC = "dynamic"

@@ -2,6 +2,8 @@
 
 `bninspect rules`, `bninspect explain`, the SARIF rule list and the README rules section are all
 generated from RULES. Codes never change meaning: they are what users put in their config.
+
+Layer: rules (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Rule documentation as Markdown (README, SARIF help) and plain text (`bninspect explain`),
-generated from the catalogue so that there is one text to keep right."""
+generated from the catalogue so that there is one text to keep right.
+
+Layer: rules (the layer order is written in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -51,11 +54,7 @@ def _table_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def catalogue_markdown(rules: tuple[Rule, ...] | None = None) -> str:
-    """The README rules section: a summary table, then every rule's documentation folded."""
-    from bninspect.rules.catalogue import RULES
-
-    rules = RULES if rules is None else rules
+def _summary_table(rules: tuple[Rule, ...], link: str) -> list[str]:
     lines = [
         "Codes are stable: use them (or the names) in `--select`, `--ignore` and `[tool.bninspect]`.",
         "BN0xx rules read the file statically; BN1xx rules need `--data`. "
@@ -66,16 +65,35 @@ def catalogue_markdown(rules: tuple[Rule, ...] | None = None) -> str:
     ]
     for rule in rules:
         severity = rule.severity.value + (" (error for the batch axis)" if rule.code == "BN009" else "")
-        lines.append(f"| [{rule.code}](#{rule.code.lower()}) | {rule.name} | {severity} | {_table_cell(rule.summary)} |")
+        lines.append(f"| [{rule.code}]({link}#{rule.code.lower()}) | {rule.name} | {severity} | {_table_cell(rule.summary)} |")
+    return lines
+
+
+def _catalogue(rules: tuple[Rule, ...] | None) -> tuple[Rule, ...]:
+    from bninspect.rules.catalogue import RULES
+
+    return RULES if rules is None else rules
+
+
+RULES_DOC = "docs/rules.md"
+
+
+def catalogue_markdown(rules: tuple[Rule, ...] | None = None) -> str:
+    """The README rules section: the summary table, each code linking into `docs/rules.md`."""
+    return "\n".join(_summary_table(_catalogue(rules), RULES_DOC)) + "\n"
+
+
+def reference_markdown(rules: tuple[Rule, ...] | None = None) -> str:
+    """`docs/rules.md`: the summary table, then every rule's documentation under its anchor."""
+    rules = _catalogue(rules)
+    lines = ["# bninspect rules", "",
+             "<!-- generated from bninspect/rules/catalogue.py by scripts/update_rule_docs.py: do not edit -->", ""]
+    lines.extend(_summary_table(rules, ""))
     lines.append("")
     for rule in rules:
         lines.append(f'<a id="{rule.code.lower()}"></a>')
-        lines.append("<details>")
-        lines.append(f"<summary><b>{rule.code} {rule.name}</b></summary>")
         lines.append("")
-        lines.append(rule_markdown(rule, heading_level=4).rstrip("\n"))
-        lines.append("")
-        lines.append("</details>")
+        lines.append(rule_markdown(rule, heading_level=2).rstrip("\n"))
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 

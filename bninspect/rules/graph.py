@@ -4,6 +4,8 @@ for weights-only files (BN015 says so).
 `Layer.inbound` is already resolved through nested models, so walking producers never has to
 know about containers. Where the graph does not say enough (unknown rank, unknown data_format,
 a Reshape on the way) the rules stay silent instead of guessing.
+
+Layer: rules (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-from bninspect.config import Thresholds
+from bninspect.thresholds import Thresholds
 from bninspect.findings import Severity
 from bninspect.model import BN_CLASS_NAMES, BNLayer, Layer, ModelDescription
 from bninspect.rules.base import Hit
-from bninspect.rules.keras_classes import BUILTIN_LAYER_CLASSES, BUILTIN_MODULE_ROOTS, CODE_LAYER_CLASSES
+from bninspect.keras_classes import BUILTIN_LAYER_CLASSES, BUILTIN_MODULE_ROOTS, CODE_LAYER_CLASSES
 
 DROPOUT_CLASSES = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
                              "GaussianDropout", "AlphaDropout"})

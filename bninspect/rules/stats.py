@@ -3,6 +3,8 @@
 Each check is a pure function `(ModelDescription, Thresholds) -> Iterator[Hit]`. Comparisons with
 the initial values (mean 0, variance 1, gamma 1, beta 0) are exact on purpose: training moves them
 at the first update, so an exact initial value means "never updated", not "small".
+
+Layer: rules (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from bninspect.config import Thresholds
+from bninspect.thresholds import Thresholds
 from bninspect.model import BNLayer, ModelDescription
 from bninspect.rules.base import Hit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bninspect.api import inspect_path
+from bninspect.checking import inspect_path
 from bninspect.findings import Severity
 from bninspect.rules.catalogue import RULES
 

@@ -156,7 +156,7 @@ def test_settings_are_picklable_for_worker_processes(tmp_path):
 
 
 def test_inspect_passes_settings_through(tmp_path, monkeypatch):
-    from bninspect.api import inspect_path
+    from bninspect.checking import inspect_path
     from rule_case_specs import BN_DEFAULT_CONFIG
 
     import h5py

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bninspect.findings import Severity
-from bninspect.rules import run_static_rules
+from bninspect.checking import run_static_rules
 from bninspect.rules.base import STATIC
 from bninspect.rules.catalogue import RULES
 from rule_case_specs import build_description, build_settings

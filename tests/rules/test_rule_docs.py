@@ -10,7 +10,8 @@ from pathlib import Path
 from bninspect.findings import Severity
 from bninspect.rules.base import DYNAMIC, STATIC
 from bninspect.rules.catalogue import RULES, find_rule
-from bninspect.rules.docs import README_END, README_START, catalogue_markdown, replace_readme_section, rule_text
+from bninspect.rules.docs import (README_END, README_START, catalogue_markdown, reference_markdown,
+                                  replace_readme_section, rule_text)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_TABLE = {  # code: (name, severity) as the specification lists them
@@ -58,14 +59,23 @@ def test_explain_text_has_the_sections_and_no_markdown_fences():
 def test_readme_rules_section_is_up_to_date():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert replace_readme_section(readme, catalogue_markdown()) == readme, (
-        "README.md rules section is stale: run python scripts/update_readme_rules.py")
+        "README.md rules section is stale: run python scripts/update_rule_docs.py")
 
 
-def test_readme_section_lists_every_rule():
+def test_rule_reference_is_up_to_date():
+    reference = (ROOT / "docs" / "rules.md").read_text(encoding="utf-8")
+    assert reference == reference_markdown(), "docs/rules.md is stale: run python scripts/update_rule_docs.py"
+
+
+def test_readme_table_links_every_rule_into_the_reference_which_documents_it():
     section = catalogue_markdown()
+    reference = reference_markdown()
     for rule in RULES:
-        assert f"| [{rule.code}](#{rule.code.lower()}) | {rule.name} |" in section
-        assert rule.what.splitlines()[0] in section
+        assert f"| [{rule.code}](docs/rules.md#{rule.code.lower()}) | {rule.name} |" in section
+        assert f'<a id="{rule.code.lower()}"></a>' in reference
+        assert f"## {rule.code} {rule.name} (" in reference
+        for part in (rule.what, rule.why, rule.example, rule.fix):
+            assert part in reference, rule.code
 
 
 def test_replace_touches_only_the_region():
@@ -74,6 +84,6 @@ def test_replace_touches_only_the_region():
 
 
 def test_update_script_check_mode(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_readme_rules.py"), "--check"],
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_rule_docs.py"), "--check"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr

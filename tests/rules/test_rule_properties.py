@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bninspect.loaders.common import bn_layer
 from bninspect.model import Layer, ModelDescription
-from bninspect.rules import run_static_rules
+from bninspect.checking import run_static_rules
 from bninspect.rules.catalogue import RULES_BY_CODE
 
 values = st.one_of(st.sampled_from([0.0, 1.0, -1.0, np.nan, np.inf, -np.inf, 1e-12, 1e30]),

@@ -5,6 +5,8 @@ and registered name (custom classes have `package>Name`), so they need no list. 
 configs carry only `class_name`; anything not listed here needs a custom object to load.
 Collected from keras 3.x and tf-keras 2.x `layers` namespaces, plus the internal and legacy names
 that appear in saved configs.
+
+Layer: foundation (the layer order is written in tests/test_layers.py).
 """
 
 BUILTIN_LAYER_CLASSES = frozenset("""

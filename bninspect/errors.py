@@ -1,0 +1,26 @@
+"""The exceptions every layer raises and the commands turn into one line and exit code 2.
+
+Bottom layer: imports nothing from bninspect, so loaders, data readers, rules, probes and the
+Python API can all raise these without reaching up into the command line.
+
+Layer: foundation (the layer order is written in tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+
+class ModelReadError(Exception):
+    """A model file could not be read. `str()` is the one-line reason shown to the user."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class UsageProblem(Exception):
+    """Bad usage or bad input that is not a model file: one line, exit 2."""
+
+
+class SettingsError(ValueError):
+    """A configuration or rule selection bninspect cannot use. `str()` is the one-line reason."""
