@@ -270,6 +270,9 @@ def _thresholds(value: Any, where: str) -> Thresholds:
         values[name] = float(number)
     if values.get("min_momentum", 0.0) > 1.0:
         raise SettingsError(f"{where} min-momentum: Keras momentum is between 0 and 1, got {values['min_momentum']}")
+    if values.get("unconverged_share", 0.0) > 1.0:
+        raise SettingsError(f"{where} unconverged-share: a share of the initial values (0..1), "
+                            f"got {values['unconverged_share']}")
     if values.get("drift_channel_fraction", 0.0) > 1.0:
         raise SettingsError(f"{where} drift-channel-fraction: a fraction of channels (0..1), "
                             f"got {values['drift_channel_fraction']}")

@@ -52,11 +52,15 @@ class ModelDiff:
     layers: tuple[LayerDiff, ...]
 
     def to_dict(self) -> dict:
-        return {"a": {"path": self.a.source, "format": self.a.format},
-                "b": {"path": self.b.source, "format": self.b.format},
+        return {"a": _side(self.a), "b": _side(self.b),
                 "layers": [layer.to_dict() for layer in self.layers],
                 "summary": {status: sum(1 for layer in self.layers if layer.status == status)
                             for status in ("changed", "unchanged", "only_in_a", "only_in_b")}}
+
+
+def _side(description: ModelDescription) -> dict:
+    return {"path": description.source, "format": description.format,
+            "training_steps": description.training_steps}
 
 
 def _array_change(a: np.ndarray, b: np.ndarray) -> ArrayChange:

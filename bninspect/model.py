@@ -108,6 +108,10 @@ class ModelDescription:
     dtype_policy: str | None = None
     # Things the loader could not do and why, for the report (e.g. a group it could not map).
     notes: tuple[str, ...] = ()
+    # The optimizer's step count (`optimizer.iterations`) saved with the model: how many training
+    # steps updated the moving statistics. None when the file has none (weights-only files,
+    # `include_optimizer=False`) or it cannot be read.
+    training_steps: int | None = None
 
     @property
     def layer_count(self) -> int:

@@ -77,6 +77,7 @@ class ModelReport:
             "path": self.source,
             "format": description.format if description else None,
             "keras_version": description.keras_version if description else None,
+            "training_steps": description.training_steps if description else None,
             "error": self.error,
             "bn_layers": bn_layer_dicts(self.bn_layers),
             "findings": [finding_dict(finding) for finding in self.findings],

@@ -20,6 +20,8 @@ class Thresholds:
       extreme_scale              BN007: abs(gamma) / sqrt(moving_variance + epsilon) above this.
       min_momentum               BN008: momentum below this looks like a PyTorch value.
       zero_gamma                 BN006: abs(gamma) at or below this counts as zero.
+      unconverged_share          BN018: the share momentum ** steps of the initial 0/1 still in the
+                                 moving statistics above which they count as unconverged (0..1).
     Dynamic probes (BN101-BN104; bninspect.probes.thresholds reads these fields):
       drift_mean_shift           BN101: a channel drifts when abs(data mean - moving mean) /
                                  sqrt(moving variance + epsilon) is above this.
@@ -38,6 +40,7 @@ class Thresholds:
     extreme_scale: float = 1e3
     min_momentum: float = 0.5
     zero_gamma: float = 1e-5
+    unconverged_share: float = 0.05
     drift_mean_shift: float = 0.5
     drift_variance_ratio: float = 2.0
     drift_channel_fraction: float = 0.25

@@ -185,3 +185,34 @@ def may_hold_unlisted_bn(layer: Any) -> bool:
     if isinstance(layer.module, str):
         return layer.module.split(".", 1)[0] not in ("keras", "tf_keras")
     return layer.class_name not in BUILTIN_LAYER_CLASSES
+
+
+# Names of the optimizer's step counter: Keras 3 "iteration", tf.keras 2.x "iteration:0", the
+# legacy optimizers "iter:0", Keras 1/2 "iterations:0".
+STEP_COUNT_NAMES = frozenset({"iteration", "iterations", "iter"})
+
+
+def is_step_count_name(name: str) -> bool:
+    leaf = name.rsplit("/", 1)[-1]
+    return (leaf[:-2] if leaf.endswith(":0") else leaf) in STEP_COUNT_NAMES
+
+
+def step_count_value(value: Any) -> int | None:
+    """A saved step counter's value as an int: a non-negative integer scalar, else None."""
+    array = np.asarray(value)
+    if array.size != 1 or array.dtype.kind not in "iu":
+        return None
+    steps = int(array.reshape(-1)[0])
+    return steps if steps >= 0 else None
+
+
+def read_step_count(root: Any, path: str) -> int | None:
+    """The integer scalar dataset at `path` of an h5py group, or None. A missing or odd counter
+    never makes a file unreadable: the step count is extra information, not the model."""
+    try:
+        item = root.get(path)
+        if item is None or not hasattr(item, "shape") or item.shape not in ((), (1,)):
+            return None
+        return step_count_value(item[()])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None

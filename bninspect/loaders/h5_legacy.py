@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from bninspect.loaders.common import (BN_ARRAY_NAMES, attr_text, attr_text_list, bn_layer,
-                                      may_hold_unlisted_bn, parse_json_config, read_vector)
+from bninspect.loaders.common import (BN_ARRAY_NAMES, attr_text, attr_text_list, bn_layer, is_step_count_name,
+                                      may_hold_unlisted_bn, parse_json_config, read_step_count, read_vector)
 from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
@@ -157,7 +157,24 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
         source=source, format="h5-legacy", bn_layers=tuple(bn_layers), keras_version=version,
         backend=backend, has_config=True, layers=graph.layers, outputs=graph.outputs,
         dtype_policy=dtype_policy_name(config.get("config", {}).get("dtype")),
+        training_steps=_training_steps(handle),
     )
+
+
+def _training_steps(handle: Any) -> int | None:
+    """The step counter among `optimizer_weights` (`weight_names` lists them in saving order):
+    Keras 3 `adam/iteration`, tf.keras `iteration:0`, legacy `Adam/iter:0`."""
+    group = handle.get("optimizer_weights")
+    if group is None or not hasattr(group, "attrs"):
+        return None
+    try:
+        names = attr_text_list(group.attrs.get("weight_names", []))
+    except (OSError, ValueError, TypeError):
+        return None
+    for name in names:
+        if is_step_count_name(name):
+            return read_step_count(group, name)
+    return None
 
 
 def _bn_inside_other_layers(root: Any, graph: Any, claimed: set, raw: BinaryIO | None) -> list[BNLayer]:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bninspect.loaders.common import bn_layer
+from bninspect.loaders.common import bn_layer, step_count_value
 from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
@@ -57,7 +57,17 @@ def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_
         source=source, format=fmt, bn_layers=tuple(bn_layers), keras_version=keras_version, backend=backend,
         has_config=True, layers=graph.layers, outputs=graph.outputs,
         dtype_policy=dtype_policy_name(model_config["config"].get("dtype")),
+        training_steps=_training_steps(model),
     )
+
+
+def _training_steps(model: Any) -> int | None:
+    """`model.optimizer.iterations` of a compiled model, as saving would store it."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    if iterations is None:
+        return None
+    value = iterations.numpy() if hasattr(iterations, "numpy") else iterations
+    return step_count_value(value)
 
 
 def _model_config(model: Any) -> dict | None:

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import h5py
 
 from bninspect.loaders.common import (MAX_CONFIG_BYTES, attr_text, bn_layer, may_hold_unlisted_bn,
-                                      parse_json_config, read_vector)
+                                      parse_json_config, read_step_count, read_vector)
 from bninspect.loaders.graph import ConfigError, NoGraphError, ParsedGraph, dtype_policy_name, parse_model_config
 from bninspect.loaders.hdf5_input import open_member
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
@@ -146,6 +146,10 @@ def _bn_arrays(vars_group: Any, center: bool | None, scale: bool | None, where: 
     return arrays
 
 
+# Keras 3 saves the optimizer's variables in order, `iterations` first.
+OPTIMIZER_ITERATIONS = "optimizer/vars/0"
+
+
 def read_weights_tree(source: str, root: Any, graph: ParsedGraph | None, fmt: str,
                       keras_version: str | None = None, dtype_policy: str | None = None,
                       raw: BinaryIO | None = None, notes: tuple[str, ...] = ()) -> ModelDescription:
@@ -166,6 +170,7 @@ def read_weights_tree(source: str, root: Any, graph: ParsedGraph | None, fmt: st
         return ModelDescription(
             source=source, format=fmt, bn_layers=tuple(bn_layers), keras_version=keras_version,
             has_config=True, layers=graph.layers, outputs=graph.outputs, dtype_policy=dtype_policy,
+            training_steps=read_step_count(root, OPTIMIZER_ITERATIONS),
         )
     for path, vars_group in _walk_bn_groups(root, prefix=""):
         bn_layers.append(bn_layer(path, "BatchNormalization", None,

@@ -33,7 +33,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bninspect.loaders.common import BN_ARRAY_NAMES, MAX_CHANNELS, MAX_CONFIG_BYTES, bn_layer, parse_json_config
+from bninspect.loaders.common import (BN_ARRAY_NAMES, MAX_CHANNELS, MAX_CONFIG_BYTES, bn_layer, parse_json_config,
+                                      step_count_value)
 from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
@@ -227,6 +228,9 @@ def _varint(data: bytes, position: int, what: str) -> tuple[int, int]:
 # --- checkpoint ----------------------------------------------------------------------------
 
 
+STEP_COUNT_CHILDREN = ("_iterations", "iter", "iterations")
+
+
 class _CheckpointObjects:
     """The checkpoint's object graph: walk it by local names, read a variable child's value."""
 
@@ -285,6 +289,16 @@ class _CheckpointObjects:
         if value.dtype.kind not in "fiu":
             raise ConfigError(f"{what} has dtype {value.dtype}, expected floating point")
         return value.astype(np.float64), str(value.dtype)
+
+    def step_count(self) -> int | None:
+        """The optimizer's step counter: tf.keras 2.11+ `optimizer._iterations`, the legacy
+        optimizers' `optimizer.iter`. None without an optimizer (`include_optimizer=False`)."""
+        for local_name in STEP_COUNT_CHILDREN:
+            node_id = self.find(f"root.optimizer.{local_name}")
+            key = None if node_id is None else self._variable_key(node_id)
+            if key is not None and self._reader.has_tensor(key):
+                return step_count_value(self._tensor(key))
+        return None
 
     def _tensor(self, key: str) -> Any:
         try:
@@ -372,7 +386,7 @@ def _read_with_metadata(source: str, nodes: list[_KerasNode], checkpoint: _Check
         bn_layers.extend(_bn_from_node(path, node, _own_config(node), checkpoint) for path, node in by_path.items()
                          if node.metadata.get("class_name") in BN_CLASS_NAMES and path not in listed)
         return ModelDescription(bn_layers=tuple(bn_layers), has_config=True, layers=graph.layers,
-                                outputs=graph.outputs,
+                                outputs=graph.outputs, training_steps=checkpoint.step_count(),
                                 dtype_policy=dtype_policy_name(model_config["config"].get("dtype")), **common)
     # A subclassed model: no graph, but every layer's own config is in its metadata.
     bn_layers = [_bn_from_node(path, node, _own_config(node), checkpoint)

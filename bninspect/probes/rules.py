@@ -5,11 +5,15 @@ Layer: probes (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 
 from bninspect.findings import Finding, Severity
+from bninspect.model import ModelDescription
 from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, constant_channels, drifting_channels
 from bninspect.probes.thresholds import ProbeThresholds
+from bninspect.rules.stats import unconverged_layers
 from bninspect.summary import fmt_number
 
 # Scales people commonly apply to image inputs; a drift that matches one of them is named in the hint.
@@ -39,7 +43,8 @@ def _scale_hint(layer: LayerProbe) -> str:
     return ""
 
 
-def _drift_findings(source: str, layers: tuple[LayerProbe, ...], thresholds: ProbeThresholds) -> list[Finding]:
+def _drift_findings(source: str, layers: tuple[LayerProbe, ...], thresholds: ProbeThresholds,
+                    unconverged: Mapping[str, float] | None = None, steps: int | None = None) -> list[Finding]:
     reached = sorted((layer for layer in layers if layer.reached), key=lambda layer: layer.order)
     drifting = [layer for layer in reached if _is_drifting(layer, thresholds)]
     findings = []
@@ -61,6 +66,12 @@ def _drift_findings(source: str, layers: tuple[LayerProbe, ...], thresholds: Pro
         else:
             message = f"{numbers}; downstream of the first drifting layer {first.path}"
             hint = f"Drift propagates: fix the first drifting layer ({first.path}) first."
+        share = (unconverged or {}).get(layer.path)
+        if share is not None:
+            message += (f"; explained by unconverged moving statistics (BN018): after {steps} training steps "
+                        f"{share:.0%} of them are still the initial 0/1")
+            hint = ("The moving statistics never converged: recompute them from training data with "
+                    "`bninspect recalibrate MODEL --data FILE -o OUT`, or train longer.")
         findings.append(Finding("BN101", "stats-drift", Severity.WARNING, source, layer.path, message, hint))
     return findings
 
@@ -142,7 +153,13 @@ def _gap_findings(source: str, layers: tuple[LayerProbe, ...], gap: GapMeasure |
 
 
 def evaluate(source: str, layers: tuple[LayerProbe, ...], gap: GapMeasure | None,
-             consistency: ConsistencyMeasure | None, thresholds: ProbeThresholds) -> tuple[Finding, ...]:
-    return tuple(_non_finite_findings(source, layers) + _drift_findings(source, layers, thresholds)
+             consistency: ConsistencyMeasure | None, thresholds: ProbeThresholds,
+             description: ModelDescription | None = None) -> tuple[Finding, ...]:
+    """Every dynamic finding. `description`, the static reading of the model, tells which layers
+    BN018 reports, so that their BN101 names the cause."""
+    unconverged = ({} if description is None
+                   else unconverged_layers(description, thresholds.unconverged_share))
+    steps = description.training_steps if description is not None else None
+    return tuple(_non_finite_findings(source, layers) + _drift_findings(source, layers, thresholds, unconverged, steps)
                  + _gap_findings(source, layers, gap, consistency, thresholds)
                  + _dead_channel_findings(source, layers, thresholds))

@@ -71,7 +71,7 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     finally:
         restore(stored)
     layers = _layer_probes(taps, result)
-    findings = rules.evaluate(source, layers, gap, consistency, limits)
+    findings = rules.evaluate(source, layers, gap, consistency, limits, loaded.description)
     return ProbeReport(source=source, keras=loaded.keras, samples=samples.samples, batch_size=batch_size,
                        batches=result.batches, seconds=time.perf_counter() - started, layers=layers,
                        findings=findings, thresholds=limits, gap=gap, consistency=consistency,

@@ -48,6 +48,8 @@ class ProbeThresholds:
     train_inference_gap: float = _DEFAULTS.train_inference_gap
     batch_consistency: float = _DEFAULTS.batch_consistency
     dead_channel_variance: float = _DEFAULTS.dead_channel_variance
+    # BN018's limit: BN101 on a layer with unconverged statistics says so.
+    unconverged_share: float = _DEFAULTS.unconverged_share
 
     def to_dict(self) -> dict:
         return {item.name: getattr(self, item.name) for item in fields(self)}
@@ -63,6 +65,8 @@ def _validated(key: str, value: object) -> float:
         raise ThresholdError(f"threshold {key} must be >= 0, not {value!r}")
     if key == "drift_variance_ratio" and value < 1:
         raise ThresholdError(f"threshold drift_variance_ratio must be >= 1 (it is used as x and 1/x), not {value!r}")
+    if key == "unconverged_share" and value > 1:
+        raise ThresholdError(f"threshold unconverged_share is a share of the initial values (0..1), not {value!r}")
     if key == "drift_channel_fraction" and value > 1:
         raise ThresholdError(f"threshold drift_channel_fraction is a fraction of channels (0..1), not {value!r}")
     return float(value)

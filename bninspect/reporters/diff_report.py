@@ -14,10 +14,19 @@ from rich.text import Text
 
 from bninspect._version import __version__
 from bninspect.diff import ARRAY_NAMES, ModelDiff
+from bninspect.model import ModelDescription
 from bninspect.reporters.json_report import _finite_or_text
 from bninspect.summary import fmt_number
 
 STATUS_STYLE = {"changed": "yellow", "unchanged": "dim", "only_in_a": "red", "only_in_b": "green"}
+
+
+def _side(description: ModelDescription) -> str:
+    """`path (format)`, with the training step count when the file records it."""
+    details = description.format
+    if description.training_steps is not None:
+        details += f", {description.training_steps} training steps"
+    return f"{description.source} ({details})"
 
 
 def render_json(model_diff: ModelDiff) -> str:
@@ -29,7 +38,7 @@ def render_text(model_diff: ModelDiff, color: bool = False, width: int | None = 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color,
                       color_system="standard" if color else None, width=width or 200, highlight=False)
-    console.print(Text(f"A: {model_diff.a.source} ({model_diff.a.format})\nB: {model_diff.b.source} ({model_diff.b.format})"))
+    console.print(Text(f"A: {_side(model_diff.a)}\nB: {_side(model_diff.b)}"))
     table = Table(show_edge=False, header_style="bold", caption="largest change: absolute (relative to max |value| in A or B)")
     table.add_column("layer")
     table.add_column("status")

@@ -39,6 +39,8 @@ def _header(report: ModelReport) -> Text:
     else:
         parts.append("weights only, no config")
     parts.append(f"{len(description.bn_layers)} BatchNormalization")
+    if description.training_steps is not None:
+        parts.append(f"{description.training_steps} training steps")
     text.append("  " + " · ".join(parts))
     return text
 

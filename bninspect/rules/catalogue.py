@@ -529,6 +529,53 @@ RULES: tuple[Rule, ...] = (
         check=graph.code_in_model,
     ),
     Rule(
+        code="BN018", name="unconverged-moving-stats", severity=Severity.WARNING,
+        summary="the optimizer's step count in the file says `momentum ** steps` of the initial 0/1 is still "
+                "in the moving statistics (above 5% by default), and the stored values are consistent with "
+                "a run from those initial values",
+        what=_text("""
+            Reads the optimizer's step count that full-model files store (`optimizer.iterations`) and,
+            for each trainable BatchNormalization layer whose statistics were updated (not BN001),
+            computes the share `momentum ** steps` of the initial values (moving mean 0, moving variance
+            1) that is still in the moving statistics. It reports the layer when that share is above
+            `[tool.bninspect.thresholds] unconverged-share` (default 0.05). Weights-only files and
+            models saved with `include_optimizer=False` have no step count: the rule does not run.
+            """),
+        why=_text("""
+            Keras updates the moving statistics once per training step, `moving = momentum * moving +
+            (1 - momentum) * batch`, starting from mean 0 and variance 1. After N steps a fraction
+            `momentum ** N` of those initial values is still in them: with the default momentum 0.99, 48
+            steps leave 62% and 300 steps leave 5%. A model trained briefly (a small data set, a few
+            epochs, a quick fine-tune) saves statistics that are mostly 0/1 and do not describe its data.
+            `fit` and `evaluate` on batch statistics look fine, while `predict` on the moving
+            statistics is wrong: "it works in fit, but predict is bad".
+
+            To keep false alarms off, the rule checks that the stored values are consistent with a
+            run from 0/1. Such a run leaves `moving_variance >= share` in every channel: the initial
+            variance 1 contributes `share * 1` and the data a non-negative amount. A fine-tune with a
+            fresh optimizer counts only its own steps while the layer started from pretrained
+            statistics, not from 0/1; where some channel's variance is clearly below the share, the
+            layer had statistics before these steps and BN018 stays silent. Layers with
+            `trainable=False` are frozen (BN013) and never update, so they are not BN018.
+            """),
+        example=_text("""
+            ```python
+            model.compile("adam", "categorical_crossentropy")
+            model.fit(x_small, y_small, batch_size=32, epochs=3)   # 3 epochs of 16 steps: 48 updates
+            model.save("model.keras")   # 0.99 ** 48 = 62% of each moving statistic is still 0/1
+            ```
+            """),
+        fix=_text("""
+            Recompute the statistics from training data with `bninspect recalibrate MODEL --data FILE
+            -o OUT` (a cumulative average: it does not depend on the number of steps), train longer, or
+            use a lower momentum: `BatchNormalization(momentum=0.9)` needs about 30 steps to leave 5%
+            of the initial values, 0.99 about 300.
+            """),
+        hint="recalibrate the statistics (`bninspect recalibrate MODEL --data FILE -o OUT`), train longer, "
+             "or use a lower momentum (0.9 needs ~30 steps for 5%)",
+        check=stats.unconverged_moving_stats,
+    ),
+    Rule(
         code="BN101", name="stats-drift", severity=Severity.WARNING, kind=DYNAMIC,
         summary="on the given data, the BN input's per-channel mean/variance disagree with the moving "
                 "statistics; the first drifting layer is named",

@@ -1,4 +1,4 @@
-"""Rules over one BN layer's arrays and scalar config: BN001-BN008, BN013, BN014, BN016.
+"""Rules over one BN layer's arrays and scalar config: BN001-BN008, BN013, BN014, BN016, BN018.
 
 Each check is a pure function `(ModelDescription, Thresholds) -> Iterator[Hit]`. Comparisons with
 the initial values (mean 0, variance 1, gamma 1, beta 0) are exact on purpose: training moves them
@@ -9,6 +9,7 @@ Layer: rules (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
@@ -62,6 +63,61 @@ def partially_untrained(description: ModelDescription, thresholds: Thresholds) -
         if initial.any() and not initial.all():
             yield Hit(layer.path, f"{int(initial.sum())} of {layer.channels} channels still hold the initial "
                                   f"statistics (mean 0, variance 1): {channel_list(initial)}")
+
+
+# float32 updates round: a run from the initial values can leave a channel's variance a hair under
+# momentum ** steps. "Clearly below" means more than this relative margin below.
+SHARE_ROUNDING = 1e-3
+
+
+def initial_share(momentum: float | None, steps: int | None) -> float | None:
+    """The share `momentum ** steps` of the initial values still in the moving statistics after
+    `steps` updates (Keras: new = momentum * old + (1 - momentum) * batch)."""
+    if momentum is None or steps is None or not 0.0 <= momentum < 1.0:
+        return None
+    return float(momentum) ** steps
+
+
+def steps_to_reach(momentum: float, share: float) -> int:
+    """How many updates leave at most `share` of the initial values."""
+    return max(1, math.ceil(math.log(share) / math.log(momentum))) if 0 < momentum < 1 and 0 < share < 1 else 1
+
+
+def unconverged_layers(description: ModelDescription, limit: float) -> dict[str, float]:
+    """BN layer path -> remaining share of the initial 0/1, for the layers BN018 reports.
+
+    Only trainable layers with updated statistics (not BN001) when the file records the step
+    count. A run from the initial values leaves moving_variance >= share in every channel (the
+    initial 1 contributes share * 1, the data a non-negative amount); a channel clearly below it
+    means the layer started from other statistics (a fine-tune with a fresh optimizer), whose
+    steps the counter does not tell.
+    """
+    found: dict[str, float] = {}
+    for layer in description.bn_layers:
+        share = initial_share(layer.momentum, description.training_steps)
+        if share is None or share <= limit or layer.trainable is False or not layer.channels:
+            continue
+        variance = layer.moving_variance
+        if initial_channels(layer).all() or not np.all(np.isfinite(variance)):
+            continue
+        if float(variance.min()) < share * (1.0 - SHARE_ROUNDING):
+            continue
+        found[layer.path] = share
+    return found
+
+
+def unconverged_message(steps: int, momentum: float, share: float, limit: float) -> str:
+    return (f"after {steps} training steps at momentum {num(momentum)}, {share:.0%} of the moving statistics "
+            f"are still the initial 0/1 (below {limit:.0%} needs {steps_to_reach(momentum, limit)} steps)")
+
+
+def unconverged_moving_stats(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
+    limit = thresholds.unconverged_share
+    by_path = {layer.path: layer for layer in description.bn_layers}
+    for path, share in unconverged_layers(description, limit).items():
+        # unconverged_layers reports layers only when the step count and the momentum are known
+        yield Hit(path, unconverged_message(int(description.training_steps), float(by_path[path].momentum),
+                                            share, limit))
 
 
 def untrained_affine(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:

@@ -7,6 +7,7 @@
     has_config = true                 # false: a weights-only file
     outputs = ["bn"]                  # model outputs (default: none, so BN010 stays quiet)
     dtype_policy = "mixed_float16"    # the model's policy
+    training_steps = 48               # the optimizer's step count saved in the file (default: none)
     settings = { thresholds = { extreme-scale = 10.0 } }   # a [tool.bninspect] table
 
     [[case.layers]]                   # in graph order
@@ -103,6 +104,7 @@ def build_description(case: dict) -> ModelDescription:
         layers=tuple(layers) if has_config else (),
         outputs=tuple(case.get("outputs", [])),
         dtype_policy=case.get("dtype_policy"),
+        training_steps=case.get("training_steps"),
     )
 
 
