@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from bninspect.probes.results import ProbeReport
     from bninspect.report import ModelReport
 
-# Layers with findings start unfolded when there are at most this many of them in the page.
+# Pages with at most this many BN layers start unfolded; else the layers with findings, when at most this many.
 OPEN_LIMIT = 4
 
 _CSS = """
@@ -245,7 +245,7 @@ def _layer_section(position: int, layer, findings: list[Finding], element_id: st
     codes = sorted({finding.code for finding in findings})
     flagged = " flagged" if findings else ""
     is_open = ""
-    if findings and open_budget[0] > 0:
+    if (findings or open_budget[1]) and open_budget[0] > 0:
         open_budget[0] -= 1
         is_open = " open"
     summary = (f"<summary><b>{_e(layer.path)}</b> <span class=\"muted\">#{position} · {_e(layer.channels)} "
@@ -286,8 +286,11 @@ def render_html(reports: Sequence["ModelReport"], probes: Sequence["ProbeReport 
     probe_list = list(probes) if probes is not None else [None] * len(reports)
     if len(probe_list) != len(reports):
         raise ValueError(f"{len(probe_list)} probes for {len(reports)} reports")
+    # Small pages start with every layer unfolded; otherwise only the flagged layers, when few.
+    total_layers = sum(len(report.bn_layers) for report in reports)
     flagged_layers = sum(len({f.layer for f in report.findings if f.layer is not None}) for report in reports)
-    open_budget = [OPEN_LIMIT if flagged_layers <= OPEN_LIMIT else 0]
+    open_all = total_layers <= OPEN_LIMIT
+    open_budget = [OPEN_LIMIT if open_all or flagged_layers <= OPEN_LIMIT else 0, open_all]
     plotters: dict = {}
     sections = [_model_section(index + 1, report, probe, plotters, open_budget)
                 for index, (report, probe) in enumerate(zip(reports, probe_list))]

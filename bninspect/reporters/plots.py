@@ -90,10 +90,33 @@ _USE_STYLE = re.compile(r" style=\"([^\"]*)\"")
 _ID_ATTR = re.compile(r"\bid=\"([^\"]+)\"")
 
 
+_PATH_TOKEN = re.compile(r"([MLCQZz])([^MLCQZz]*)")
+
+
+def _compact_path(d: str) -> str:
+    """Path data with the least text: no spaces around commands, and line segments that keep x or
+    y written as H / V (a per-channel step line is nothing else)."""
+    out, x, y = [], None, None
+    for command, args in _PATH_TOKEN.findall(d):
+        numbers = args.split()
+        if command == "L" and len(numbers) == 2:
+            if numbers[1] == y:
+                out.append("H" + numbers[0])
+            elif numbers[0] == x:
+                out.append("V" + numbers[1])
+            else:
+                out.append(f"L{numbers[0]} {numbers[1]}")
+            x, y = numbers
+            continue
+        out.append(command + " ".join(numbers))
+        x, y = (numbers[-2], numbers[-1]) if len(numbers) >= 2 else (None, None)
+    return "".join(out)
+
+
 def _round_numbers(match: re.Match) -> str:
     value = _LONG_NUMBER.sub(r"\1", match.group(2))
     if match.group(1) == "d":
-        value = _PATH_SPACE.sub(" ", value).strip()
+        value = _compact_path(value)
     return f'{match.group(1)}="{value}"'
 
 
@@ -111,22 +134,56 @@ def _hoist_use_styles(svg: str) -> str:
     return _USE_RUN.sub(hoist, svg)
 
 
+_PATH_COMMAND = re.compile(r" ?([MLCQZz]) ")
+_G_TAG = re.compile(r"(<g(?: [^>]*)?>|</g>)")
+_DEF_PATH = re.compile(r"<path id=\"([^\"]+)\" d=\"[^\"]*\" style=\"([^\"]*)\"")
+
+
+def _drop_bare_groups(svg: str) -> str:
+    """`<g>` without attributes only nests: drop it and its end tag (and empty groups)."""
+    out, stack = [], []
+    for index, piece in enumerate(_G_TAG.split(svg)):
+        if index % 2 == 0:
+            out.append(piece)
+        elif piece == "</g>":
+            if stack.pop():
+                out.append(piece)
+        else:
+            keep = piece != "<g>"
+            stack.append(keep)
+            if keep:
+                out.append(piece)
+    return "".join(out).replace("<g/>", "")
+
+
+def _drop_redundant_use_styles(svg: str) -> str:
+    """A <use> whose style repeats its referenced path's style adds nothing (e.g. every tick mark)."""
+    for name, style in _DEF_PATH.findall(svg):
+        svg = re.sub(f'(<use xlink:href="#{re.escape(name)}" x="[^"]*" y="[^"]*") style="{re.escape(style)}"',
+                     r"\1", svg)
+    return svg
+
+
 def clean_svg(svg: str, prefix: str) -> str:
     """matplotlib's SVG made fit to inline: smaller, deterministic, ids prefixed with `prefix`."""
     svg = _HEADER.sub("", svg, count=1)
     svg = _METADATA.sub("", svg, count=1)
     svg = _GLOBAL_STYLE.sub("", svg)
+    svg = svg.replace("<defs></defs>", "").replace("<defs>\n </defs>", "")
     svg = _FONT_FAMILY.sub("", svg)
     svg = _ZERO_ROTATE.sub("", svg)
     svg = _GROUP_ID.sub("<g", svg)
     svg = _NUMERIC_ATTR.sub(_round_numbers, svg)
+    svg = re.sub(r">\s+<", "><", svg)
+    svg = _drop_bare_groups(svg)
+    svg = _drop_redundant_use_styles(svg)
     svg = _hoist_use_styles(svg)
     ids = set(_ID_ATTR.findall(svg))
     for name in sorted(ids, key=len, reverse=True):
         svg = svg.replace(f'id="{name}"', f'id="{prefix}{name}"').replace(f"#{name}\"", f"#{prefix}{name}\"") \
                  .replace(f"#{name})", f"#{prefix}{name})")
     svg = svg.replace("<svg ", '<svg class="plot" role="img" ', 1)
-    return re.sub(r">\s+<", "><", svg).strip()
+    return svg.strip()
 
 
 def _svg(figure, prefix: str) -> str:
@@ -282,28 +339,36 @@ _CHANNEL_PANELS = (("gamma", False), ("beta", False), ("moving mean", False), ("
 
 class ChannelPlotter:
     """Per-channel plots of one BN layer: gamma, beta, moving mean, moving variance (log) and the
-    effective scale |gamma|/sqrt(var+eps) (log); highlighted channels marked in red."""
+    effective scale |gamma|/sqrt(var+eps) (log); highlighted channels marked in red.
+
+    Drawn hundreds of times, so kept cheap: titles are plain texts (not axes titles, whose placement
+    measures every tick label), and each axis has two ticks: the first and last channel, and the
+    smallest and largest value.
+    """
 
     def __init__(self) -> None:
         self.figures = _Figures()
+        ticker = self.figures.matplotlib.ticker
+        self.ticker = ticker
         with self.figures.context():
-            self.figure = self.figures.Figure(figsize=(10.0, 1.55))
+            self.figure = self.figures.Figure(figsize=(10.0, 1.45))
+            self.figure.patch.set_visible(False)
             self.axes = self.figure.subplots(1, len(_CHANNEL_PANELS))
-            self.high, self.low, self.marks, self.notes = [], [], [], []
+            self.high, self.low, self.marks, self.notes, self.titles = [], [], [], [], []
             for ax, (title, log) in zip(self.axes, _CHANNEL_PANELS):
+                ax.patch.set_visible(False)
                 if log:
                     ax.set_yscale("log")
+                    ax.yaxis.set_minor_locator(ticker.NullLocator())
+                ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:.3g}"))
                 self.high.append(ax.plot([], [], color=BAND, linewidth=0.9, drawstyle="steps-mid")[0])
                 self.low.append(ax.plot([], [], color=BAND, linewidth=0.6, drawstyle="steps-mid", alpha=0.6)[0])
                 self.marks.append(ax.plot([], [], linestyle="none", marker="o", markersize=3, color=FLAGGED)[0])
                 self.notes.append(ax.text(0.5, 0.5, "", transform=ax.transAxes, ha="center", va="center",
                                           color="#666666"))
-                if log:
-                    _log_axis(ax.yaxis, self.figures.matplotlib.ticker, 3)
-                else:
-                    ax.yaxis.set_major_locator(self.figures.matplotlib.ticker.MaxNLocator(3))
-                ax.xaxis.set_major_locator(self.figures.matplotlib.ticker.MaxNLocator(4, integer=True))
-            self.figure.subplots_adjust(left=0.045, right=0.995, top=0.84, bottom=0.16, wspace=0.32)
+                self.titles.append(ax.text(0.0, 1.04, title, transform=ax.transAxes, ha="left", va="bottom",
+                                           fontsize=7.5))
+            self.figure.subplots_adjust(left=0.05, right=0.995, top=0.84, bottom=0.15, wspace=0.3)
 
     def svg(self, layer: "BNLayer", highlight: Iterable[int] = (), prefix: str = "ch-") -> str:
         channels = layer.channels
@@ -321,26 +386,40 @@ class ChannelPlotter:
                channels: int, missing: str | None) -> None:
         high, low, marks, note = self.high[index], self.low[index], self.marks[index], self.notes[index]
         ax.set_xlim(-0.5, max(channels - 0.5, 0.5))
+        ax.xaxis.set_major_locator(self.ticker.FixedLocator([0, channels - 1] if channels > 1 else [0]))
+        title = title + (" (log)" if log else "")
         if values is None:
             for line in (high, low, marks):
                 line.set_data([], [])
             note.set_text(missing or "")
-            ax.set_ylim(0.1, 10) if log else ax.set_ylim(-1, 1)
-            ax.set_title(title, loc="left")
+            note.set_visible(bool(missing))
+            self._y(ax, log, None)
+            self.titles[index].set_text(title)
             return
         x, lo, hi, width = reduce_channels(values)
         high.set_data(x, np.where(hi > 0, hi, np.nan) if log else hi)
         low.set_data((x, np.where(lo > 0, lo, np.nan) if log else lo) if width > 1 else ([], []))
+        low.set_visible(width > 1)
         marks.set_data(chosen.astype(np.float64), np.asarray(values, dtype=np.float64)[chosen])
-        limits = _limits(values, log)
-        if limits is None:
+        marks.set_visible(chosen.size > 0)
+        finite = _finite(values, positive=log)
+        if finite.size == 0:
             note.set_text("no positive finite values" if log else "no finite values")
-            ax.set_ylim(0.1, 10) if log else ax.set_ylim(-1, 1)
         else:
             note.set_text(missing or "")
-            ax.set_ylim(*limits)
+        note.set_visible(bool(note.get_text()))
+        self._y(ax, log, finite if finite.size else None)
         suffix = f" (min/max per {width} ch.)" if width > 1 else ""
-        ax.set_title(title + (" (log)" if log else "") + suffix, loc="left")
+        self.titles[index].set_text(title + suffix)
+
+    def _y(self, ax, log: bool, finite: np.ndarray | None) -> None:
+        if finite is None:
+            ax.set_ylim(*((0.1, 10.0) if log else (-1.0, 1.0)))
+            ax.yaxis.set_major_locator(self.ticker.NullLocator())
+            return
+        ax.set_ylim(*_limits(finite, log))
+        low, high = float(finite.min()), float(finite.max())
+        ax.yaxis.set_major_locator(self.ticker.FixedLocator([low, high] if high > low else [low]))
 
 
 class ObservedPlotter:
@@ -436,7 +515,10 @@ def drift_svg(probe: "ProbeReport", drifting_paths: Sequence[str] = (), prefix: 
         top.axhline(thresholds.drift_mean_shift, color="#888888", linewidth=0.7, linestyle="--",
                     label=f"threshold {thresholds.drift_mean_shift:g}")
         top.set_ylabel("mean shift\n(stored std)")
-        top.set_yscale("symlog", linthresh=1.0)
+        finite_shift = _finite(shift)
+        top.set_ylim(0, max(float(finite_shift.max()) if finite_shift.size else 0.0,
+                            thresholds.drift_mean_shift) * 1.15)
+        top.yaxis.set_major_locator(figures.matplotlib.ticker.MaxNLocator(4))
         bottom.set_yscale("log")
         _log_axis(bottom.yaxis, figures.matplotlib.ticker, 4)
         bottom.fill_between(x, ratio[:, 0], ratio[:, 2], color=BAND, alpha=0.25, linewidth=0, label="min-max")
