@@ -318,7 +318,7 @@ def test_awkward_arrays_render(tmp_path: Path) -> None:
               _bn("bare", 6, rng, gamma=None, beta=None)]
     page = parse(render_html([_report(layers), _report([], source="empty.h5")]))
     assert len(page.layers) == 5 and "No BatchNormalization layers." in page.all_text
-    assert "min/max per 16 ch." in page.all_text
+    assert "min and max over bins of 16 consecutive channels" in page.all_text
     assert overview_png(_report(layers))[:8] == b"\x89PNG\r\n\x1a\n"
     assert overview_png(_report([]))[:8] == b"\x89PNG\r\n\x1a\n"
 

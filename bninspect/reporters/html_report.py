@@ -259,6 +259,10 @@ def _layer_section(position: int, layer, findings: list[Finding], element_id: st
         body.append(f'<p class="muted">Highlighted channels: {_e(", ".join(map(str, sorted(highlight))))}</p>'
                     if highlight else
                     '<p class="muted">The findings name no channel indices: no channel is highlighted.</p>')
+    if layer.channels > plots.MAX_POINTS:
+        width = -(-layer.channels // plots.MAX_POINTS)
+        body.append(f'<p class="muted">{layer.channels} channels: each line shows the min and max over bins of '
+                    f"{width} consecutive channels.</p>")
     if "channels" not in plotters:
         plotters["channels"] = plots.ChannelPlotter()
     body.append('<figure class="channels">' + plotters["channels"].svg(layer, highlight, prefix=f"{element_id}-ch-")

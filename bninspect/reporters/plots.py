@@ -254,10 +254,11 @@ def effective_scale(layer: "BNLayer") -> np.ndarray:
     return scale(layer)
 
 
-def _stats(values: np.ndarray | None) -> tuple[float, float, float]:
+def _stats(values: np.ndarray | None, positive: bool = False) -> tuple[float, float, float]:
+    """min, median, max of the finite values (of the positive ones, for a log axis)."""
     if values is None:
         return (math.nan, math.nan, math.nan)
-    finite = _finite(values)
+    finite = _finite(values, positive=positive)
     if finite.size == 0:
         return (math.nan, math.nan, math.nan)
     return float(finite.min()), float(np.median(finite)), float(finite.max())
@@ -277,10 +278,11 @@ def _overview_figure(figures: _Figures, report: "ModelReport"):
     x = np.arange(len(layers), dtype=np.float64)
     marks = np.array([index for index, layer in enumerate(layers) if layer.path in flagged], dtype=np.float64)
     for ax, (name, label, log) in zip(axes, _OVERVIEW_PANELS):
-        stats = np.array([_stats(getattr(layer, name)) for layer in layers]).reshape(-1, 3)
+        # No gamma (scale=False) multiplies by 1.
+        stats = np.array([_stats(np.ones(layer.channels) if name == "gamma" and layer.gamma is None
+                                 else getattr(layer, name), positive=log) for layer in layers]).reshape(-1, 3)
         if log:
             ax.set_yscale("log")
-            stats = np.where(stats > 0, stats, np.nan)
         ax.fill_between(x, stats[:, 0], stats[:, 2], color=BAND, alpha=0.25, linewidth=0, label="min-max")
         ax.plot(x, stats[:, 1], color=BAND, linewidth=1.0, marker="." if len(layers) <= 40 else None,
                 markersize=3, label="median")
@@ -354,7 +356,7 @@ class ChannelPlotter:
             self.figure = self.figures.Figure(figsize=(10.0, 1.45))
             self.figure.patch.set_visible(False)
             self.axes = self.figure.subplots(1, len(_CHANNEL_PANELS))
-            self.high, self.low, self.marks, self.notes, self.titles = [], [], [], [], []
+            self.high, self.low, self.marks, self.notes, self.titles, self.labels = [], [], [], [], [], []
             for ax, (title, log) in zip(self.axes, _CHANNEL_PANELS):
                 ax.patch.set_visible(False)
                 if log:
@@ -368,6 +370,14 @@ class ChannelPlotter:
                                           color="#666666"))
                 self.titles.append(ax.text(0.0, 1.04, title, transform=ax.transAxes, ha="left", va="bottom",
                                            fontsize=7.5))
+                # Tick labels as plain texts: matplotlib's own tick labels cost half the drawing time.
+                ax.tick_params(labelbottom=False, labelleft=False)
+                y_labels = ax.get_yaxis_transform()
+                x_labels = ax.get_xaxis_transform()
+                self.labels.append((ax.text(-0.03, 0, "", transform=y_labels, ha="right", va="center"),
+                                    ax.text(-0.03, 1, "", transform=y_labels, ha="right", va="center"),
+                                    ax.text(0, -0.05, "", transform=x_labels, ha="center", va="top"),
+                                    ax.text(1, -0.05, "", transform=x_labels, ha="center", va="top")))
             self.figure.subplots_adjust(left=0.05, right=0.995, top=0.84, bottom=0.15, wspace=0.3)
 
     def svg(self, layer: "BNLayer", highlight: Iterable[int] = (), prefix: str = "ch-") -> str:
@@ -387,13 +397,17 @@ class ChannelPlotter:
         high, low, marks, note = self.high[index], self.low[index], self.marks[index], self.notes[index]
         ax.set_xlim(-0.5, max(channels - 0.5, 0.5))
         ax.xaxis.set_major_locator(self.ticker.FixedLocator([0, channels - 1] if channels > 1 else [0]))
+        labels = self.labels[index]
+        labels[2].set_text("0")
+        labels[3].set_position((channels - 1, -0.05))
+        labels[3].set_text(str(channels - 1) if channels > 1 else "")
         title = title + (" (log)" if log else "")
         if values is None:
             for line in (high, low, marks):
                 line.set_data([], [])
             note.set_text(missing or "")
             note.set_visible(bool(missing))
-            self._y(ax, log, None)
+            self._y(ax, log, None, labels)
             self.titles[index].set_text(title)
             return
         x, lo, hi, width = reduce_channels(values)
@@ -408,18 +422,23 @@ class ChannelPlotter:
         else:
             note.set_text(missing or "")
         note.set_visible(bool(note.get_text()))
-        self._y(ax, log, finite if finite.size else None)
-        suffix = f" (min/max per {width} ch.)" if width > 1 else ""
-        self.titles[index].set_text(title + suffix)
+        self._y(ax, log, finite if finite.size else None, labels)
+        self.titles[index].set_text(title)
 
-    def _y(self, ax, log: bool, finite: np.ndarray | None) -> None:
+    def _y(self, ax, log: bool, finite: np.ndarray | None, labels) -> None:
         if finite is None:
             ax.set_ylim(*((0.1, 10.0) if log else (-1.0, 1.0)))
             ax.yaxis.set_major_locator(self.ticker.NullLocator())
+            labels[0].set_text("")
+            labels[1].set_text("")
             return
         ax.set_ylim(*_limits(finite, log))
         low, high = float(finite.min()), float(finite.max())
         ax.yaxis.set_major_locator(self.ticker.FixedLocator([low, high] if high > low else [low]))
+        labels[0].set_position((-0.03, low))
+        labels[0].set_text(f"{low:.3g}")
+        labels[1].set_position((-0.03, high))
+        labels[1].set_text(f"{high:.3g}" if high > low else "")
 
 
 class ObservedPlotter:
@@ -503,8 +522,7 @@ def drift_svg(probe: "ProbeReport", drifting_paths: Sequence[str] = (), prefix: 
     thresholds = probe.thresholds
     x = np.arange(len(layers), dtype=np.float64)
     shift = np.array([_stats(layer.mean_shift) for layer in layers]).reshape(-1, 3)
-    ratio = np.array([_stats(layer.variance_ratio) for layer in layers]).reshape(-1, 3)
-    ratio = np.where(ratio > 0, ratio, np.nan)
+    ratio = np.array([_stats(layer.variance_ratio, positive=True) for layer in layers]).reshape(-1, 3)
     flagged = set(drifting_paths)
     marks = np.array([index for index, layer in enumerate(layers) if layer.path in flagged], dtype=np.float64)
     with figures.context():
