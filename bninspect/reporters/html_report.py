@@ -39,7 +39,7 @@ svg.plot *{stroke-linejoin:round;stroke-linecap:butt}
 details.bn-layer{border:1px solid #e3e3e3;border-radius:4px;margin:6px 0;padding:2px 8px}
 details.bn-layer>summary{cursor:pointer;padding:3px 0}details.bn-layer.flagged{border-left:4px solid #d62728}
 .codes{color:#c62828;font-weight:600}.muted{color:#777}.rule{border-top:1px solid #eee;margin-top:10px}
-figure{margin:6px 0}figcaption{color:#666;font-size:12px}
+figure{margin:6px 0}figure.observed svg.plot{max-width:600px}figure.overview svg.plot{max-width:960px}figcaption{color:#666;font-size:12px}
 """
 
 

@@ -50,7 +50,7 @@ _RC = {
 
 def _log_axis(axis, ticker, numticks: int) -> None:
     """Log ticks at powers of ten labelled as plain numbers (no mathtext), no minor ticks."""
-    axis.set_major_locator(ticker.LogLocator(numticks=numticks))
+    axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=numticks))
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:.3g}"))
     axis.set_minor_locator(ticker.NullLocator())
 
