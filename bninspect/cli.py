@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from bninspect.commands import check_cmd, diff_cmd, inspect_cmd, probe_cmd, recalibrate_cmd, rules_cmd
+from bninspect.commands import check_cmd, diff_cmd, inspect_cmd, probe_cmd, recalibrate_cmd, report_cmd, rules_cmd
 from bninspect.commands.common import VersionOption
 
 app = typer.Typer(
@@ -36,9 +36,10 @@ app.command("rules")(rules_cmd.rules)
 app.command("explain")(rules_cmd.explain)
 app.command("probe")(probe_cmd.probe)
 app.command("recalibrate")(recalibrate_cmd.recalibrate)
+app.command("report")(report_cmd.report)
 # --- end of command registrations ---
 
-COMMANDS = ("inspect", "check", "probe", "rules", "explain", "recalibrate", "diff")
+COMMANDS = ("inspect", "check", "probe", "rules", "explain", "recalibrate", "diff", "report")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -1,0 +1,109 @@
+"""`bninspect report MODEL... [--data FILE] [-o FILE]`: a self-contained HTML report with pictures.
+
+A viewer, like `bninspect MODEL`: exit 0 when the report was written, whatever it found; 2 for bad
+usage or a model that could not be read (or, with --data, loaded and run on the data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from bninspect.commands.cli_settings import ConfigOption, command_settings
+from bninspect.commands.common import EXIT_OK, DebugOption, VersionOption, fail, one_line_errors, quiet_tensorflow
+from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
+
+DEFAULT_OUTPUT = Path("bninspect-report.html")
+
+
+class ReportFormat(str, Enum):
+    HTML = "html"
+    PNG = "png"
+
+
+def report(
+    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5) or SavedModel directories."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Also run every model on these samples and plot "
+                                                                   "stored vs observed statistics. " + DATA_HELP),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
+                                             help="With --data: samples per batch (default 32)."),
+    limit: Optional[int] = LimitOption,
+    rescale: Optional[str] = RescaleOption,
+    unsafe: bool = UnsafeOption,
+    custom_objects: Optional[Path] = CustomObjectsOption,
+    output_format: ReportFormat = typer.Option(ReportFormat.HTML, "--format", "-f",
+                                               help="html (the whole report) or png (the overview figure of "
+                                                    "the first model)."),
+    output: Path = typer.Option(DEFAULT_OUTPUT, "--output", "-o", dir_okay=False,
+                                help="Write the report to FILE (default: bninspect-report.html; "
+                                     "with --format png name a .png file)."),
+    config: Optional[Path] = ConfigOption,
+    debug: bool = DebugOption,
+    version: bool = VersionOption,
+) -> None:
+    """Write a self-contained HTML report of MODEL's BatchNormalization layers, with plots.
+
+    Overview along the depth, per-channel plots of every BN layer, findings with their
+    documentation; with --data, stored vs observed statistics. Opens offline: no script, nothing
+    fetched. Exit 0 when the report was written, 2 when it could not be.
+    """
+    from bninspect.api import inspect_path
+
+    settings = command_settings(config, debug=debug)
+    if data is None:
+        given = [flag for flag, value in (("--batch-size", batch_size), ("--limit", limit), ("--rescale", rescale),
+                                          ("--unsafe", unsafe), ("--custom-objects", custom_objects)) if value]
+        if given:
+            fail(f"{', '.join(given)} only apply with --data")
+    if output_format is ReportFormat.PNG and output == DEFAULT_OUTPUT:
+        output = DEFAULT_OUTPUT.with_suffix(".png")
+    with one_line_errors(debug):
+        reports = [inspect_path(path, settings) for path in models]
+        probes = None
+        if data is not None and output_format is ReportFormat.HTML:
+            reports, probes = _probe_all(models, reports, settings, data, batch_size or 32, limit, rescale, unsafe,
+                                         custom_objects, debug)
+    if output_format is ReportFormat.PNG:
+        from bninspect.reporters.plots import overview_png
+
+        _write(output, overview_png(reports[0]))
+    else:
+        from bninspect.reporters.html_report import render_html
+
+        _write(output, render_html(reports, probes).encode("utf-8"))
+    typer.echo(f"bninspect: wrote {output}", err=True)
+    raise typer.Exit(EXIT_OK)
+
+
+def _probe_all(models, reports, settings, data: Path, batch_size: int, limit, rescale, unsafe, custom_objects,
+               debug: bool):
+    """The dynamic analysis of `bninspect probe` / `check --data` for every model: the same options,
+    thresholds and selection; its findings join the static ones."""
+    from bninspect.api import probe_options
+    from bninspect.probes import run_probe
+
+    if not data.exists():
+        fail(f"--data {data}: no such file or directory")
+    if not debug:
+        quiet_tensorflow()
+    options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
+    merged, probes = [], []
+    for path, static in zip(models, reports):
+        probe = run_probe(str(path), options.data, batch_size=options.batch_size, limit=options.limit,
+                          rescale=options.rescale, unsafe=options.unsafe, custom_objects=options.custom_objects,
+                          thresholds=settings.thresholds, progress=options.progress)
+        probe = probe.with_findings(settings.apply)
+        probes.append(probe)
+        merged.append(replace(static, findings=tuple(static.findings) + tuple(probe.findings)))
+    return merged, probes
+
+
+def _write(output: Path, content: bytes) -> None:
+    try:
+        output.write_bytes(content)
+    except OSError as error:
+        fail(f"{output}: cannot write the report ({error.strerror or error})")

@@ -1,0 +1,455 @@
+"""`bninspect report`: the self-contained HTML page, the PNG overview, and the page in a real browser.
+
+Pages are parsed with `html.parser.HTMLParser`. Tests that run a model on data import TensorFlow
+and are marked slow. The browser test needs Debian's `chromium`: it skips when chromium is missing,
+except under CI (the `CI` environment variable set), where a missing browser fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bninspect.findings import Finding, Severity
+from bninspect.model import BNLayer, Layer, ModelDescription
+from bninspect.report import ModelReport
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+UNTRAINED = SAMPLES / "cnn_untrained.h5"
+TRAINED = SAMPLES / "cnn_trained.keras"
+DATA = SAMPLES / "cnn_data.npy"
+
+
+@dataclass
+class Page:
+    """What the parser saw: every start tag with its attributes, the text, the CSS, ids."""
+
+    tags: list[tuple[str, dict[str, str | None]]] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    css: list[str] = field(default_factory=list)
+    # For each <details class="bn-layer">: its id and the classes of the <figure>s inside it.
+    layers: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    @property
+    def all_text(self) -> str:
+        return " ".join(self.text)
+
+    def ids(self) -> list[str]:
+        return [attrs["id"] for _, attrs in self.tags if attrs.get("id")]
+
+    def count(self, tag: str, cls: str | None = None) -> int:
+        return sum(1 for name, attrs in self.tags
+                   if name == tag and (cls is None or cls in (attrs.get("class") or "").split()))
+
+
+class _Parser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.page = Page()
+        self.stack: list[str] = []
+        self.in_style = False
+        self.layer_depth: int | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        self.page.tags.append((tag, attributes))
+        classes = (attributes.get("class") or "").split()
+        if tag == "style":
+            self.in_style = True
+        if tag == "details" and "bn-layer" in classes:
+            self.page.layers.append((attributes.get("id") or "", []))
+            self.layer_depth = len(self.stack)
+        if tag == "figure" and self.layer_depth is not None:
+            self.page.layers[-1][1].extend(classes)
+        if tag not in ("meta", "br", "path", "use", "rect", "circle", "line", "polyline", "polygon", "input", "img",
+                       "link"):
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.page.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag):
+        if tag == "style":
+            self.in_style = False
+        if tag in self.stack:
+            while self.stack and self.stack.pop() != tag:
+                pass
+        if tag == "details" and self.layer_depth is not None and len(self.stack) <= self.layer_depth:
+            self.layer_depth = None
+
+    def handle_data(self, data):
+        if self.in_style:
+            self.page.css.append(data)
+        elif data.strip():
+            self.page.text.append(data.strip())
+
+
+def parse(text: str) -> Page:
+    parser = _Parser()
+    parser.feed(text)
+    parser.close()
+    return parser.page
+
+
+def assert_self_contained(page: Page) -> None:
+    """Nothing the page could fetch: no script, no stylesheet link, no external src/href, no
+    @import or url() in the CSS. (SVG attributes may say `url(#id)`: references inside the page.)"""
+    assert page.count("script") == 0
+    assert page.count("iframe") == 0 and page.count("img") == 0 and page.count("object") == 0
+    for tag, attrs in page.tags:
+        assert not (tag == "link" and "stylesheet" in (attrs.get("rel") or "")), attrs
+        for name in ("src", "href", "xlink:href", "action", "data", "poster"):
+            value = attrs.get(name)
+            if value is not None:
+                assert value.startswith("#"), f"<{tag} {name}={value!r}>: only in-page references allowed"
+        for name, value in attrs.items():
+            if value and "url(" in value:
+                assert all(part.startswith("#") for part in value.split("url(")[1:]), (tag, name, value)
+    css = "\n".join(page.css)
+    assert "@import" not in css and "url(" not in css
+
+
+def run_report(args: list[str], tmp_path: Path, name: str = "report.html"):
+    """The CLI for real, in process: (exit code, stderr, the written file's path)."""
+    from typer.testing import CliRunner
+
+    from bninspect.cli import app
+
+    output = tmp_path / name
+    result = CliRunner().invoke(app, ["report", *args, "-o", str(output)])
+    stderr = result.stderr if hasattr(result, "stderr") else ""
+    return result.exit_code, stderr, output, result
+
+
+@pytest.fixture(autouse=True)
+def _empty_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pyproject.toml above the working directory changes the settings."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+
+
+# --- synthetic models (no TensorFlow) -------------------------------------------------------------
+
+def _bn(path: str, channels: int, rng: np.random.Generator, **arrays) -> BNLayer:
+    values = {"gamma": rng.uniform(0.5, 1.5, channels), "beta": rng.normal(0, 0.1, channels),
+              "moving_mean": rng.normal(0, 1, channels), "moving_variance": rng.uniform(0.01, 4, channels)}
+    values.update(arrays)
+    return BNLayer(path=path, class_name="BatchNormalization", axis=(-1,), epsilon=1e-3, momentum=0.99,
+                   center=values["beta"] is not None, scale=values["gamma"] is not None, trainable=True, **values)
+
+
+def _report(layers: list[BNLayer], findings: tuple[Finding, ...] = (), source: str = "m.h5") -> ModelReport:
+    graph = tuple(Layer(path=bn.path, name=bn.name, class_name="BatchNormalization") for bn in layers)
+    description = ModelDescription(source=source, format="h5-legacy", bn_layers=tuple(layers), keras_version="3.0.0",
+                                   layers=graph)
+    return ModelReport(source=source, description=description, findings=findings)
+
+
+def _finding(layer: str | None, code: str, message: str) -> Finding:
+    return Finding(code, "name", Severity.WARNING, "m.h5", layer, message, "a hint")
+
+
+# --- the sample models through the CLI -------------------------------------------------------------
+
+def test_untrained_sample_reports_bn001_with_its_documentation(tmp_path: Path) -> None:
+    code, stderr, output, result = run_report([str(UNTRAINED)], tmp_path)
+    assert code == 0, result.output
+    page = parse(output.read_text(encoding="utf-8"))
+    assert len(page.layers) == 2
+    assert [layer_id.split("-", 3)[-1] for layer_id, _ in page.layers] == ["bn1", "bn2"]
+    text = page.all_text
+    assert "BN001" in text and "cnn_untrained.h5" in text and "h5-legacy" in text
+    # The rule documentation of BN001, and only of the codes that occur.
+    assert "rule-BN001" in page.ids()
+    assert [i for i in page.ids() if i.startswith("rule-")] == ["rule-BN001"]
+    assert any(attrs.get("href") == "#rule-BN001" for tag, attrs in page.tags if tag == "a")
+    from bninspect.rules.catalogue import RULES_BY_CODE
+
+    fix = " ".join(RULES_BY_CODE["BN001"].fix.split())
+    assert fix.split("`")[0].strip() in text  # the "How to fix" text, up to its first inline code
+    # Every finding links to a layer section that exists.
+    layer_ids = {layer_id for layer_id, _ in page.layers}
+    links = [attrs["href"][1:] for tag, attrs in page.tags if tag == "a" and attrs.get("href", "").startswith("#m")]
+    assert links and set(links) <= layer_ids
+    # One overview, and per layer its per-channel plots.
+    assert page.count("figure", "overview") == 1
+    assert all("channels" in classes for _, classes in page.layers)
+    assert_self_contained(page)
+    ids = page.ids()
+    assert len(ids) == len(set(ids)), "element ids must be unique across the inline SVGs"
+
+
+def test_trained_sample_has_no_findings_and_all_layers(tmp_path: Path) -> None:
+    code, _, output, result = run_report([str(TRAINED)], tmp_path)
+    assert code == 0, result.output
+    page = parse(output.read_text(encoding="utf-8"))
+    assert len(page.layers) == 2
+    assert "No findings." in page.all_text and "keras-v3" in page.all_text
+    assert not [i for i in page.ids() if i.startswith("rule-")]
+    assert page.count("svg") == 3  # the overview and one per-channel figure per layer
+    assert_self_contained(page)
+
+
+def test_several_models_in_one_page(tmp_path: Path) -> None:
+    code, _, output, result = run_report([str(UNTRAINED), str(TRAINED)], tmp_path)
+    assert code == 0, result.output
+    page = parse(output.read_text(encoding="utf-8"))
+    assert page.count("section", "model") == 2 and len(page.layers) == 4
+    ids = page.ids()
+    assert len(ids) == len(set(ids))
+
+
+def test_default_output_name(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bninspect.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(UNTRAINED)])
+    assert result.exit_code == 0, result.output
+    assert Path("bninspect-report.html").is_file()
+
+
+def test_png_overview_has_the_figure_size(tmp_path: Path) -> None:
+    from bninspect.reporters.plots import OVERVIEW_SIZE, PNG_DPI
+
+    code, _, output, result = run_report([str(TRAINED), "--format", "png"], tmp_path, name="overview.png")
+    assert code == 0, result.output
+    data = output.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (round(OVERVIEW_SIZE[0] * PNG_DPI), round(OVERVIEW_SIZE[1] * PNG_DPI)) == (1000, 640)
+
+
+def test_unreadable_model_is_one_line_exit_2(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"not hdf5 at all")
+    result = subprocess.run([sys.executable, "-m", "bninspect", "report", str(broken), "-o", str(tmp_path / "r.html")],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bninspect: error: {broken}: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_options_without_data_are_usage_errors(tmp_path: Path) -> None:
+    code, _, output, result = run_report([str(TRAINED), "--limit", "3"], tmp_path)
+    assert code == 2 and "only apply with --data" in result.output
+    assert not output.exists()
+
+
+def test_help_and_version() -> None:
+    from typer.testing import CliRunner
+
+    from bninspect import __version__
+    from bninspect.cli import COMMANDS, app
+
+    assert "report" in COMMANDS
+    assert CliRunner().invoke(app, ["report", "--version"]).output == f"bninspect {__version__}\n"
+    result = CliRunner().invoke(app, ["report", "--help"])
+    assert result.exit_code == 0 and "--data" in result.output and "--format" in result.output
+
+
+def test_static_commands_import_neither_matplotlib_nor_tensorflow(tmp_path: Path) -> None:
+    script = ("import sys\nfrom bninspect.cli import main\n"
+              "for args in (['check', sys.argv[1]], [sys.argv[1]]):\n"
+              "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+              "print(','.join(sorted(n for n in ('matplotlib', 'tensorflow', 'keras', 'tf_keras') if n in sys.modules))"
+              " or 'none')\n")
+    result = subprocess.run([sys.executable, "-c", script, str(UNTRAINED)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert result.stdout.strip().splitlines()[-1] == "none", result.stdout + result.stderr
+
+
+# --- the renderer on plain data ---------------------------------------------------------------------
+
+def test_render_html_escapes_text_and_highlights_named_channels() -> None:
+    from bninspect.reporters.html_report import render_html
+
+    rng = np.random.default_rng(0)
+    evil = "<script>alert(1)</script>"
+    layers = [_bn(evil, 8, rng), _bn("plain", 8, rng, gamma=None)]
+    findings = (_finding(evil, "BN006", "2 of 8 channels have |gamma| <= 1e-3 (...): channels 2, 5"),
+                _finding("plain", "BN005", "1 of 8 channels have moving variance below epsilon <b>x</b>"))
+    text = render_html([_report(layers, findings, source="<m>.h5")])
+    page = parse(text)
+    assert page.count("script") == 0 and evil in page.all_text and "<m>.h5" in page.all_text
+    assert "Highlighted channels: 2, 5" in page.all_text
+    assert "The findings name no channel indices: no channel is highlighted." in page.all_text
+    assert_self_contained(page)
+
+
+def test_finding_channels_reads_the_channel_lists_of_the_rules() -> None:
+    from bninspect.reporters.html_report import finding_channels
+
+    def channels(message: str) -> set[int]:
+        return finding_channels(_finding("l", "BN006", message))
+
+    assert channels("3 of 64 channels have |gamma| <= 1e-05 (they output the constant beta): channels 1, 7, 9") == {1, 7, 9}
+    assert channels("1 of 4 channels still hold the initial statistics (mean 0, variance 1): channel 3") == {3}
+    assert channels("9 of 64 channels ...: channels 0, 1, 2, 3, 4, 5 and 3 more") == {0, 1, 2, 3, 4, 5}
+    assert channels("2 of 8 channels have a constant input on the data: channels 3 (= 0), 6 (= 1.5)") == {3, 6}
+    assert channels("moving mean is exactly 0 and moving variance exactly 1 in all 8 channels: never") == set()
+
+
+def test_awkward_arrays_render(tmp_path: Path) -> None:
+    """NaN/Inf, negative and zero variances, scale=False and center=False, wide layers, no layers."""
+    from bninspect.reporters.html_report import render_html
+    from bninspect.reporters.plots import overview_png
+
+    rng = np.random.default_rng(1)
+    layers = [_bn("nan", 4, rng, moving_variance=np.array([np.nan, 1.0, np.inf, -0.5]),
+                  beta=np.array([0.0, -np.inf, 1.0, 2.0])),
+              _bn("all_nan", 3, rng, gamma=np.full(3, np.nan), moving_mean=np.full(3, np.nan),
+                  moving_variance=np.full(3, np.nan), beta=None),
+              _bn("wide", 2048, rng), _bn("zero", 5, rng, moving_variance=np.zeros(5)),
+              _bn("bare", 6, rng, gamma=None, beta=None)]
+    page = parse(render_html([_report(layers), _report([], source="empty.h5")]))
+    assert len(page.layers) == 5 and "No BatchNormalization layers." in page.all_text
+    assert "min and max over bins of 16 consecutive channels" in page.all_text
+    assert overview_png(_report(layers))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert overview_png(_report([]))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unreadable_report_entry_renders_its_error() -> None:
+    from bninspect.reporters.html_report import render_html
+
+    page = parse(render_html([ModelReport(source="bad.h5", description=None, error="not an HDF5 file")]))
+    assert "could not read the model: not an HDF5 file" in page.all_text
+
+
+def test_training_steps_shown_when_known() -> None:
+    from dataclasses import dataclass as plain_dataclass
+
+    from bninspect.reporters.html_report import render_html
+
+    rng = np.random.default_rng(2)
+    report = _report([_bn("bn", 4, rng)])
+
+    @plain_dataclass(frozen=True)
+    class WithSteps:  # stands in for ModelDescription once it has `training_steps`
+        base: ModelDescription
+        training_steps: int = 640
+
+        def __getattr__(self, name):
+            return getattr(self.base, name)
+
+    from dataclasses import replace
+
+    assert "training steps" not in parse(render_html([report])).all_text
+    page = parse(render_html([replace(report, description=WithSteps(report.description))]))
+    assert "training steps 640" in page.all_text
+
+
+def test_200_bn_layers_stay_small() -> None:
+    from bninspect.reporters.html_report import render_html
+
+    rng = np.random.default_rng(3)
+    layers = [_bn(f"block_{i}/bn", 64, rng) for i in range(200)]
+    findings = (_finding("block_7/bn", "BN006", "1 of 64 channels ...: channel 5"),)
+    text = render_html([_report(layers, findings)])
+    page = parse(text)
+    assert len(page.layers) == 200
+    assert len(text.encode()) < 4_000_000, len(text.encode())
+    ids = page.ids()
+    assert len(ids) == len(set(ids))
+
+
+# --- with data (TensorFlow) --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def data_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("data_report")
+    output = directory / "data.html"
+    result = subprocess.run([sys.executable, "-m", "bninspect", "report", str(TRAINED), "--data", str(DATA),
+                             "-o", str(output)], capture_output=True, text=True, cwd=directory,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+@pytest.mark.slow
+def test_data_report_has_stored_vs_observed_per_layer_and_the_drift_plot(data_report: Path) -> None:
+    page = parse(data_report.read_text(encoding="utf-8"))
+    assert len(page.layers) == 2
+    for layer_id, figures in page.layers:
+        assert "observed" in figures, layer_id
+    assert page.count("figure", "drift") == 1
+    assert "Stored vs observed statistics" in page.all_text and "64 samples" in page.all_text
+    assert "y = x" in page.all_text
+    assert_self_contained(page)
+
+
+@pytest.mark.slow
+def test_data_report_names_the_first_drifting_layer(tmp_path: Path) -> None:
+    """Inputs 255x too wide: every layer drifts, the first BN layer is named first."""
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.load(DATA) * 255.0)
+    code, _, output, result = run_report([str(TRAINED), "--data", str(wide)], tmp_path)
+    assert code == 0, result.output
+    page = parse(output.read_text(encoding="utf-8"))
+    assert "BN101" in page.all_text and "First drifting layer: bn1" in page.all_text
+    assert "rule-BN101" in page.ids()
+
+
+# --- in a real browser ---------------------------------------------------------------------------------
+
+def _chromium() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed, and CI is set: the browser test must run in CI "
+                        "(.ci/run installs it)")
+        pytest.skip("chromium is not installed (outside CI the browser test skips; `apt-get install chromium`)")
+    return found
+
+
+def _chromium_flags(tmp_path: Path) -> list[str]:
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+
+
+def test_report_in_headless_chromium(tmp_path: Path) -> None:
+    """The page as a browser shows it: a screenshot that is a PNG of the window size, no console
+    errors in chromium's log, and the DOM chromium built holding one section per BN layer and the
+    finding codes. What the console check covers: chromium's stderr log (`--enable-logging=stderr`)
+    has no "Uncaught" and no CONSOLE(...) error lines; the page has no script, so there is little
+    that could log."""
+    browser = _chromium()
+    code, _, output, result = run_report([str(UNTRAINED), str(TRAINED)], tmp_path)
+    assert code == 0, result.output
+    url = output.resolve().as_uri()
+    screenshot = tmp_path / "shot.png"
+    shot = subprocess.run([browser, *_chromium_flags(tmp_path), "--enable-logging=stderr", "--v=0",
+                           f"--screenshot={screenshot}", "--window-size=1280,2000", url],
+                          capture_output=True, text=True, timeout=120)
+    data = screenshot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (1280, 2000)
+    log = shot.stderr
+    console_errors = [line for line in log.splitlines() if "Uncaught" in line or
+                      ("CONSOLE" in line and ("ERROR" in line or "error" in line))]
+    assert not console_errors, console_errors
+    assert "net::ERR" not in log, "the page tried to fetch something"
+
+    dom = subprocess.run([browser, *_chromium_flags(tmp_path), "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = parse(dom.stdout)
+    assert len(page.layers) == 4
+    assert "BN001" in page.all_text
+    assert page.count("svg") == 1 + 2 + 1 + 2
+    assert_self_contained(page)
