@@ -42,6 +42,29 @@ class InspectionReport(ModelReport):
 
         return render_html([self])
 
+    def to_html(self) -> str:
+        """The page `bninspect report` writes for this model: self-contained HTML with per-layer
+        plots (and, when it was run on data, stored vs observed statistics)."""
+        from bninspect.reporters.html_report import render_html
+
+        return render_html([self])
+
+    def overview(self) -> "Figure":
+        """The overview figure along the depth; a notebook shows it, `.svg` is the inline SVG."""
+        from bninspect.reporters.plots import overview_svg
+
+        return Figure(overview_svg(self))
+
+
+@dataclass(frozen=True)
+class Figure:
+    """An SVG picture that Jupyter displays."""
+
+    svg: str
+
+    def _repr_svg_(self) -> str:
+        return self.svg
+
 
 def resolve_settings(settings: "Settings | None" = None, config: str | os.PathLike | None = None,
                      select: Iterable[str] | str | None = None, ignore: Iterable[str] | str | None = None,

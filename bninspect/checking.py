@@ -126,7 +126,7 @@ def add_probe(report: ModelReport, model: Any, settings: Settings, options: Prob
                       thresholds=settings.thresholds, progress=options.progress)
     probe = probe.with_findings(settings.apply)
     return replace(report, findings=tuple(report.findings) + tuple(probe.findings),
-                   extra={**report.extra, "probe": probe.to_dict()})
+                   extra={**report.extra, "probe": probe.to_dict()}, probe=probe)
 
 
 def probe_options(data: Any, batch_size: int, limit: int | None, rescale: float | str | None, unsafe: bool,

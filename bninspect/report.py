@@ -63,6 +63,9 @@ class ModelReport:
     error: str | None = None
     # Extra per-model data a command adds to the JSON entry (e.g. the probe's statistics).
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # The dynamic analysis of this model (a `bninspect.probes.ProbeReport`) when it was run on data;
+    # its JSON is extra["probe"]. Kept whole for the reporters that plot its measurements.
+    probe: Any = field(default=None, compare=False, repr=False)
 
     @property
     def bn_layers(self) -> tuple[BNLayer, ...]:

@@ -331,26 +331,27 @@ def test_unreadable_report_entry_renders_its_error() -> None:
 
 
 def test_training_steps_shown_when_known() -> None:
-    from dataclasses import dataclass as plain_dataclass
+    from dataclasses import replace
 
     from bninspect.reporters.html_report import render_html
 
     rng = np.random.default_rng(2)
     report = _report([_bn("bn", 4, rng)])
-
-    @plain_dataclass(frozen=True)
-    class WithSteps:  # stands in for ModelDescription once it has `training_steps`
-        base: ModelDescription
-        training_steps: int = 640
-
-        def __getattr__(self, name):
-            return getattr(self.base, name)
-
-    from dataclasses import replace
-
+    assert report.description.training_steps is None
     assert "training steps" not in parse(render_html([report])).all_text
-    page = parse(render_html([replace(report, description=WithSteps(report.description))]))
+    page = parse(render_html([replace(report, description=replace(report.description, training_steps=640))]))
     assert "training steps 640" in page.all_text
+
+
+def test_api_to_html_is_the_page_the_command_writes(tmp_path: Path) -> None:
+    import bninspect
+
+    code, _, output, result = run_report([str(UNTRAINED)], tmp_path)
+    assert code == 0, result.output
+    report = bninspect.inspect(str(UNTRAINED))
+    assert report.to_html() == output.read_text(encoding="utf-8")
+    overview = report.overview()
+    assert overview._repr_svg_().lstrip().startswith("<svg") and "</svg>" in overview.svg
 
 
 def test_200_bn_layers_stay_small() -> None:
@@ -389,6 +390,18 @@ def test_data_report_has_stored_vs_observed_per_layer_and_the_drift_plot(data_re
     assert page.count("figure", "drift") == 1
     assert "Stored vs observed statistics" in page.all_text and "64 samples" in page.all_text
     assert "y = x" in page.all_text
+    assert_self_contained(page)
+
+
+@pytest.mark.slow
+def test_api_to_html_with_data_plots_stored_vs_observed() -> None:
+    import bninspect
+
+    page = parse(bninspect.inspect(str(TRAINED), data=str(DATA)).to_html())
+    assert len(page.layers) == 2
+    for layer_id, figures in page.layers:
+        assert "observed" in figures, layer_id
+    assert page.count("figure", "drift") == 1
     assert_self_contained(page)
 
 

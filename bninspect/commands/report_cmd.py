@@ -2,11 +2,12 @@
 
 A viewer, like `bninspect MODEL`: exit 0 when the report was written, whatever it found; 2 for bad
 usage or a model that could not be read (or, with --data, loaded and run on the data).
+
+Layer: commands (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -51,7 +52,7 @@ def report(
     documentation; with --data, stored vs observed statistics. Opens offline: no script, nothing
     fetched. Exit 0 when the report was written, 2 when it could not be.
     """
-    from bninspect.api import inspect_path
+    from bninspect.checking import inspect_path
 
     settings = command_settings(config, debug=debug)
     if data is None:
@@ -63,10 +64,9 @@ def report(
         output = DEFAULT_OUTPUT.with_suffix(".png")
     with one_line_errors(debug):
         reports = [inspect_path(path, settings) for path in models]
-        probes = None
         if data is not None and output_format is ReportFormat.HTML:
-            reports, probes = _probe_all(models, reports, settings, data, batch_size or 32, limit, rescale, unsafe,
-                                         custom_objects, debug)
+            reports = _probe_all(models, reports, settings, data, batch_size or 32, limit, rescale, unsafe,
+                                 custom_objects, debug)
     if output_format is ReportFormat.PNG:
         from bninspect.reporters.plots import overview_png
 
@@ -74,7 +74,7 @@ def report(
     else:
         from bninspect.reporters.html_report import render_html
 
-        _write(output, render_html(reports, probes).encode("utf-8"))
+        _write(output, render_html(reports).encode("utf-8"))
     typer.echo(f"bninspect: wrote {output}", err=True)
     raise typer.Exit(EXIT_OK)
 
@@ -82,24 +82,15 @@ def report(
 def _probe_all(models, reports, settings, data: Path, batch_size: int, limit, rescale, unsafe, custom_objects,
                debug: bool):
     """The dynamic analysis of `bninspect probe` / `check --data` for every model: the same options,
-    thresholds and selection; its findings join the static ones."""
-    from bninspect.api import probe_options
-    from bninspect.probes import run_probe
+    thresholds and selection; its findings join the static ones, its measurements are plotted."""
+    from bninspect.checking import add_probe, probe_options
 
     if not data.exists():
         fail(f"--data {data}: no such file or directory")
     if not debug:
         quiet_tensorflow()
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
-    merged, probes = [], []
-    for path, static in zip(models, reports):
-        probe = run_probe(str(path), options.data, batch_size=options.batch_size, limit=options.limit,
-                          rescale=options.rescale, unsafe=options.unsafe, custom_objects=options.custom_objects,
-                          thresholds=settings.thresholds, progress=options.progress)
-        probe = probe.with_findings(settings.apply)
-        probes.append(probe)
-        merged.append(replace(static, findings=tuple(static.findings) + tuple(probe.findings)))
-    return merged, probes
+    return [add_probe(static, str(path), settings, options) for path, static in zip(models, reports)]
 
 
 def _write(output: Path, content: bytes) -> None:

@@ -5,6 +5,8 @@ ProbeReport of each model, or None) and returns the page. Per model: a header, t
 their hints and links to the rule documentation (included for the codes that occur), the overview
 along the depth, with probes the drift along the depth, and one folded `<details class="bn-layer">`
 per BN layer with its per-channel plots (and stored vs observed statistics).
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from bninspect import __version__
+from bninspect._version import __version__
 from bninspect.findings import Finding, Severity
 
 if TYPE_CHECKING:
@@ -124,7 +126,7 @@ def _header(report: "ModelReport") -> str:
         rows += [("format", description.format), ("Keras version", description.keras_version or "unknown"),
                  ("layers", description.layer_count if description.has_config else "unknown (no config)"),
                  ("BN layers", len(description.bn_layers))]
-        steps = getattr(description, "training_steps", None)
+        steps = description.training_steps
         if steps is not None:
             rows.append(("training steps", steps))
         for note in description.notes:
@@ -285,9 +287,10 @@ def _layer_section(position: int, layer, findings: list[Finding], element_id: st
 
 def render_html(reports: Sequence["ModelReport"], probes: Sequence["ProbeReport | None"] | None = None,
                 title: str = "bninspect report") -> str:
-    """The whole page. `probes[i]`, when given and not None, is the probe run of `reports[i]`."""
+    """The whole page. `probes[i]`, when given and not None, is the probe run of `reports[i]`;
+    by default each report's own `probe` (set when it was run on data)."""
     reports = list(reports)
-    probe_list = list(probes) if probes is not None else [None] * len(reports)
+    probe_list = list(probes) if probes is not None else [report.probe for report in reports]
     if len(probe_list) != len(reports):
         raise ValueError(f"{len(probe_list)} probes for {len(reports)} reports")
     # Small pages start with every layer unfolded; otherwise only the flagged layers, when few.

@@ -8,6 +8,8 @@ metadata, numbers rounded to 0.1 pt, element ids prefixed per figure so that the
 The per-layer figures are drawn by one reused `Figure` per kind whose lines get new data for
 every layer: building a figure costs 4x more than drawing it, and a model may have hundreds of BN
 layers.
+
+Layer: reporters (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
