@@ -18,7 +18,8 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, IgnoreOption, SelectOption, command_settings
 from bninspect.commands.common import VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors, quiet_tensorflow, use_color
-from bninspect.commands.data_options import CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
+from bninspect.commands.data_options import (CustomObjectsOption, LimitOption, OptionalBatchSizeOption, RescaleOption,
+                                             UnsafeOption, refuse_data_options_without_data)
 from bninspect.reporters import OutputFormat
 
 
@@ -42,8 +43,7 @@ def check(
                                              "images. PATH must then name model files or SavedModel directories "
                                              "(no directory search: one data set fits one model's inputs). A model "
                                              "that cannot be loaded or run on the data fails with exit 2."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
-                                             help="With --data: samples per batch (default 32)."),
+    batch_size: Optional[int] = OptionalBatchSizeOption,
     limit: Optional[int] = LimitOption,
     rescale: Optional[str] = RescaleOption,
     unsafe: bool = UnsafeOption,
@@ -63,10 +63,7 @@ def check(
         fail(f"--jobs must be 0 (one per CPU) or more, got {jobs}")
     workers = jobs or os.cpu_count() or 1
     if data is None:
-        given = [flag for flag, value in (("--batch-size", batch_size), ("--limit", limit), ("--rescale", rescale),
-                                          ("--unsafe", unsafe), ("--custom-objects", custom_objects)) if value]
-        if given:
-            fail(f"{', '.join(given)} only apply with --data")
+        refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects)
     with one_line_errors(debug):
         if data is not None:
             reports = _check_with_data(paths, settings, data, batch_size or 32, limit, rescale, unsafe,

@@ -5,7 +5,12 @@ Layer: commands (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from bninspect.commands.common import fail
 
 DATA_HELP = ("Input samples: .npy (batch first), .npz (one array, or one per model input name) or a directory "
              "of .png/.jpg images, preprocessed as in training.")
@@ -16,3 +21,15 @@ UnsafeOption = typer.Option(False, "--unsafe", help="Allow Lambda layers: their 
 CustomObjectsOption = typer.Option(None, "--custom-objects", dir_okay=False,
                                    help="A Python file whose top-level classes and functions are the model's custom "
                                         "objects. The file is executed.")
+# For commands where --data is optional (`check`, `report`): the default applies only with data.
+OptionalBatchSizeOption = typer.Option(None, "--batch-size", "-b", min=1,
+                                       help="With --data: samples per batch (default 32).")
+
+
+def refuse_data_options_without_data(batch_size: Optional[int], limit: Optional[int], rescale: Optional[str],
+                                     unsafe: bool, custom_objects: Optional[Path]) -> None:
+    """A data option without --data is a mistake worth one line, not silently ignored."""
+    given = [flag for flag, value in (("--batch-size", batch_size), ("--limit", limit), ("--rescale", rescale),
+                                      ("--unsafe", unsafe), ("--custom-objects", custom_objects)) if value]
+    if given:
+        fail(f"{', '.join(given)} only apply with --data")

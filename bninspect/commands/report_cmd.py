@@ -16,7 +16,8 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import EXIT_OK, DebugOption, VersionOption, fail, one_line_errors, quiet_tensorflow
-from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
+from bninspect.commands.data_options import (DATA_HELP, CustomObjectsOption, LimitOption, OptionalBatchSizeOption,
+                                             RescaleOption, UnsafeOption, refuse_data_options_without_data)
 
 DEFAULT_OUTPUT = Path("bninspect-report.html")
 
@@ -30,8 +31,7 @@ def report(
     models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5) or SavedModel directories."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Also run every model on these samples and plot "
                                                                    "stored vs observed statistics. " + DATA_HELP),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
-                                             help="With --data: samples per batch (default 32)."),
+    batch_size: Optional[int] = OptionalBatchSizeOption,
     limit: Optional[int] = LimitOption,
     rescale: Optional[str] = RescaleOption,
     unsafe: bool = UnsafeOption,
@@ -56,10 +56,7 @@ def report(
 
     settings = command_settings(config, debug=debug)
     if data is None:
-        given = [flag for flag, value in (("--batch-size", batch_size), ("--limit", limit), ("--rescale", rescale),
-                                          ("--unsafe", unsafe), ("--custom-objects", custom_objects)) if value]
-        if given:
-            fail(f"{', '.join(given)} only apply with --data")
+        refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects)
     if output_format is ReportFormat.PNG and output == DEFAULT_OUTPUT:
         output = DEFAULT_OUTPUT.with_suffix(".png")
     with one_line_errors(debug):

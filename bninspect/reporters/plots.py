@@ -303,19 +303,23 @@ def _overview_figure(figures: _Figures, report: "ModelReport"):
         else:
             ax.yaxis.set_major_locator(figures.matplotlib.ticker.MaxNLocator(4))
         ax.grid(True, axis="y", linewidth=0.3, color="#dddddd")
-    last = axes[-1]
-    if 0 < len(layers) <= 24:
-        last.set_xticks(x)
-        last.set_xticklabels([layer.path for layer in layers], rotation=30, ha="right")
-    else:
-        last.xaxis.set_major_locator(figures.matplotlib.ticker.MaxNLocator(10, integer=True))
-        last.set_xlabel("BN layer (graph order)")
-    last.set_xlim(-0.5, max(len(layers) - 0.5, 0.5))
+    _depth_axis(figures, axes[-1], x, [layer.path for layer in layers], "BN layer (graph order)")
     axes[0].legend(loc="upper right", fontsize=6, ncols=3, frameon=False, bbox_to_anchor=(1.0, 1.35))
     axes[0].set_title(f"{len(layers)} BN layers along the depth: per-layer min-max band and median of the channels",
                       loc="left")
     figure.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.13 if len(layers) <= 24 else 0.09, hspace=0.12)
     return figure
+
+
+def _depth_axis(figures, axis, x, names: list[str], label: str) -> None:
+    """The x axis of a plot along the depth: the layer names when they fit, else numbered ticks."""
+    if 0 < len(names) <= 24:
+        axis.set_xticks(x)
+        axis.set_xticklabels(names, rotation=30, ha="right")
+    else:
+        axis.xaxis.set_major_locator(figures.matplotlib.ticker.MaxNLocator(10, integer=True))
+        axis.set_xlabel(label)
+    axis.set_xlim(-0.5, max(len(names) - 0.5, 0.5))
 
 
 def overview_svg(report: "ModelReport", prefix: str = "ov-") -> str:
@@ -560,13 +564,7 @@ def drift_svg(probe: "ProbeReport", drifting_paths: Sequence[str] = (), prefix: 
             first = int(marks[0])
             top.annotate(f"first drifting: {layers[first].path}", (first, 1.0), xycoords=top.get_xaxis_transform(),
                          xytext=(4, 6), textcoords="offset points", color=FLAGGED, fontsize=6.5)
-        if 0 < len(layers) <= 24:
-            bottom.set_xticks(x)
-            bottom.set_xticklabels([layer.path for layer in layers], rotation=30, ha="right")
-        else:
-            bottom.xaxis.set_major_locator(figures.matplotlib.ticker.MaxNLocator(10, integer=True))
-            bottom.set_xlabel("BN layer (order the data reaches it)")
-        bottom.set_xlim(-0.5, max(len(layers) - 0.5, 0.5))
+        _depth_axis(figures, bottom, x, [layer.path for layer in layers], "BN layer (order the data reaches it)")
         top.legend(loc="upper right", fontsize=6, ncols=4, frameon=False, bbox_to_anchor=(1.0, 1.3))
         figure.subplots_adjust(left=0.09, right=0.98, top=0.88, bottom=0.27 if len(layers) <= 24 else 0.15,
                                hspace=0.1)
