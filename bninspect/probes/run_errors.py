@@ -50,7 +50,7 @@ def run_error(source: str, model: Any, error: BaseException) -> ModelRunError:
 def tf_reason(message: str) -> str:
     """TensorFlow's reason without the frames, node names and Keras' call notes, on one line."""
     kept = []
-    for paragraph in re.split(r"\n\s*\n", message):
+    for paragraph in re.split(r"\n\s*\n", _ANSI.sub("", message)):
         stripped = paragraph.strip()
         if stripped and not stripped.startswith(_NOISE):
             kept.append(stripped)
