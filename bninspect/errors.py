@@ -24,3 +24,17 @@ class UsageProblem(Exception):
 
 class SettingsError(ValueError):
     """A configuration or rule selection bninspect cannot use. `str()` is the one-line reason."""
+
+
+class ModelRunError(UsageProblem):
+    """TensorFlow could not run the model (e.g. a channels_first convolution without oneDNN).
+
+    `str()` is one line: the model, the layer (or op), TensorFlow's reason and what to do.
+    """
+
+    def __init__(self, source: str, where: str, reason: str, hint: str):
+        super().__init__(f"{source}: {where}: {reason}" + (f"; {hint}" if hint else ""))
+        self.source = source
+        self.where = where
+        self.reason = reason
+        self.hint = hint

@@ -27,6 +27,13 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# What bninspect.tf_runtime.import_tensorflow does for the CLI, done here for the in-process tests:
+# TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it is imported, and the fixtures and test
+# modules import it (through keras) before bninspect gets a chance. Without oneDNN (TF's default on
+# AVX2-only CPUs) the channels_first convolutions of the model zoo fail with "Conv2D only supports
+# NHWC on the CPU", so test outcomes would depend on the CPU. This file is imported before any test
+# module; none of them imports TensorFlow at import time before it. A value the user set is kept.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import shutil  # noqa: E402
 import zipfile  # noqa: E402

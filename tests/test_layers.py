@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bninspect"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # what every layer shares: version, exceptions, findings, thresholds, the model description
     ("foundation", ("bninspect._version", "bninspect.errors", "bninspect.findings", "bninspect.thresholds",
+                    "bninspect.tf_runtime",
                     "bninspect.keras_classes", "bninspect.summary", "bninspect.model")),
     # file -> model description; input data; writing and comparing model files
     ("readers", ("bninspect.loaders", "bninspect.data", "bninspect.writing", "bninspect.diff")),
@@ -27,7 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("settings", ("bninspect.config",)),
     # result types: a model's report and the JSON document, a recalibration's result
     ("results", ("bninspect.report", "bninspect.recalibration")),
-    # dynamic analysis (the only layer besides SavedModel reading that imports TensorFlow)
+    # dynamic analysis (with SavedModel reading, the only callers of tf_runtime.import_tensorflow)
     ("probes", ("bninspect.probes",)),
     # the engine: read, run rules and probes with settings, decide the exit status
     ("engine", ("bninspect.checking",)),

@@ -74,7 +74,17 @@ def check(
                 reports = check_targets(items, settings, jobs=workers, on_done=advance)
     code = exit_status(reports, settings)
     emit(_render(reports, output_format, settings, code, output), output)
+    _errors_to_stderr(reports)
     raise typer.Exit(code)
+
+
+def _errors_to_stderr(reports) -> None:
+    """One line per model that could not be read (or run on the data) on stderr, whatever the
+    format and wherever the report goes: a CI log shows why the job exits 2, and the report keeps
+    its entry."""
+    for report in reports:
+        if report.error is not None:
+            typer.echo(f"bninspect: error: {report.source}: {' '.join(str(report.error).split())}", err=True)
 
 
 def _check_with_data(paths: List[Path], settings, data: Path, batch_size: int, limit: Optional[int],

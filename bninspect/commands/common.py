@@ -56,27 +56,13 @@ def one_line_errors(debug: bool) -> Iterator[None]:
 
 
 def quiet_tensorflow() -> None:
-    """Import TensorFlow and Keras without their start-up chatter on stderr (CUDA probing, oneDNN
-    notes): it is not part of our report. Recent TF versions log from C++ before absl's logging is
-    set up, ignoring TF_CPP_MIN_LOG_LEVEL, so stderr's file descriptor is pointed at /dev/null for
-    the import only. `--debug` skips this.
+    """Import TensorFlow and Keras without their start-up chatter on stderr, with oneDNN on unless
+    the user set TF_ENABLE_ONEDNN_OPTS (see `bninspect.tf_runtime.import_tensorflow`). `--debug`
+    skips this: the probes then import TensorFlow themselves, with the same oneDNN default.
     """
-    import logging
+    from bninspect.tf_runtime import import_tensorflow
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    saved = os.dup(2)
-    silent = os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(silent, 2)
-        import keras  # noqa: F401  (imported here, silenced, for the caller to use)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(silent)
-    for name in ("tensorflow", "absl", "keras"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    import_tensorflow(quiet=True)
 
 
 def use_color(output: Optional[Path]) -> bool:

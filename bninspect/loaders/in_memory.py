@@ -79,7 +79,12 @@ def _model_config(model: Any) -> dict | None:
 
 
 def _library_version(model: Any) -> tuple[str | None, str | None]:
-    """Which Keras the model belongs to, told by the module of its class."""
+    """Which Keras the model belongs to, told by the module of its class.
+
+    No `bninspect.tf_runtime.import_tensorflow` here: the model exists, so the user's process has
+    imported TensorFlow (or another backend) already and TF_ENABLE_ONEDNN_OPTS can no longer take
+    effect; these imports only look up modules that are loaded.
+    """
     for cls in type(model).__mro__:
         root = cls.__module__.split(".", 1)[0]
         if root == "tf_keras":

@@ -25,8 +25,6 @@ Layer: readers (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -70,25 +68,11 @@ def read_savedmodel(source: str) -> ModelDescription:
 
 
 def _import_tensorflow() -> Any:
-    """Import TensorFlow without its start-up lines (oneDNN, CUDA, CPU features).
+    """TensorFlow, imported without its start-up lines and with oneDNN on unless the user set
+    TF_ENABLE_ONEDNN_OPTS (`bninspect.tf_runtime`). Keras is not needed to read the directory."""
+    from bninspect.tf_runtime import import_tensorflow
 
-    TensorFlow's C++ code writes them to file descriptor 2 before any log level applies (in TF 2.21
-    not even TF_CPP_MIN_LOG_LEVEL stops them); they would break bninspect's one-line errors and
-    clutter every report. Python errors raised by the import still surface normally.
-    """
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-    return tensorflow
+    return import_tensorflow(quiet=True, keras=False)
 
 
 def _first_line(error: BaseException) -> str:

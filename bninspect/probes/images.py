@@ -14,8 +14,9 @@ from bninspect.data import DataError
 
 def decode_images(paths: Sequence[str], height: int, width: int, channels: int) -> np.ndarray:
     """float32 array (n, height, width, channels) with the decoded pixel values (0-255), bilinear resize."""
-    import tensorflow as tf
+    from bninspect.tf_runtime import import_tensorflow
 
+    tf = import_tensorflow(quiet=False, keras=False)
     images = []
     for path in paths:
         try:

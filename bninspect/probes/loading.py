@@ -144,9 +144,11 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
                custom_objects: Mapping[str, Any] | None = None) -> LoadedModel:
     """Load a model file with Keras after the static safety checks. Raises ModelRefused / ModelReadError."""
     from bninspect import loaders
+    from bninspect.tf_runtime import import_tensorflow
 
     source = str(path)
     description = loaders.load(source)
+    import_tensorflow(quiet=False, keras=False)  # before keras / tf_keras: oneDNN on unless the user chose
     if description.format in ("h5-weights", "weights-v3") or not description.has_config:
         raise ModelRefused(f"{source}: a weights-only file has no architecture to run; probe the full model file")
     custom_objects = _with_registered_names(description, custom_objects)
@@ -213,7 +215,11 @@ def _load_with_tf_keras(tf_keras: Any, source: str, unsafe: bool, custom_objects
 
 
 def describe_in_memory(model: Any) -> str:
-    """The Keras flavour of an in-memory model: "keras 3.x" or "tf_keras 2.x"."""
+    """The Keras flavour of an in-memory model: "keras 3.x" or "tf_keras 2.x".
+
+    The user built or loaded the model, so TensorFlow is imported already: bninspect can no longer
+    turn oneDNN on for it (TF_ENABLE_ONEDNN_OPTS is read at import), and does not pretend to.
+    """
     if any(cls.__module__.startswith("tf_keras") for cls in type(model).__mro__):
         import tf_keras
 

@@ -26,6 +26,7 @@ import numpy as np
 from bninspect.errors import UsageProblem
 from bninspect.probes.instrument import BNTap, Instrumentation, find_bn_layers
 from bninspect.probes.loading import LoadedModel
+from bninspect.probes.run_errors import model_run
 from bninspect.recalibration import RecalibratedLayer
 from bninspect.probes.runner import merged_moments, one_pass, open_model_and_data, restore, snapshot
 
@@ -52,7 +53,7 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
               progress: bool = True) -> Recalibration:
     """New moving statistics for the BN layers of `model` (all, or those matching `layers`).
 
-    Raises UsageProblem (ModelRefused, DataError) and ModelReadError. The model is not changed.
+    Raises UsageProblem (ModelRefused, DataError, ModelRunError) and ModelReadError. The model is not changed.
     """
     if batch_size < 2:
         # Batch statistics of a single sample: every channel's variance is 0 and its mean the value.
@@ -79,7 +80,7 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     try:
         for layer in frozen:
             layer.trainable = True
-        with Instrumentation(chosen, batch_statistics=True) as instrumentation:
+        with model_run(source, loaded.model), Instrumentation(chosen, batch_statistics=True) as instrumentation:
             result = one_pass(loaded.model, instrumentation, samples, batch_size, 0, progress)
     finally:
         for layer in frozen:

@@ -20,8 +20,10 @@ from bninspect.probes.images import decode_images
 from bninspect.probes.instrument import BNTap, Entry, Instrumentation, find_bn_layers
 from bninspect.probes.loading import LoadedModel, ModelRefused, describe_in_memory, load_custom_objects, load_model
 from bninspect.probes.moments import ChannelMoments, RunningMoments, merge
+from bninspect.probes.run_errors import model_run
 from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, ProbeReport
 from bninspect.probes.thresholds import ProbeThresholds, resolve
+from bninspect.tf_runtime import import_tensorflow
 
 # Samples of the first batch that are also predicted one by one for the batch-consistency check.
 CONSISTENCY_SAMPLES = 4
@@ -52,7 +54,8 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     data: a path (.npy, .npz, directory of images) or arrays (one array, a list in input order, a
     dict by input name). `custom_objects` is a dict, or the path of a Python file whose top-level
     classes and functions are used (the file is executed). The model's weights are left as they were.
-    Raises UsageProblem subclasses (ModelRefused, DataError, ThresholdError) and ModelReadError.
+    Raises UsageProblem subclasses (ModelRefused, DataError, ThresholdError, ModelRunError when
+    TensorFlow cannot run the model) and ModelReadError.
     """
     started = time.perf_counter()
     limits = thresholds if isinstance(thresholds, ProbeThresholds) else resolve(_configured(thresholds))
@@ -63,7 +66,7 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     taps = find_bn_layers(loaded.model)
     stored = snapshot(taps)
     try:
-        with Instrumentation(taps) as instrumentation:
+        with model_run(source, loaded.model), Instrumentation(taps) as instrumentation:
             result = one_pass(loaded.model, instrumentation, samples, batch_size, GAP_BATCHES, progress)
             gap = _train_inference_gap(loaded.model, instrumentation, result.kept)
             restore(stored)  # the consistency check runs on the moving statistics
@@ -82,6 +85,9 @@ def open_model_and_data(model: Any, data: Any, *, limit: int | None, rescale: fl
                         custom_objects: Mapping[str, Any] | str | os.PathLike | None
                         ) -> tuple[LoadedModel, str, DataSource]:
     """The model loaded (or taken as it is), the name to report it by, and the data matched to its inputs."""
+    # Before Keras or tf-keras is imported for the model: oneDNN on unless the user chose (for an
+    # in-memory model TensorFlow is imported already, and this changes nothing).
+    import_tensorflow(quiet=False, keras=False)
     scale = parse_rescale(rescale) if isinstance(rescale, str) else rescale
     if isinstance(custom_objects, (str, os.PathLike)):
         custom_objects = load_custom_objects(custom_objects)

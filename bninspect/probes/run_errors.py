@@ -1,0 +1,130 @@
+"""TensorFlow's runtime errors while a model runs, as one line: the file, the layer, what to do.
+
+TensorFlow raises `tf.errors.OpError` subclasses (UnimplementedError, InvalidArgumentError, ...)
+whose message is many lines: "Graph execution error", the Python frames where the failing op was
+defined, the reason, and the op's node name (`{{node model_1/conv_1/convolution}}`). In eager
+mode Keras 3 prefixes "Exception encountered when calling Conv2D.call()" instead of a node name.
+`model_run` turns them into a `ModelRunError` naming the Keras layer (the node name's scopes map
+back to layer names; Keras appends `_1`, `_2` to a scope it opens twice), or the op when no layer
+matches.
+
+Layer: probes (the layer order is written in tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from bninspect.errors import ModelRunError
+from bninspect.tf_runtime import OneDNNSetting, import_tensorflow, onednn_setting
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NODE = re.compile(r"\{\{node ([^}\s]+)\}\}|Detected at node '?([^\s']+?)'? defined at")
+_CALLING_LAYER = re.compile(r"Exception encountered when calling layer ['\"]([^'\"]+)['\"] \(type (\w+)\)")
+_CALLING_CLASS = re.compile(r"Exception encountered when calling (\w+)\.call\(\)")
+_TF_TOKENS = re.compile(r"\[\[\{\{node [^}]*\}\}\]\]|\{\{function_node [^}]*\}\}|\{\{node [^}]*\}\}|\[Op:[^\]]*\]")
+_NOISE = ('File "', "Detected at node", "Graph execution error", "Exception encountered when calling",
+          "Arguments received by", "Call arguments received by")
+_SCOPE_SUFFIX = re.compile(r"_\d+$")
+MAX_REASON = 300
+
+
+@contextmanager
+def model_run(source: str, model: Any) -> Iterator[None]:
+    """Re-raise TensorFlow's runtime errors inside the block as ModelRunError (cause attached)."""
+    tf = import_tensorflow(quiet=False, keras=False)  # imported already: the model is loaded
+    try:
+        yield
+    except tf.errors.OpError as error:
+        raise run_error(source, model, error) from error
+
+
+def run_error(source: str, model: Any, error: BaseException) -> ModelRunError:
+    message = _ANSI.sub("", str(getattr(error, "message", None) or error))
+    reason = tf_reason(message) or type(error).__name__
+    return ModelRunError(source, _where(model, message, reason), reason, _hint(reason, onednn_setting()))
+
+
+def tf_reason(message: str) -> str:
+    """TensorFlow's reason without the frames, node names and Keras' call notes, on one line."""
+    kept = []
+    for paragraph in re.split(r"\n\s*\n", _ANSI.sub("", message)):
+        stripped = paragraph.strip()
+        if stripped and not stripped.startswith(_NOISE):
+            kept.append(stripped)
+    text = " ".join(_TF_TOKENS.sub(" ", " ".join(kept)).split())
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
+
+
+def _layers(container: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, layer) of every layer, walking nested models; the top model's name is not in paths."""
+    for layer in list(getattr(container, "layers", None) or ()):
+        path = prefix + layer.name
+        yield path, layer
+        yield from _layers(layer, path + "/")
+
+
+def _named(layer: Any, path: str) -> str:
+    return f"layer {path} ({type(layer).__name__})"
+
+
+def _from_node(model: Any, node: str) -> str | None:
+    """The layer path a node name's scopes lead to: `model_1/block/conv_1/convolution` -> `block/conv`."""
+    container, path, found = model, [], None
+    for scope in node.split("/")[:-1]:  # the last part is the op itself
+        children = {layer.name: layer for layer in list(getattr(container, "layers", None) or ())}
+        child = children.get(scope) or children.get(_SCOPE_SUFFIX.sub("", scope))
+        if child is None:
+            continue  # the model's own scope, or a scope inside a layer
+        path.append(child.name)
+        container = found = child
+    return None if found is None else _named(found, "/".join(path))
+
+
+def _where(model: Any, message: str, reason: str) -> str:
+    node_match = _NODE.search(message)
+    node = None if node_match is None else (node_match.group(1) or node_match.group(2))
+    if node is not None:
+        located = _from_node(model, node)
+        if located is not None:
+            return located
+    layers = list(_layers(model))
+    by_name = _CALLING_LAYER.search(message)
+    if by_name is not None:
+        matches = [(path, layer) for path, layer in layers if layer.name == by_name.group(1)]
+        if len(matches) == 1:
+            return _named(matches[0][1], matches[0][0])
+    by_class = _CALLING_CLASS.search(message) or by_name
+    if by_class is not None:
+        class_name = by_class.group(by_class.lastindex)
+        candidates = [(path, layer) for path, layer in layers if type(layer).__name__ == class_name]
+        if _is_nchw_problem(reason):
+            candidates = [item for item in candidates
+                          if getattr(item[1], "data_format", None) == "channels_first"] or candidates
+        if len(candidates) == 1:
+            return _named(candidates[0][1], candidates[0][0])
+        if candidates:
+            shown = ", ".join(path for path, _ in candidates[:4]) + (", ..." if len(candidates) > 4 else "")
+            return f"one of the {class_name} layers ({shown})"
+        return f"a {class_name} layer"
+    return f"op {node}" if node is not None else "the model"
+
+
+def _is_nchw_problem(reason: str) -> bool:
+    return "NHWC" in reason and "NCHW" in reason
+
+
+def _hint(reason: str, setting: OneDNNSetting) -> str:
+    if not _is_nchw_problem(reason):
+        return "check that the data fits the model's inputs; --debug shows TensorFlow's traceback"
+    if not setting.imported_by_bninspect:
+        return ("channels_first convolutions need oneDNN on this CPU, and TensorFlow was imported before "
+                "bninspect could turn it on: set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported (restart "
+                "the notebook), or convert the model to channels_last")
+    if not setting.enabled_by_request:
+        return (f"channels_first convolutions need oneDNN on this CPU: unset TF_ENABLE_ONEDNN_OPTS (it is "
+                f"{setting.value!r}) or set it to 1, or convert the model to channels_last")
+    return ("channels_first convolutions need oneDNN, which this TensorFlow build or CPU does not provide even "
+            "with TF_ENABLE_ONEDNN_OPTS=1: convert the model to channels_last")

@@ -1,0 +1,92 @@
+"""The one place that imports TensorFlow (and Keras) for bninspect, and what we know about oneDNN.
+
+Channels_first (NCHW) convolutions run on the CPU only through oneDNN. TensorFlow turns oneDNN on
+by default only on CPUs with AVX-512 (and some newer ones); on AVX2-only x86-64 CPUs it is off and
+`Conv2D(data_format="channels_first")` fails with "The Conv2D op currently only supports the NHWC
+tensor format on the CPU". TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` when it is imported, so
+`import_tensorflow` sets it to "1" before the first import, unless the user has set it (their
+value is kept). When TensorFlow is already imported (a notebook that built the model, the
+in-memory API), the variable is left alone: setting it then would change nothing.
+
+Every TensorFlow entry point of bninspect (probe, `check --data`, recalibrate, image decoding,
+SavedModel reading, the CLI's `quiet_tensorflow`) goes through `import_tensorflow`.
+
+Layer: foundation (the layer order is written in tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+
+
+@dataclass(frozen=True)
+class OneDNNSetting:
+    """`TF_ENABLE_ONEDNN_OPTS` as TensorFlow saw it, as far as bninspect can tell."""
+
+    value: str | None  # the variable's value when TensorFlow was imported (None: unset)
+    imported_by_bninspect: bool  # False: TensorFlow was imported before bninspect could set it
+    set_by_user: bool  # the user's environment had the variable before bninspect looked
+
+    @property
+    def enabled_by_request(self) -> bool:
+        return self.value is not None and self.value.strip().lower() in ("1", "true", "yes", "on")
+
+
+_setting: OneDNNSetting | None = None
+
+
+def import_tensorflow(quiet: bool = True, keras: bool = True) -> Any:
+    """Import TensorFlow (and Keras 3 when `keras`) with oneDNN on unless the user said otherwise.
+
+    quiet: point file descriptor 2 at /dev/null for the import only. TensorFlow's C++ code writes
+    its start-up lines (CUDA probing, oneDNN and CPU-feature notes) before any log level applies
+    (TF 2.21 ignores TF_CPP_MIN_LOG_LEVEL for them); they are not part of our report and would
+    break the one-line errors. Python errors raised by the import still surface normally.
+    Returns the tensorflow module.
+    """
+    global _setting
+    if "tensorflow" not in sys.modules:
+        user_set = ONEDNN_VARIABLE in os.environ
+        os.environ.setdefault(ONEDNN_VARIABLE, "1")
+        _setting = OneDNNSetting(os.environ[ONEDNN_VARIABLE], True, user_set)
+        _import("tensorflow", quiet)
+    elif _setting is None:
+        # Imported by the user (or a library) before us: the variable had whatever value it had
+        # then; today's value is the best guess, and we do not change it.
+        _setting = OneDNNSetting(os.environ.get(ONEDNN_VARIABLE), False, ONEDNN_VARIABLE in os.environ)
+    if keras and "keras" not in sys.modules:
+        _import("keras", quiet)
+    return sys.modules["tensorflow"]
+
+
+def onednn_setting() -> OneDNNSetting:
+    """What `TF_ENABLE_ONEDNN_OPTS` was when TensorFlow was imported (call after it is imported)."""
+    if _setting is not None:
+        return _setting
+    return OneDNNSetting(os.environ.get(ONEDNN_VARIABLE), "tensorflow" not in sys.modules,
+                         ONEDNN_VARIABLE in os.environ)
+
+
+def _import(name: str, quiet: bool) -> None:
+    if not quiet:
+        __import__(name)
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    silent = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(silent, 2)
+        __import__(name)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(silent)
+    for logger in ("tensorflow", "absl", "keras"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
