@@ -12,7 +12,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path

@@ -6,7 +6,6 @@ array. Bad input must give a ModelReadError with a reason, and a one-line CLI er
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

@@ -12,6 +12,7 @@ from typing import Any, BinaryIO, Mapping
 import numpy as np
 
 from bninspect.loaders.graph import ConfigError, dtype_policy_name
+from bninspect.model import BNLayer
 
 # A real model config is a few MB at most; a bigger one is hostile or broken, and parsing it would
 # cost unbounded time and memory.
@@ -137,14 +138,12 @@ def _flag(value: Any, default: bool | None) -> bool | None:
 
 
 def bn_layer(path: str, class_name: str, config: Mapping[str, Any] | None,
-             arrays: Mapping[str, tuple]) -> "BNLayer":
+             arrays: Mapping[str, tuple]) -> BNLayer:
     """Build a BNLayer from its config (None for weights-only files) and its named arrays:
     (values, stored dtype) or, from HDF5 files, (values, stored dtype, dataset path).
 
     Raises ConfigError when the moving statistics are missing or the arrays disagree in length.
     """
-    from bninspect.model import BNLayer
-
     for required in ("moving_mean", "moving_variance"):
         if required not in arrays:
             raise ConfigError(f"BN layer {path!r} has no {required}")
