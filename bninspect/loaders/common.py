@@ -213,5 +213,5 @@ def read_step_count(root: Any, path: str) -> int | None:
         if item is None or not hasattr(item, "shape") or item.shape not in ((), (1,)):
             return None
         return step_count_value(item[()])
-    except (OSError, KeyError, ValueError, TypeError):
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError):  # what h5py raises on damaged files
         return None

@@ -281,7 +281,10 @@ class _CheckpointObjects:
             node_id = self.find(f"root.optimizer.{local_name}")
             key = None if node_id is None else self._variable_key(node_id)
             if key is not None and self._reader.has_tensor(key):
-                return step_count_value(self._tensor(key))
+                try:
+                    return step_count_value(self._tensor(key))
+                except ConfigError:
+                    return None  # a damaged counter is no reason to refuse the model's BN layers
         return None
 
     def _tensor(self, key: str) -> Any:
