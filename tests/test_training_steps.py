@@ -218,3 +218,26 @@ def test_no_sample_model_gets_bn018():
     document = _json("check", *paths)
     assert len(document["models"]) == len(paths)
     assert not [f for entry in document["models"] for f in entry["findings"] if f["code"] == "BN018"]
+
+
+@pytest.mark.parametrize("counter", ["a float", "negative", "a vector"])
+def test_an_odd_step_counter_reads_as_unknown_and_the_file_stays_readable(tmp_path, counter):
+    import shutil
+    from pathlib import Path
+
+    import h5py
+
+    from bninspect import loaders
+
+    sample = Path(__file__).resolve().parents[1] / "sample_models" / "cnn_trained_tf2.h5"
+    assert loaders.load(sample).training_steps == 640
+    copy = tmp_path / "odd.h5"
+    shutil.copy(sample, copy)
+    with h5py.File(copy, "r+") as handle:
+        group = handle["optimizer_weights"]
+        del group["iteration:0"]
+        value = {"a float": np.float32(640.0), "negative": np.int64(-3), "a vector": np.arange(3)}[counter]
+        group.create_dataset("iteration:0", data=value)
+    description = loaders.load(copy)
+    assert description.training_steps is None
+    assert len(description.bn_layers) == 2
