@@ -157,9 +157,12 @@ def evaluate(source: str, layers: tuple[LayerProbe, ...], gap: GapMeasure | None
              description: ModelDescription | None = None) -> tuple[Finding, ...]:
     """Every dynamic finding. `description`, the static reading of the model, tells which layers
     BN018 reports, so that their BN101 names the cause."""
-    unconverged = ({} if description is None
-                   else unconverged_layers(description, thresholds.unconverged_share))
-    steps = description.training_steps if description is not None else None
+    unconverged: dict[str, float] = {}
+    steps = None
+    if description is not None:
+        unconverged = {layer.path: share for layer, share in
+                       unconverged_layers(description, thresholds.unconverged_share)}
+        steps = description.training_steps
     return tuple(_non_finite_findings(source, layers) + _drift_findings(source, layers, thresholds, unconverged, steps)
                  + _gap_findings(source, layers, gap, consistency, thresholds)
                  + _dead_channel_findings(source, layers, thresholds))

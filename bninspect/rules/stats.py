@@ -83,8 +83,8 @@ def steps_to_reach(momentum: float, share: float) -> int:
     return max(1, math.ceil(math.log(share) / math.log(momentum))) if 0 < momentum < 1 and 0 < share < 1 else 1
 
 
-def unconverged_layers(description: ModelDescription, limit: float) -> dict[str, float]:
-    """BN layer path -> remaining share of the initial 0/1, for the layers BN018 reports.
+def unconverged_layers(description: ModelDescription, limit: float) -> list[tuple[BNLayer, float]]:
+    """(layer, remaining share of the initial 0/1) for the layers BN018 reports.
 
     Only trainable layers with updated statistics (not BN001) when the file records the step
     count. A run from the initial values leaves moving_variance >= share in every channel (the
@@ -92,7 +92,7 @@ def unconverged_layers(description: ModelDescription, limit: float) -> dict[str,
     means the layer started from other statistics (a fine-tune with a fresh optimizer), whose
     steps the counter does not tell.
     """
-    found: dict[str, float] = {}
+    found: list[tuple[BNLayer, float]] = []
     for layer in description.bn_layers:
         share = initial_share(layer.momentum, description.training_steps)
         if share is None or share <= limit or layer.trainable is False or not layer.channels:
@@ -102,7 +102,7 @@ def unconverged_layers(description: ModelDescription, limit: float) -> dict[str,
             continue
         if float(variance.min()) < share * (1.0 - SHARE_ROUNDING):
             continue
-        found[layer.path] = share
+        found.append((layer, share))
     return found
 
 
@@ -113,11 +113,10 @@ def unconverged_message(steps: int, momentum: float, share: float, limit: float)
 
 def unconverged_moving_stats(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     limit = thresholds.unconverged_share
-    by_path = {layer.path: layer for layer in description.bn_layers}
-    for path, share in unconverged_layers(description, limit).items():
+    for layer, share in unconverged_layers(description, limit):
         # unconverged_layers reports layers only when the step count and the momentum are known
-        yield Hit(path, unconverged_message(int(description.training_steps), float(by_path[path].momentum),
-                                            share, limit))
+        yield Hit(layer.path, unconverged_message(int(description.training_steps), float(layer.momentum),
+                                                  share, limit))
 
 
 def untrained_affine(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
