@@ -17,6 +17,9 @@ class Thresholds:
 
     Static rules:
       collapsed_variance_factor  BN005: a channel is collapsed when moving variance < factor * epsilon.
+      collapsed_variance_scale   BN005: a collapsed channel is reported only when its effective scale
+                                 abs(gamma) / sqrt(moving_variance + epsilon) is above this (it
+                                 amplifies the channel at inference); gamma ~ 0 channels are not.
       extreme_scale              BN007: abs(gamma) / sqrt(moving_variance + epsilon) above this.
       min_momentum               BN008: momentum below this looks like a PyTorch value.
       zero_gamma                 BN006: abs(gamma) at or below this counts as zero.
@@ -37,6 +40,7 @@ class Thresholds:
     """
 
     collapsed_variance_factor: float = 1.0
+    collapsed_variance_scale: float = 10.0
     extreme_scale: float = 1e3
     min_momentum: float = 0.5
     zero_gamma: float = 1e-5

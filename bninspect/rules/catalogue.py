@@ -152,20 +152,28 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         code="BN005", name="collapsed-variance", severity=Severity.WARNING,
-        summary="channels whose moving variance is below epsilon: (near-)constant inputs, often dead "
-                "units upstream, amplified at inference",
+        summary="channels whose moving variance is below epsilon and whose effective scale amplifies them "
+                "at inference: (near-)constant inputs, often dead units upstream (gamma ~ 0 channels are "
+                "BN006, not this)",
         what=_text("""
             Finds channels whose moving variance is below epsilon (times the `collapsed-variance-factor`
-            threshold, default 1). Without a config the Keras default epsilon 1e-3 is assumed. NaN and
-            negative variances are left to BN003 and BN004.
+            threshold, default 1) and whose effective scale `abs(gamma) / sqrt(moving_variance + epsilon)`
+            is above the `collapsed-variance-scale` threshold (default 10). Without a config the Keras
+            default epsilon 1e-3 is assumed. NaN and negative variances are left to BN003 and BN004.
             """),
         why=_text("""
             At inference a channel is multiplied by `gamma / sqrt(moving_variance + epsilon)`. With the
             variance below epsilon, epsilon sets the scale: the channel's small variations, and any input
-            that differs from training, are amplified by up to `1 / sqrt(epsilon)` (about 32x for 1e-3,
-            316x for 1e-5). A variance near 0 means the layer's input was (nearly) constant during
-            training: usually dead units upstream, such as a ReLU that never fires or a filter that
-            collapsed to 0. They are wasted capacity.
+            that differs from training, are amplified by up to `abs(gamma) / sqrt(epsilon)` (about 32x for
+            gamma 1 and epsilon 1e-3, 316x for 1e-5). A variance near 0 means the layer's input was
+            (nearly) constant during training: usually dead units upstream, such as a ReLU that never
+            fires or a filter that collapsed to 0. They are wasted capacity.
+
+            Training often sends the gamma of such channels to ~0 as well (stock DenseNet121 has channels
+            with variance below epsilon and effective scale below 0.1). Their output is the constant beta:
+            nothing is amplified, so they are not reported here (BN006 zero-gamma names the exact zeros).
+            The default threshold 10 reports a collapsed channel once |gamma| is above about 0.3 at
+            epsilon 1e-3, or above about 0.03 at PyTorch's epsilon 1e-5.
             """),
         example=_text("""
             ```python
@@ -332,25 +340,33 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         code="BN011", name="redundant-bias", severity=Severity.INFO,
-        summary="Conv/Dense with a bias feeds a centred BN: the mean subtraction cancels the bias",
+        summary="Conv/Dense with a bias and a linear activation feeds a centred BN directly: the mean "
+                "subtraction cancels the bias (a built-in relu/elu between them means it does not)",
         what=_text("""
-            Finds Conv/Dense/DepthwiseConv/SeparableConv layers with `use_bias=True` whose output goes only
-            to centred (`center=True`) BatchNormalization layers normalising their channel axis.
+            Finds Conv/Dense/DepthwiseConv/SeparableConv layers with `use_bias=True` and a linear
+            activation (none, or `activation="linear"`) whose output goes directly, and only, to centred
+            (`center=True`) BatchNormalization layers normalising their channel axis.
             """),
         why=_text("""
             BatchNormalization subtracts the per-channel mean, which removes any constant per-channel
             bias, and beta adds a learnt offset back. The bias gets (almost) no gradient, costs parameters
             and memory, and with weight decay only drifts. Accuracy is not affected.
+
+            Only a bias that reaches BatchNormalization unchanged is cancelled. A built-in activation
+            (`Conv2D(64, 3, activation="relu")`) or an `Activation` layer in between acts after the bias:
+            the bias moves the point where the ReLU cuts off, BatchNormalization cannot undo that, and
+            removing the bias changes the model's outputs. Those layers are not reported.
             """),
         example=_text("""
             ```python
-            x = keras.layers.Conv2D(64, 3)(x)  # use_bias=True by default
+            x = keras.layers.Conv2D(64, 3)(x)  # use_bias=True by default, linear activation
             x = keras.layers.BatchNormalization()(x)
             ```
             """),
         fix=_text("""
             Build the layer before BatchNormalization without a bias:
-            `keras.layers.Conv2D(64, 3, use_bias=False)`.
+            `keras.layers.Conv2D(64, 3, use_bias=False)`. The outputs stay the same: beta takes over the
+            offset. Do not do this where an activation sits between the layer and BatchNormalization.
             """),
         hint="build the layer feeding BN with use_bias=False (same results, fewer parameters)",
         needs_config=True,

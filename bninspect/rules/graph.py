@@ -192,6 +192,23 @@ def _uses_bias(layer: Layer) -> bool:
     return layer.config.get("use_bias", layer.config.get("bias")) is True
 
 
+def _activation_name(layer: Layer) -> str | None:
+    """The name of a layer's built-in activation: Keras 2 and 3 write built-ins as strings
+    ("relu"), Keras 3 writes other callables as serialised objects; None when there is none."""
+    activation = layer.config.get("activation")
+    if isinstance(activation, dict):
+        config = activation.get("config")
+        name = config if isinstance(config, str) else config.get("name") if isinstance(config, dict) else None
+        return str(name or activation.get("class_name"))
+    return activation if isinstance(activation, str) else None
+
+
+def has_linear_activation(layer: Layer) -> bool:
+    """True when the layer's output is its affine result: no activation or "linear". A built-in
+    relu/elu/... acts after the bias, so a BN that follows does not cancel that bias."""
+    return _activation_name(layer) in (None, "linear")
+
+
 def redundant_bias(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     index = GraphIndex(description)
     bn_by_path = {bn.path: bn for bn in description.bn_layers}
@@ -199,7 +216,7 @@ def redundant_bias(description: ModelDescription, thresholds: Thresholds) -> Ite
         producer = index.producer(layer)
         if bn.center is not True or producer is None or producer.class_name not in BIAS_CLASSES:
             continue
-        if not _uses_bias(producer):
+        if not _uses_bias(producer) or not has_linear_activation(producer):
             continue
         # The bias is only wasted if every consumer is a centred BN: a skip connection still sees it.
         consumers = index.consumers.get(producer.path, [])
@@ -209,8 +226,9 @@ def redundant_bias(description: ModelDescription, thresholds: Thresholds) -> Ite
         rank = len(layer.input_shape) if layer.input_shape else (layout.rank if layout else None)
         if bn.axis is not None and layout is not None and axis_matches(bn.axis, layout, rank) is False:
             continue  # BN normalises another axis: the per-channel bias is not cancelled
-        yield Hit(bn.path, f"{producer.path} ({producer.class_name}, use_bias=True) feeds this centred BN: the "
-                           f"mean subtraction cancels its {bn.channels} bias values and beta takes their place")
+        yield Hit(bn.path, f"{producer.path} ({producer.class_name}, use_bias=True, linear activation) feeds "
+                           f"this centred BN directly: the mean subtraction cancels its {bn.channels} bias values "
+                           f"and beta takes their place")
 
 
 # --- BN012 dropout-before-bn -------------------------------------------------------------------

@@ -159,15 +159,28 @@ def negative_variance(description: ModelDescription, thresholds: Thresholds) -> 
 
 def collapsed_variance(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     factor = thresholds.collapsed_variance_factor
+    limit_scale = thresholds.collapsed_variance_scale
     for layer in description.bn_layers:
         epsilon, epsilon_text = _epsilon(layer)
         variance = layer.moving_variance
         # Negative (BN004) and NaN (BN003) variances are reported by their own rules.
         collapsed = (variance >= 0) & (variance < factor * epsilon)
-        if collapsed.any():
-            limit = f"epsilon {epsilon_text}" if factor == 1 else f"{num(factor)} x epsilon {epsilon_text}"
-            yield Hit(layer.path, f"{int(collapsed.sum())} of {layer.channels} channels have moving variance "
-                                  f"below {limit} (min {num(float(variance[collapsed].min()))})")
+        if not collapsed.any():
+            continue
+        # A collapsed channel only matters when inference amplifies it: with gamma ~ 0 its output
+        # is the constant beta whatever the variance (BN006 names those).
+        scale = effective_scale(layer)
+        amplified = collapsed & (scale > limit_scale)
+        if not amplified.any():
+            continue
+        limit = f"epsilon {epsilon_text}" if factor == 1 else f"{num(factor)} x epsilon {epsilon_text}"
+        quiet = int(collapsed.sum() - amplified.sum())
+        also = (f"; {quiet} more collapsed channels have effective scale at most {num(limit_scale)}"
+                if quiet else "")
+        yield Hit(layer.path, f"{int(amplified.sum())} of {layer.channels} channels have moving variance "
+                              f"below {limit} (min {num(float(variance[amplified].min()))}) and effective scale "
+                              f"|gamma|/sqrt(var+eps) up to {num(float(scale[amplified].max()))}, above "
+                              f"{num(limit_scale)}: {channel_list(amplified)}{also}")
 
 
 def zero_gamma(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
