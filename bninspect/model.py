@@ -43,6 +43,10 @@ class Layer:
     # have a registered name like "my_package>MyLayer". Keras 2 configs leave both out.
     module: str | None = None
     registered_name: str | None = None
+    # Per call of the layer in the graph (one inbound node each), the `training` argument it was
+    # called with: True/False, None when the call did not pass one. Empty when the config records
+    # no calls (layers of a Sequential, which calls them without arguments).
+    call_training: tuple[bool | None, ...] = ()
 
     @property
     def is_container(self) -> bool:

@@ -1,9 +1,10 @@
 """Turn a Keras model config (the `model_config` / `config.json` JSON) into flattened layers.
 
-Understands the configs written by Keras 2 / tf.keras (inbound nodes as `[name, node, tensor,
-kwargs]` lists) and by Keras 3 (inbound nodes as `__keras_tensor__` dicts with a `keras_history`),
-for Functional, Model and Sequential containers, nested to any depth. Only JSON is read: nothing
-is deserialised, so a Lambda's code or a custom class is never touched.
+Understands the configs written by Keras 1 and 2 / tf.keras (inbound nodes as `[name, node, tensor,
+kwargs]` lists; before Keras 2.2 a Sequential's config is the bare list of its layer configs) and by
+Keras 3 (inbound nodes as `__keras_tensor__` dicts with a `keras_history`), for Functional, Model and
+Sequential containers, nested to any depth. Only JSON is read: nothing is deserialised, so a
+Lambda's code or a custom class is never touched.
 
 Layer: readers (the layer order is written in tests/test_layers.py).
 """
@@ -34,17 +35,43 @@ class ParsedGraph:
     children: dict[str, tuple[tuple[str, str], ...]]
 
 
-def parse_model_config(model_config: Any) -> ParsedGraph:
-    if not isinstance(model_config, dict) or not isinstance(model_config.get("config"), dict):
-        raise ConfigError("model config is not a JSON object with a 'config' entry")
-    if model_config.get("class_name") not in CONTAINER_CLASS_NAMES and "layers" not in model_config["config"]:
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def parse_model_config(model_config: Any, top_level_names: list[str] | None = None) -> ParsedGraph:
+    """The flattened graph of a model config.
+
+    `top_level_names` are the model's layer names in order, from the weights of a legacy `.h5`
+    file: before Keras 2.2 a Sequential nested in a Sequential was saved without a name, and Keras
+    matched its weights by position.
+    """
+    if not isinstance(model_config, dict):
+        raise ConfigError(f"model config is {_json_kind(model_config)}, not a JSON object with "
+                          "'class_name' and 'config'")
+    class_name = model_config.get("class_name")
+    config = container_config(model_config)
+    if config is None:
+        raise ConfigError(f"model config of class {class_name!r} has a 'config' entry that is "
+                          f"{_json_kind(model_config.get('config'))}: expected an object (or, for a "
+                          "Sequential saved before Keras 2.2, a list of layer configs)")
+    if class_name not in CONTAINER_CLASS_NAMES and "layers" not in config:
         # Keras only saves models. Read as a one-layer graph, a subclassed model's BN layers would
         # silently vanish (zero BN layers, a passing check).
-        raise NoGraphError(f"the model config of {model_config.get('class_name')!r} lists no layers "
-                           "(a subclassed model)")
-    parser = _Parser()
+        raise NoGraphError(f"the model config of {class_name!r} lists no layers (a subclassed model)")
+    parser = _Parser(top_level_names)
     outputs = parser.container(model_config, prefix="", outer_inputs=None)
     return ParsedGraph(tuple(parser.layers), tuple(outputs), parser.children)
+
+
+def container_config(entry: dict) -> dict | None:
+    """A container's config in the Keras 2.2+ form (`{"name": ..., "layers": [...]}`). Keras 1
+    to 2.1 wrote a Sequential's config as the bare list of its layer configs."""
+    config = entry.get("config")
+    if isinstance(config, list) and entry.get("class_name") == "Sequential":
+        return {"name": entry.get("name"), "layers": config}
+    return config if isinstance(config, dict) else None
 
 
 def dtype_policy_name(dtype: Any) -> str | None:
@@ -60,10 +87,35 @@ def dtype_policy_name(dtype: Any) -> str | None:
 
 def _layer_name(entry: dict) -> str:
     config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
-    name = entry.get("name", config.get("name"))
+    name = entry.get("name") or config.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"a {entry.get('class_name', 'layer')} entry has no name")
     return name
+
+
+def _has_name(entry: dict) -> bool:
+    config = entry.get("config")
+    return bool(entry.get("name") or (isinstance(config, dict) and config.get("name")))
+
+
+def _call_training(inbound_nodes: Any) -> tuple[bool | None, ...]:
+    """Per inbound node (one call of the layer), the `training` argument of that call or None.
+
+    Keras 3 writes a node as `{"args": [...], "kwargs": {"training": false}}`, Keras 2 as a list of
+    `[name, node, tensor, kwargs]` references, the call's keyword arguments in each."""
+    if not isinstance(inbound_nodes, list):
+        return ()
+    values: list[bool | None] = []
+    for node in inbound_nodes:
+        value = None
+        if isinstance(node, dict) and isinstance(node.get("kwargs"), dict):
+            value = node["kwargs"].get("training")
+        elif isinstance(node, list):
+            for ref in node:
+                if isinstance(ref, list) and len(ref) > 3 and isinstance(ref[3], dict) and "training" in ref[3]:
+                    value = ref[3]["training"]
+        values.append(value if isinstance(value, bool) else None)
+    return tuple(values)
 
 
 def _shape(value: Any) -> tuple[int | None, ...] | None:
@@ -142,10 +194,11 @@ def _unique(paths: list[str]) -> tuple[str, ...]:
 
 
 class _Parser:
-    def __init__(self) -> None:
+    def __init__(self, top_level_names: list[str] | None = None) -> None:
         self.layers: list[Layer] = []
         self.children: dict[str, tuple[tuple[str, str], ...]] = {}
         self._paths: set[str] = set()
+        self._top_level_names = top_level_names
 
     def add(self, layer: Layer) -> None:
         if layer.path in self._paths:
@@ -154,12 +207,16 @@ class _Parser:
         self.layers.append(layer)
 
     def container(self, entry: dict, prefix: str, outer_inputs: list[str] | None) -> list[str]:
-        config = entry.get("config")
-        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-            raise ConfigError(f"container {prefix or 'model'!r} has no layer list")
+        config = container_config(entry)
+        if config is None or not isinstance(config.get("layers"), list):
+            found = _json_kind(config.get("layers")) if config is not None else _json_kind(entry.get("config"))
+            raise ConfigError(f"container {prefix or 'model'!r} ({entry.get('class_name')}) has no layer list "
+                              f"(its {'layers' if config is not None else 'config'} entry is {found})")
         entries = config["layers"]
         if not all(isinstance(e, dict) for e in entries):
             raise ConfigError(f"container {prefix or 'model'!r} has a layer entry that is not an object")
+        if not prefix:
+            entries = self._named_by_position(entries)
         container_path = prefix.rstrip("/")
         if entry.get("class_name") == "Sequential":
             outputs = self._sequential(entries, prefix, outer_inputs)
@@ -170,6 +227,22 @@ class _Parser:
             kept = entries
         self.children[container_path] = tuple((str(e.get("class_name")), _layer_name(e)) for e in kept)
         return outputs
+
+    def _named_by_position(self, entries: list[dict]) -> list[dict]:
+        """Top-level entries with the names of the weights file where the config has none (a
+        Sequential nested in a Sequential before Keras 2.2), when the two lists line up."""
+        names = self._top_level_names
+        layer_entries = [e for e in entries if e.get("class_name") != "InputLayer"]
+        if not names or len(layer_entries) != len(names) or all(_has_name(e) for e in layer_entries):
+            return entries
+        by_position = iter(names)
+        named = []
+        for entry in entries:
+            if entry.get("class_name") != "InputLayer":
+                name = next(by_position)
+                entry = entry if _has_name(entry) else {**entry, "name": name}
+            named.append(entry)
+        return named
 
     def _leaf_or_container(self, entry: dict, prefix: str, inbound: list[str]) -> list[str]:
         """Add one layer entry; return the paths that stand for its outputs."""
@@ -182,8 +255,11 @@ class _Parser:
         self.add(Layer(path=path, name=name, class_name=class_name, config=config,
                        inbound=_unique(inbound), input_shape=_input_shape(entry),
                        module=module if isinstance(module, str) else None,
-                       registered_name=registered_name if isinstance(registered_name, str) else None))
-        if class_name in CONTAINER_CLASS_NAMES or isinstance(config.get("layers"), list):
+                       registered_name=registered_name if isinstance(registered_name, str) else None,
+                       call_training=_call_training(entry.get("inbound_nodes"))))
+        # Keras 1's Merge of Sequential branches also has a layer list; it is no container Keras 2+
+        # can read, and reading it as one would invent a graph.
+        if class_name in CONTAINER_CLASS_NAMES or (isinstance(config.get("layers"), list) and class_name != "Merge"):
             return self.container(entry, path + "/", inbound)
         return [path]
 

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from bninspect.loaders.common import (BN_ARRAY_NAMES, attr_text, attr_text_list, bn_layer, is_step_count_name,
                                       may_hold_unlisted_bn, parse_json_config, read_step_count, read_vector)
-from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
+from bninspect.loaders.graph import ConfigError, NoGraphError, container_config, dtype_policy_name, parse_model_config
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
 
@@ -28,11 +28,22 @@ class _Weight:
     name: str  # as listed in weight_names, the dataset's path inside the layer group
 
 
+# Keras 1 named BN weights after the layer, without a scope: `batchnormalization_1_running_mean`.
+# Its `running_std` held the moving variance despite the name (Keras 2 loads it as moving_variance).
+KERAS1_BN_SUFFIXES = (("_running_mean", "moving_mean"), ("_running_std", "moving_variance"),
+                      ("_gamma", "gamma"), ("_beta", "beta"))
+
+
 def _group_weights(group: Any) -> list[_Weight]:
     weights = []
     for name in attr_text_list(group.attrs.get("weight_names")):
         stripped = name[:-2] if name.endswith(":0") else name
         owner, _, leaf = stripped.rpartition("/")
+        if leaf not in BN_ARRAY_NAMES:
+            for suffix, keras2_name in KERAS1_BN_SUFFIXES:
+                if leaf.endswith(suffix) and len(leaf) > len(suffix):
+                    owner, leaf = owner or leaf[:-len(suffix)], keras2_name
+                    break
         weights.append(_Weight(owner=owner, leaf=leaf, name=name))
     return weights
 
@@ -114,7 +125,7 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
         raise ConfigError("has a model_config but no model_weights group")
     root = handle["model_weights"]
     try:
-        graph = parse_model_config(config)
+        graph = parse_model_config(config, attr_text_list(root.attrs.get("layer_names")))
     except NoGraphError as error:
         return read_weights_only(source, root, raw, fmt="h5-legacy",
                                  notes=(f"{error}: BN layers are read from the weights, without their config",))
@@ -156,7 +167,7 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
     return ModelDescription(
         source=source, format="h5-legacy", bn_layers=tuple(bn_layers), keras_version=version,
         backend=backend, has_config=True, layers=graph.layers, outputs=graph.outputs,
-        dtype_policy=dtype_policy_name(config.get("config", {}).get("dtype")),
+        dtype_policy=dtype_policy_name((container_config(config) or {}).get("dtype")),
         training_steps=_training_steps(handle),
     )
 

@@ -592,6 +592,53 @@ RULES: tuple[Rule, ...] = (
         check=stats.unconverged_moving_stats,
     ),
     Rule(
+        code="BN019", name="fine-tune-training-mode", severity=Severity.WARNING,
+        summary="a nested pretrained backbone (Keras Applications, KerasHub) with trainable BN layers is "
+                "called without `training=False`: fine-tuning overwrites its moving statistics and "
+                "normalises with batch statistics (Keras' transfer-learning guide)",
+        what=_text("""
+            Finds nested models that are pretrained backbones, Keras Applications models recognised by
+            the name Keras gives them (`resnet50`, `mobilenetv2_1.00_224`, `efficientnetb0`,
+            `densenet121`, ...) and KerasHub backbone classes (`keras_hub>ResNetBackbone`), that have
+            trainable BatchNormalization layers and are called without `training=False`: the saved
+            config records each call's arguments. A base inside a `Sequential` is called without
+            arguments. Your own nested blocks are not looked at, and neither are bases whose BN layers
+            are all frozen (BN013 reports those).
+            """),
+        why=_text("""
+            A BatchNormalization layer called in training mode (during `fit`) normalises with the
+            statistics of the current batch and moves its moving statistics towards them. For a
+            pretrained base that is what fine-tuning must not do: the small, task-specific batches
+            overwrite the statistics learnt on the large pretraining data, and the base's features shift
+            under the new head. Keras' transfer-learning guide
+            (https://keras.io/guides/transfer_learning/) calls the base with `training=False` for exactly
+            this: "when we unfreeze a model that contains BatchNormalization layers in order to do
+            fine-tuning, we should keep the BatchNormalization layers in inference mode by passing
+            `training=False` when calling the base model". Freezing the base (`base.trainable = False`)
+            alone keeps it in inference mode only while it is frozen; unfrozen for fine-tuning, a base
+            called without `training=False` runs its BN layers in training mode again. This is the
+            accuracy drop reported in keras-team/keras issues 9214, 10214 and 11590.
+            """),
+        example=_text("""
+            ```python
+            base = keras.applications.ResNet50(include_top=False, weights="imagenet")
+            inputs = keras.Input((224, 224, 3))
+            x = base(inputs)                # BN019: should be base(inputs, training=False)
+            outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+            model = keras.Model(inputs, outputs)
+            ```
+            """),
+        fix=_text("""
+            Call the base with `training=False` when you build the fine-tuning model, and keep it so when
+            you unfreeze the base: `x = base(inputs, training=False)`. Its BN layers then use the
+            pretrained moving statistics in `fit` too, while the weights of the unfrozen layers still
+            train. Replace a `Sequential([base, ...])` by a functional model that makes that call.
+            """),
+        hint="call the base with training=False (`x = base(inputs, training=False)`), also when you unfreeze it",
+        needs_config=True,
+        check=graph.fine_tune_training_mode,
+    ),
+    Rule(
         code="BN101", name="stats-drift", severity=Severity.WARNING, kind=DYNAMIC,
         summary="on the given data, the BN input's per-channel mean/variance disagree with the moving "
                 "statistics; the first drifting layer is named",

@@ -1,4 +1,4 @@
-"""Rules that follow the graph: BN009-BN012 and BN017. They need the config, so they are skipped
+"""Rules that follow the graph: BN009-BN012, BN017 and BN019. They need the config, so they are skipped
 for weights-only files (BN015 says so).
 
 `Layer.inbound` is already resolved through nested models, so walking producers never has to
@@ -250,6 +250,50 @@ def dropout_before_bn(description: ModelDescription, thresholds: Thresholds) -> 
                 yield Hit(bn.path, f"{producer.path} ({producer.class_name}{rate_text}) feeds this BN: the "
                                    f"variance BN sees in training differs from the one at inference")
                 break
+
+
+# --- BN019 fine-tune-training-mode ------------------------------------------------------------
+
+# The names keras.applications (Keras 3 and tf-keras) give its models with BatchNormalization;
+# a nested model keeps its name when it is saved, so the name says which architecture it is.
+APPLICATION_MODEL_NAMES = re.compile(r"""
+    resnet(50|101|152)(v2)? | resnet_rs_?\d+ | mobilenet_\d\.\d+_\d+ | mobilenetv2_\d\.\d+_\d+
+    | mobilenet_?v3_?(small|large) | efficientnetb[0-7] | efficientnetv2-(b[0-3]|s|m|l) | densenet(121|169|201)
+    | inception_v3 | inception_resnet_v2 | xception | nasnet(_?mobile|_?large)? | regnet[xy]\d{3}
+""", re.IGNORECASE | re.VERBOSE)
+# KerasHub (and its predecessors') registered-name prefixes: `keras_hub>ResNetBackbone`.
+HUB_PACKAGES = ("keras_hub", "keras_nlp", "keras_cv")
+
+
+def pretrained_backbone(layer: Layer) -> str | None:
+    """What a nested model is when it is a known pretrained backbone, else None: a Keras
+    Applications model recognised by its name, or a KerasHub backbone class."""
+    if layer.is_container and APPLICATION_MODEL_NAMES.fullmatch(layer.name):
+        return f"Keras Applications {layer.name}"
+    package = (layer.registered_name or "").partition(">")[0] or (layer.module or "").partition(".")[0]
+    if layer.class_name.endswith("Backbone") and package in HUB_PACKAGES:
+        return f"KerasHub {layer.class_name}"
+    return None
+
+
+def fine_tune_training_mode(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
+    for layer in description.layers:
+        what = pretrained_backbone(layer)
+        if what is None or layer.call_training and all(value is False for value in layer.call_training):
+            continue
+        # Frozen layers run in inference mode whatever the call says (BN013 reports them). A
+        # KerasHub backbone's BN layers are read from the weights, without their own config.
+        base_trainable = layer.config.get("trainable") is not False
+        inside = [bn for bn in description.bn_layers if bn.path.startswith(layer.path + "/")]
+        training = [bn for bn in inside if base_trainable and bn.trainable is not False]
+        if not training:
+            continue
+        how = "inside a Sequential, which passes no training argument" if not layer.call_training \
+            else "without training=False"
+        yield Hit(layer.path, f"the pretrained base {layer.path} ({what}) is called {how}, and "
+                              f"{len(training)} of its {len(inside)} BN layers are trainable: fine-tuning "
+                              f"normalises with batch statistics and overwrites the pretrained moving "
+                              f"statistics with every batch")
 
 
 # --- BN017 code-in-model -----------------------------------------------------------------------

@@ -16,6 +16,8 @@
     config = { data_format = "channels_first", filters = 8 }
     inbound = []                      # default: the previous layer
     input_shape = [0, 3, 8, 8]        # 0 stands for None (the batch axis)
+    call_training = [false, "unset"]  # the training argument of each call ("unset": not passed;
+                                      # omit the key: no calls recorded, as in a Sequential)
 
     [[case.layers]]
     name = "bn"                       # class defaults to BatchNormalization
@@ -79,7 +81,9 @@ def build_description(case: dict) -> ModelDescription:
         inbound = spec.get("inbound", [previous] if previous else [])
         layers.append(Layer(path=path, name=path.rsplit("/", 1)[-1], class_name=class_name, config=config,
                             inbound=tuple(inbound), input_shape=_shape(spec.get("input_shape")),
-                            module=spec.get("module"), registered_name=spec.get("registered_name")))
+                            module=spec.get("module"), registered_name=spec.get("registered_name"),
+                            call_training=tuple(None if value == "unset" else value
+                                                for value in spec.get("call_training", ()))))
         previous = path
         if is_bn:
             channels = spec.get("channels", 4)

@@ -57,7 +57,7 @@ def test_full_config_from_nearest_pyproject_above_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(nested)
     settings = load_settings()
     assert settings.config_file == str(config)
-    assert settings.select == frozenset(f"BN0{n:02d}" for n in range(1, 19))
+    assert settings.select == frozenset(f"BN0{n:02d}" for n in range(1, 20))
     assert settings.ignore == {"BN006", "BN013"}
     assert settings.strict is True and settings.fail_severity is Severity.WARNING
     assert dict(settings.severity_overrides) == {"BN011": Severity.ERROR, "BN013": Severity.WARNING}
@@ -133,7 +133,7 @@ def test_selectors_codes_names_prefixes():
     assert resolve_selector("bn001") == {"BN001"}
     assert resolve_selector("axis-mismatch") == {"BN009"}
     assert resolve_selector("BN10") == {"BN101", "BN102", "BN103", "BN104"}
-    assert len(resolve_selector("ALL")) == 22
+    assert len(resolve_selector("ALL")) == 23
     with pytest.raises(SettingsError):
         resolve_selector("BN2")
 

@@ -24,6 +24,7 @@ SPEC_TABLE = {  # code: (name, severity) as the specification lists them
     "BN013": ("frozen-bn", "info"), "BN014": ("partially-untrained", "warning"),
     "BN015": ("config-unavailable", "info"), "BN016": ("fp16-epsilon", "warning"),
     "BN017": ("code-in-model", "info"), "BN018": ("unconverged-moving-stats", "warning"),
+    "BN019": ("fine-tune-training-mode", "warning"),
     "BN101": ("stats-drift", "warning"),
     "BN102": ("train-inference-gap", "warning"), "BN103": ("non-finite-activation", "error"),
     "BN104": ("dead-channel", "info"),
