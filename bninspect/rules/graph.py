@@ -43,6 +43,7 @@ BIAS_CLASSES = frozenset({
 # ConvLSTM's channel axis depends on return_sequences (rank 5 vs 4): not worth guessing.
 _UNKNOWN_LAYOUT_PREFIXES = ("ConvLSTM",)
 _SPATIAL_SUFFIX = re.compile(r"([123])D(Transpose)?$")
+KERAS1_DIM_ORDERING = {"th": "channels_first", "tf": "channels_last"}
 MAX_WALK = 64  # producer chains longer than this are not followed (and cycles cannot loop)
 
 
@@ -113,7 +114,8 @@ def layout_of(layer: Layer) -> ChannelLayout | None:
     if layer.class_name in FEATURES_LAST_CLASSES:
         rank = len(layer.input_shape) if layer.input_shape and layer.class_name == "Dense" else None
         return ChannelLayout(layer, -1, rank, None)
-    data_format = config.get("data_format")
+    # Keras 1 wrote `dim_ordering`: "th" (Theano) is channels first, "tf" channels last.
+    data_format = config.get("data_format", KERAS1_DIM_ORDERING.get(config.get("dim_ordering")))
     if data_format not in ("channels_first", "channels_last"):
         return None  # None means "the keras.json default of whoever loads it": don't guess
     rank = _spatial_rank(layer.class_name)
