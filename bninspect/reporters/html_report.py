@@ -19,6 +19,7 @@ import numpy as np
 
 from bninspect._version import __version__
 from bninspect.findings import Finding, Severity
+from bninspect.reporters.grouping import LAYERS_SHOWN, group_findings
 
 if TYPE_CHECKING:
     from bninspect.probes.results import ProbeReport
@@ -144,18 +145,37 @@ def _summary(findings: Sequence[Finding]) -> str:
     return f"<p>{text}</p>"
 
 
+def _where(layer: str | None, layer_ids: dict[str, str]) -> str:
+    if layer is None:
+        return '<span class="muted">model</span>'
+    return f'<a href="#{_e(layer_ids[layer])}">{_e(layer)}</a>' if layer in layer_ids else _e(layer)
+
+
 def _findings_table(findings: Sequence[Finding], layer_ids: dict[str, str]) -> str:
+    """One row per code and severity (errors first); a group of several layers names the first
+    ones and folds the per-layer rows under its message."""
     if not findings:
         return ""
     rows = []
-    for finding in sorted(findings, key=lambda f: -f.severity.rank):
-        layer = finding.layer
-        where = ('<span class="muted">model</span>' if layer is None else
-                 f'<a href="#{_e(layer_ids[layer])}">{_e(layer)}</a>' if layer in layer_ids else _e(layer))
-        rows.append(f'<tr class="finding"><td><a href="#rule-{_e(finding.code)}"><code>{_e(finding.code)}</code></a>'
-                    f'<br><span class="muted">{_e(finding.name)}</span></td>'
-                    f'<td class="sev sev-{_e(finding.severity.value)}">{_e(finding.severity.value)}</td>'
-                    f"<td>{where}</td><td>{_e(finding.message)}<div class=\"hint\">{_e(finding.hint)}</div></td></tr>")
+    for group in group_findings(findings):
+        code = (f'<td><a href="#rule-{_e(group.code)}"><code>{_e(group.code)}</code></a>'
+                f'<br><span class="muted">{_e(group.name)}</span></td>'
+                f'<td class="sev sev-{_e(group.severity.value)}">{_e(group.severity.value)}</td>')
+        if group.count == 1:
+            finding = group.findings[0]
+            rows.append(f'<tr class="finding">{code}<td>{_where(finding.layer, layer_ids)}</td>'
+                        f'<td>{_e(finding.message)}<div class="hint">{_e(finding.hint)}</div></td></tr>')
+            continue
+        shown = [_where(f.layer, layer_ids) for f in group.findings[:LAYERS_SHOWN]]
+        more = group.count - len(shown)
+        layers = ", ".join(shown) + (f" and {more} more" if more else "")
+        each = "".join(f'<tr class="finding-layer"><td>{_where(f.layer, layer_ids)}</td><td>{_e(f.message)}</td></tr>'
+                       for f in group.findings)
+        rows.append(f'<tr class="finding finding-group" data-count="{group.count}">{code}'
+                    f'<td>{group.count} layers: {layers}</td>'
+                    f'<td>{_e(group.message())}<div class="hint">{_e(group.hint)}</div>'
+                    f'<details><summary>each of the {group.count} layers</summary><table class="finding-layers">'
+                    f'<tbody>{each}</tbody></table></details></td></tr>')
     return ("<table class=\"findings\"><thead><tr><th>code</th><th>severity</th><th>layer</th>"
             "<th>message and hint</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
