@@ -114,10 +114,10 @@ def test_statistics_counts_per_code(densenet_file):
 
 @pytest.mark.slow
 def test_table_view_lists_findings_grouped(densenet_file):
-    code, out = _run(str(densenet_file))
+    code, out = _run("inspect", str(densenet_file))
     heads = re.findall(r"^(BN\d{3}) (?:error|warning|info)", out, re.MULTILINE)
     assert heads == ["BN005", "BN006", "BN013"]
-    code, verbose = _run(str(densenet_file), "--verbose")
+    code, verbose = _run("inspect", str(densenet_file), "--verbose")
     assert len(re.findall(r"^BN013 info", verbose, re.MULTILINE)) == BN_LAYERS
 
 
