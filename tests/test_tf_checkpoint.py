@@ -62,6 +62,7 @@ def test_a_checkpoint_directory_is_one_model_and_a_savedmodel_index_is_not_liste
     _touch(ckpt / "extra.h5")
     _touch(tmp_path / "loose" / "weights.index")
     _touch(tmp_path / "loose" / f"weights{DATA_SHARD}")
+    _touch(tmp_path / "loose" / "vectors.index")  # a FAISS index, no data shard: not a checkpoint
     saved = tmp_path / "exported"
     _touch(saved / "saved_model.pb")
     _touch(saved / "variables" / "variables.index")

@@ -111,7 +111,7 @@ def discover(paths: list[str | os.PathLike]) -> list[str]:
     Named files are kept whatever their suffix (the user asked for them); directories are searched
     recursively for `.h5`, `.hdf5`, `.keras` files, SavedModel directories and TF checkpoints. A
     directory with a `checkpoint` state file is one model (its latest checkpoint), listed by the
-    directory; a `.index` file elsewhere is a checkpoint of its own. A SavedModel's directory is
+    directory; a `.index` file elsewhere (with its `.data-*` shard) is a checkpoint of its own. A SavedModel's directory is
     not searched, so its `variables/variables.index` is not listed apart from it.
     """
     from bninspect.loaders.tf_checkpoint import INDEX_SUFFIX, STATE_FILE
@@ -127,7 +127,10 @@ def discover(paths: list[str | os.PathLike]) -> list[str]:
             saved = sorted(d for d in dirs if (root_path / d / "saved_model.pb").is_file())
             found.extend(str(root_path / d) for d in saved)
             dirs[:] = sorted(d for d in dirs if d not in saved and not d.startswith("."))
-            indexes = sorted(f for f in files if f.endswith(INDEX_SUFFIX))
+            # Only an index with its data shard next to it: other tools write `.index` files too
+            # (FAISS, search engines), and a stray one must not fail a model registry's check.
+            shards = {f.rpartition(".data-")[0] for f in files if ".data-" in f}
+            indexes = sorted(f for f in files if f.endswith(INDEX_SUFFIX) and f[:-len(INDEX_SUFFIX)] in shards)
             checkpoint_directory = STATE_FILE in files and bool(indexes)
             if checkpoint_directory:
                 found.append(str(root_path))

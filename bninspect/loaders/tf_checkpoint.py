@@ -56,7 +56,8 @@ _SKIPPED_EDGES = frozenset({OPTIMIZER_EDGE, "train_tf_function", "save_counter"}
 _TF1_STEP_COUNTER = "global_step"
 
 NOTE_EDGE_PATHS = ("TF checkpoint of a Functional/Sequential model: it stores no names of nested models, so their "
-                   "steps in the BN paths are the object graph's edges (layer_with_weights-N, layer-N)")
+                   "steps in the BN paths are the object graph's edges (tf-keras layer_with_weights-N / layer-N, "
+                   "Keras 3 _operations/N)")
 NOTE_TF1 = "TF checkpoint without an object graph (TF1 Saver): BN layers found by variable name, paths are variable scopes"
 
 
