@@ -151,7 +151,7 @@ def targets(paths: Iterable[str | os.PathLike]) -> list[Target]:
     for path in paths:
         models = discover([path])
         if not models and Path(path).is_dir():
-            found.append(Target(str(path), "directory holds no model files (.h5, .hdf5, .keras or SavedModel)"))
+            found.append(Target(str(path), "directory holds no model files (.h5, .hdf5, .keras, SavedModel or TF checkpoint)"))
         found.extend(Target(model) for model in models)
     unique = {target.path: target for target in found}
     return list(unique.values())

@@ -16,7 +16,7 @@ import numpy as np
 
 from bninspect.errors import ModelReadError  # noqa: F401  (re-exported: loaders raise it from here)
 
-FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3", "savedmodel")
+FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3", "savedmodel", "tf-checkpoint")
 
 BN_CLASS_NAMES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1",
                             "BatchNormalizationV2"})

@@ -1,7 +1,9 @@
 """Read a model file of any supported format into a `ModelDescription`.
 
-The format is told by the bytes, not the file name: HDF5 signature, zip signature, or a directory
-with `saved_model.pb`. Only SavedModel reading imports TensorFlow.
+The format is told by the bytes where it can be: HDF5 signature, zip signature, a directory with
+`saved_model.pb`. A TF checkpoint has no signature at its start: it is a `.index`/`.data-*` file, a
+prefix whose `.index` exists, or a directory with a `checkpoint` file or `.index` files. Only
+SavedModel and TF checkpoint reading import TensorFlow.
 
 Layer: readers (the layer order is written in tests/test_layers.py).
 """
@@ -67,7 +69,10 @@ def _read_hdf5(source: str) -> ModelDescription:
 
 
 def load(path: str | os.PathLike) -> ModelDescription:
-    """Read one model file or SavedModel directory. Raises ModelReadError with a one-line reason."""
+    """Read one model file, SavedModel directory or TF checkpoint. Raises ModelReadError with a
+    one-line reason."""
+    from bninspect.loaders import tf_checkpoint
+
     source = str(path)
     try:
         target = Path(source)
@@ -76,7 +81,11 @@ def load(path: str | os.PathLike) -> ModelDescription:
                 from bninspect.loaders import savedmodel
 
                 return savedmodel.read_savedmodel(source)
-            raise ConfigError("is a directory without saved_model.pb, not a SavedModel")
+            if tf_checkpoint.is_checkpoint_directory(target):
+                return tf_checkpoint.read_tf_checkpoint(source)
+            raise ConfigError("is a directory without saved_model.pb or .index files: not a SavedModel or a TF checkpoint")
+        if tf_checkpoint.is_checkpoint_prefix(target):
+            return tf_checkpoint.read_tf_checkpoint(source)
         if not target.exists():
             raise ConfigError("no such file or directory")
         with open(target, "rb") as handle:
@@ -89,17 +98,24 @@ def load(path: str | os.PathLike) -> ModelDescription:
             return keras_v3.read_keras_archive(source)
         if _hdf5_at(head):
             return _read_hdf5(source)
-        raise ConfigError("not an HDF5 file (.h5) or a zip archive (.keras)")
+        if tf_checkpoint.names_checkpoint_file(target):
+            return tf_checkpoint.read_tf_checkpoint(source)
+        raise ConfigError("not an HDF5 file (.h5), a zip archive (.keras) or a TF checkpoint (.index)")
     except READ_ERRORS as error:
         raise ModelReadError(source, _reason(error)) from error
 
 
 def discover(paths: list[str | os.PathLike]) -> list[str]:
-    """Model files and SavedModel directories under the given paths, in a stable order.
+    """Model files, SavedModel directories and TF checkpoints under the given paths, in a stable order.
 
     Named files are kept whatever their suffix (the user asked for them); directories are searched
-    recursively for `.h5`, `.hdf5`, `.keras` files and SavedModel directories.
+    recursively for `.h5`, `.hdf5`, `.keras` files, SavedModel directories and TF checkpoints. A
+    directory with a `checkpoint` state file is one model (its latest checkpoint), listed by the
+    directory; a `.index` file elsewhere (with its `.data-*` shard) is a checkpoint of its own. A SavedModel's directory is
+    not searched, so its `variables/variables.index` is not listed apart from it.
     """
+    from bninspect.loaders.tf_checkpoint import INDEX_SUFFIX, STATE_FILE
+
     found: list[str] = []
     for path in paths:
         target = Path(path)
@@ -111,5 +127,14 @@ def discover(paths: list[str | os.PathLike]) -> list[str]:
             saved = sorted(d for d in dirs if (root_path / d / "saved_model.pb").is_file())
             found.extend(str(root_path / d) for d in saved)
             dirs[:] = sorted(d for d in dirs if d not in saved and not d.startswith("."))
+            # Only an index with its data shard next to it: other tools write `.index` files too
+            # (FAISS, search engines), and a stray one must not fail a model registry's check.
+            shards = {f.rpartition(".data-")[0] for f in files if ".data-" in f}
+            indexes = sorted(f for f in files if f.endswith(INDEX_SUFFIX) and f[:-len(INDEX_SUFFIX)] in shards)
+            checkpoint_directory = STATE_FILE in files and bool(indexes)
+            if checkpoint_directory:
+                found.append(str(root_path))
+            else:
+                found.extend(str(root_path / f) for f in indexes)
             found.extend(str(root_path / f) for f in sorted(files) if f.lower().endswith(MODEL_SUFFIXES))
     return list(dict.fromkeys(found))
