@@ -76,7 +76,12 @@ def load(path: str | os.PathLike) -> ModelDescription:
                 from bninspect.loaders import savedmodel
 
                 return savedmodel.read_savedmodel(source)
-            raise ConfigError("is a directory without saved_model.pb, not a SavedModel")
+            from bninspect.loaders import kerashub_preset
+
+            if kerashub_preset.is_preset_directory(target):
+                return kerashub_preset.read_preset(source)
+            raise ConfigError("is a directory without saved_model.pb or a KerasHub preset's config.json and "
+                              "model.weights.h5")
         if not target.exists():
             raise ConfigError("no such file or directory")
         with open(target, "rb") as handle:
@@ -98,18 +103,25 @@ def discover(paths: list[str | os.PathLike]) -> list[str]:
     """Model files and SavedModel directories under the given paths, in a stable order.
 
     Named files are kept whatever their suffix (the user asked for them); directories are searched
-    recursively for `.h5`, `.hdf5`, `.keras` files and SavedModel directories.
+    recursively for `.h5`, `.hdf5`, `.keras` files, SavedModel directories and KerasHub preset
+    directories (one model each: their weights files are not listed apart).
     """
     found: list[str] = []
     for path in paths:
         target = Path(path)
-        if not target.is_dir() or (target / "saved_model.pb").is_file():
+        if not target.is_dir() or _is_model_directory(target):
             found.append(str(target))
             continue
         for root, dirs, files in os.walk(target):
             root_path = Path(root)
-            saved = sorted(d for d in dirs if (root_path / d / "saved_model.pb").is_file())
+            saved = sorted(d for d in dirs if _is_model_directory(root_path / d))
             found.extend(str(root_path / d) for d in saved)
             dirs[:] = sorted(d for d in dirs if d not in saved and not d.startswith("."))
             found.extend(str(root_path / f) for f in sorted(files) if f.lower().endswith(MODEL_SUFFIXES))
     return list(dict.fromkeys(found))
+
+
+def _is_model_directory(path: Path) -> bool:
+    from bninspect.loaders.kerashub_preset import is_preset_directory
+
+    return (path / "saved_model.pb").is_file() or is_preset_directory(path)

@@ -12,7 +12,7 @@ from textwrap import dedent
 
 from bninspect.findings import Severity
 from bninspect.rules import graph, stats
-from bninspect.rules.base import DYNAMIC, Rule
+from bninspect.rules.base import DYNAMIC, NEEDS_ARCHITECTURE, NEEDS_GRAPH, NEEDS_LAYER_CONFIG, Rule
 
 
 def _text(text: str) -> str:
@@ -259,7 +259,7 @@ RULES: tuple[Rule, ...] = (
             retrain or recalibrate the statistics.
             """),
         hint="Keras momentum is 1 - PyTorch momentum: use 0.9 for PyTorch's 0.1, or Keras' default 0.99",
-        needs_config=True,
+        needs=NEEDS_LAYER_CONFIG,
         check=stats.pytorch_momentum,
     ),
     Rule(
@@ -292,7 +292,7 @@ RULES: tuple[Rule, ...] = (
             channels_last ones, then retrain: the stored statistics have the wrong shape.
             """),
         hint="axis names the channel axis that is kept: axis=1 for channels_first, -1 for channels_last",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.axis_mismatch,
     ),
     Rule(
@@ -327,7 +327,7 @@ RULES: tuple[Rule, ...] = (
             training and inference alike.
             """),
         hint="end the model with the prediction layer; standardise targets or use LayerNormalization instead",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.bn_output_layer,
     ),
     Rule(
@@ -353,7 +353,7 @@ RULES: tuple[Rule, ...] = (
             `keras.layers.Conv2D(64, 3, use_bias=False)`.
             """),
         hint="build the layer feeding BN with use_bias=False (same results, fewer parameters)",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.redundant_bias,
     ),
     Rule(
@@ -382,7 +382,7 @@ RULES: tuple[Rule, ...] = (
             (`bninspect recalibrate`) removes the shift.
             """),
         hint="move Dropout after the last BatchNormalization layer, or recalibrate the statistics",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.dropout_before_bn,
     ),
     Rule(
@@ -409,7 +409,7 @@ RULES: tuple[Rule, ...] = (
             a low learning rate, or recompute the statistics on the new data (`bninspect recalibrate`).
             """),
         hint="intended for fine-tuning; to adapt the statistics to new data unfreeze it or recalibrate",
-        needs_config=True,
+        needs=NEEDS_LAYER_CONFIG,
         check=stats.frozen_bn,
     ),
     Rule(
@@ -494,7 +494,7 @@ RULES: tuple[Rule, ...] = (
             BatchNormalization in float32 (`dtype="float32"` on the layer).
             """),
         hint="use epsilon >= 1e-4 (Keras default 1e-3), or dtype='float32' for this layer",
-        needs_config=True,
+        needs=NEEDS_LAYER_CONFIG,
         check=stats.fp16_epsilon,
     ),
     Rule(
@@ -525,7 +525,7 @@ RULES: tuple[Rule, ...] = (
             Load models from untrusted sources only with `safe_mode=True`.
             """),
         hint="use built-in layers (e.g. Rescaling) instead of Lambda; never load untrusted files with safe_mode=False",
-        needs_config=True,
+        needs=NEEDS_ARCHITECTURE,
         check=graph.code_in_model,
     ),
     Rule(
@@ -573,6 +573,7 @@ RULES: tuple[Rule, ...] = (
             """),
         hint="recalibrate the statistics (`bninspect recalibrate MODEL --data FILE -o OUT`), train longer, "
              "or use a lower momentum (0.9 needs ~30 steps for 5%)",
+        needs=NEEDS_LAYER_CONFIG,
         check=stats.unconverged_moving_stats,
     ),
     Rule(
