@@ -80,8 +80,8 @@ def load(path: str | os.PathLike) -> ModelDescription:
 
             if kerashub_preset.is_preset_directory(target):
                 return kerashub_preset.read_preset(source)
-            raise ConfigError("is a directory without saved_model.pb or a KerasHub preset's config.json and "
-                              "model.weights.h5")
+            raise ConfigError("is a directory without saved_model.pb or config.json + model.weights.h5: "
+                              "not a SavedModel or a KerasHub preset")
         if not target.exists():
             raise ConfigError("no such file or directory")
         with open(target, "rb") as handle:
