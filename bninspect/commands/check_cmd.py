@@ -24,7 +24,7 @@ from bninspect.reporters import OutputFormat
 
 
 def check(
-    paths: List[Path] = typer.Argument(..., help="Model files, SavedModel directories, or directories to search "
+    paths: List[Path] = typer.Argument(..., help="Model files, SavedModel or KerasHub preset directories, or directories to search "
                                                  "recursively for them."),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict",
                                           help="Fail on warnings too (default: the config's `strict`, else off)."),

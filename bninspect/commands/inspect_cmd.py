@@ -17,7 +17,7 @@ from bninspect.reporters import OutputFormat
 
 
 def inspect(
-    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5) or SavedModel directories."),
+    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel or KerasHub preset directories."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Show the BN layers matching PATTERN (glob on path or name) channel by channel."),
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
