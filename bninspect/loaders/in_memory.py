@@ -67,10 +67,11 @@ def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_
 def _code_architecture(model: Any, model_config: dict | None) -> Architecture:
     """A subclassed model's class: as its serialised config names it (the registered name), or
     else by its Python class."""
-    if isinstance(model_config, dict) and isinstance(model_config.get("class_name"), str):
-        return code_architecture(model_config)
     cls = type(model)
-    return code_architecture({"class_name": cls.__name__, "module": cls.__module__})
+    entry = model_config if isinstance(model_config, dict) and isinstance(model_config.get("class_name"), str) \
+        else {"class_name": cls.__name__}
+    # to_json() of a subclassed model may leave out the module; the live class knows it.
+    return code_architecture({"module": cls.__module__, **{k: v for k, v in entry.items() if v is not None}})
 
 
 def _training_steps(model: Any) -> int | None:

@@ -300,7 +300,8 @@ def code_reasons(layer: Layer) -> list[str]:
     if layer.module is not None or layer.registered_name is not None:
         registered = layer.registered_name or ""
         if providing_library(layer.module, layer.registered_name) is None:
-            reasons.append(f"custom class {registered or layer.class_name} (module {layer.module})")
+            module = f" (module {layer.module})" if layer.module else ""
+            reasons.append(f"custom class {registered or layer.class_name}{module}")
         nested = sorted(set(_custom_objects(dict(layer.config))))
     else:
         if layer.class_name not in BUILTIN_LAYER_CLASSES:
