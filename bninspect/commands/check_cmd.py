@@ -24,8 +24,8 @@ from bninspect.reporters import OutputFormat
 
 
 def check(
-    paths: List[Path] = typer.Argument(..., help="Model files, SavedModel directories, TF checkpoints, or "
-                                                 "directories to search recursively for them."),
+    paths: List[Path] = typer.Argument(..., help="Model files, SavedModel or KerasHub preset directories, TF "
+                                                 "checkpoints, or directories to search recursively for them."),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict",
                                           help="Fail on warnings too (default: the config's `strict`, else off)."),
     select: Optional[List[str]] = SelectOption,

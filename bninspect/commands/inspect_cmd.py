@@ -17,8 +17,8 @@ from bninspect.reporters import OutputFormat
 
 
 def inspect(
-    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel directories "
-                                                  "or TF checkpoints (directory, prefix or .index)."),
+    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel or KerasHub "
+                                                  "preset directories, or TF checkpoints (directory, prefix or .index)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Show the BN layers matching PATTERN (glob on path or name) channel by channel."),
     verbose: bool = typer.Option(False, "--verbose", "-v",
                                  help="List every finding on its own line (default: grouped by code)."),

@@ -28,8 +28,8 @@ class ReportFormat(str, Enum):
 
 
 def report(
-    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel directories "
-                                                  "or TF checkpoints (directory, prefix or .index)."),
+    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel or KerasHub "
+                                                  "preset directories, or TF checkpoints (directory, prefix or .index)."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Also run every model on these samples and plot "
                                                                    "stored vs observed statistics. " + DATA_HELP),
     batch_size: Optional[int] = OptionalBatchSizeOption,

@@ -81,9 +81,14 @@ def load(path: str | os.PathLike) -> ModelDescription:
                 from bninspect.loaders import savedmodel
 
                 return savedmodel.read_savedmodel(source)
+            from bninspect.loaders import kerashub_preset
+
+            if kerashub_preset.is_preset_directory(target):
+                return kerashub_preset.read_preset(source)
             if tf_checkpoint.is_checkpoint_directory(target):
                 return tf_checkpoint.read_tf_checkpoint(source)
-            raise ConfigError("is a directory without saved_model.pb or .index files: not a SavedModel or a TF checkpoint")
+            raise ConfigError("is a directory without saved_model.pb, config.json + model.weights.h5 or .index "
+                              "files: not a SavedModel, a KerasHub preset or a TF checkpoint")
         if tf_checkpoint.is_checkpoint_prefix(target):
             return tf_checkpoint.read_tf_checkpoint(source)
         if not target.exists():
@@ -109,9 +114,10 @@ def discover(paths: list[str | os.PathLike]) -> list[str]:
     """Model files, SavedModel directories and TF checkpoints under the given paths, in a stable order.
 
     Named files are kept whatever their suffix (the user asked for them); directories are searched
-    recursively for `.h5`, `.hdf5`, `.keras` files, SavedModel directories and TF checkpoints. A
-    directory with a `checkpoint` state file is one model (its latest checkpoint), listed by the
-    directory; a `.index` file elsewhere (with its `.data-*` shard) is a checkpoint of its own. A SavedModel's directory is
+    recursively for `.h5`, `.hdf5`, `.keras` files, SavedModel and KerasHub preset directories (one
+    model each: their weights files are not listed apart) and TF checkpoints. A directory with a
+    `checkpoint` state file is one model (its latest checkpoint), listed by the directory; a `.index`
+    file elsewhere (with its `.data-*` shard) is a checkpoint of its own. A SavedModel's directory is
     not searched, so its `variables/variables.index` is not listed apart from it.
     """
     from bninspect.loaders.tf_checkpoint import INDEX_SUFFIX, STATE_FILE
@@ -119,12 +125,12 @@ def discover(paths: list[str | os.PathLike]) -> list[str]:
     found: list[str] = []
     for path in paths:
         target = Path(path)
-        if not target.is_dir() or (target / "saved_model.pb").is_file():
+        if not target.is_dir() or _is_model_directory(target):
             found.append(str(target))
             continue
         for root, dirs, files in os.walk(target):
             root_path = Path(root)
-            saved = sorted(d for d in dirs if (root_path / d / "saved_model.pb").is_file())
+            saved = sorted(d for d in dirs if _is_model_directory(root_path / d))
             found.extend(str(root_path / d) for d in saved)
             dirs[:] = sorted(d for d in dirs if d not in saved and not d.startswith("."))
             # Only an index with its data shard next to it: other tools write `.index` files too
@@ -138,3 +144,9 @@ def discover(paths: list[str | os.PathLike]) -> list[str]:
                 found.extend(str(root_path / f) for f in indexes)
             found.extend(str(root_path / f) for f in sorted(files) if f.lower().endswith(MODEL_SUFFIXES))
     return list(dict.fromkeys(found))
+
+
+def _is_model_directory(path: Path) -> bool:
+    from bninspect.loaders.kerashub_preset import is_preset_directory
+
+    return (path / "saved_model.pb").is_file() or is_preset_directory(path)

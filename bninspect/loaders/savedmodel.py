@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from bninspect.loaders.common import MAX_CONFIG_BYTES, bn_layer, parse_json_config
+from bninspect.loaders.common import (MAX_CONFIG_BYTES, architecture_notes, bn_layer, code_architecture,
+                                      parse_json_config)
 from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
 from bninspect.loaders.tf_objects import (CheckpointObjects, breadth_first, bn_variable_groups, first_line,
                                           open_reader)
@@ -266,9 +267,11 @@ def _read_with_metadata(source: str, nodes: list[_KerasNode], checkpoint: Checkp
     # A subclassed model: no graph, but every layer's own config is in its metadata.
     bn_layers = [_bn_from_node(path, node, _own_config(node), checkpoint)
                  for path, node in by_path.items() if node.metadata.get("class_name") in BN_CLASS_NAMES]
-    return ModelDescription(bn_layers=tuple(bn_layers), has_config=False,
-                            notes=("subclassed model: the SavedModel has layer configs but no layer graph",),
-                            **common)
+    architecture = code_architecture(root.metadata)
+    notes = (f"the architecture is code (class {architecture.qualified_name}): the SavedModel has the layer "
+             "configs but no layer graph",) + architecture_notes(architecture)
+    return ModelDescription(bn_layers=tuple(bn_layers), has_config=False, notes=notes, architecture=architecture,
+                            training_steps=checkpoint.step_count(), **common)
 
 
 def _read_without_metadata(source: str, checkpoint: CheckpointObjects) -> ModelDescription:

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.text import Text
 
 from bninspect.findings import Severity
-from bninspect.report import ModelReport
+from bninspect.model import GRAPH
+from bninspect.report import ModelReport, architecture_label
 from bninspect.reporters.grouping import group_findings
 from bninspect.reporters.table import SEVERITY_STYLE, FittingText, group_lines
 
@@ -45,6 +46,10 @@ def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = F
         about.append(description.format)
         if description.keras_version:
             about.append(f"Keras {description.keras_version}")
+        if description.keras_hub_version:
+            about.append(f"KerasHub {description.keras_hub_version}")
+        if description.architecture.kind != GRAPH:
+            about.append(architecture_label(description))
         about.append(_plural(len(description.bn_layers), "BN layer"))
     failing = any(f.severity.rank >= fail_severity.rank for f in report.findings)
     status = _counts(report) or ("no static findings" if report.error else "ok")

@@ -19,6 +19,7 @@ import numpy as np
 
 from bninspect._version import __version__
 from bninspect.findings import Finding, Severity
+from bninspect.report import architecture_label
 from bninspect.reporters.grouping import LAYERS_SHOWN, group_findings
 
 if TYPE_CHECKING:
@@ -124,8 +125,10 @@ def _header(report: "ModelReport") -> str:
     description = report.description
     rows = [("file", report.source)]
     if description is not None:
-        rows += [("format", description.format), ("Keras version", description.keras_version or "unknown"),
-                 ("layers", description.layer_count if description.has_config else "unknown (no config)"),
+        rows += [("format", description.format), ("Keras version", description.keras_version or "unknown")]
+        if description.keras_hub_version:
+            rows.append(("KerasHub version", description.keras_hub_version))
+        rows += [("architecture", architecture_label(description)),
                  ("BN layers", len(description.bn_layers))]
         steps = description.training_steps
         if steps is not None:

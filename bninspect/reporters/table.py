@@ -19,7 +19,7 @@ from rich.text import Span, Text
 
 from bninspect.findings import Finding, Severity
 from bninspect.model import BNLayer
-from bninspect.report import ModelReport
+from bninspect.report import ModelReport, architecture_label
 from bninspect.reporters.grouping import FindingGroup, group_findings
 from bninspect.summary import fmt_number, fmt_range, histogram
 
@@ -35,10 +35,9 @@ def _header(report: ModelReport) -> Text:
     parts = [description.format]
     if description.keras_version:
         parts.append(f"Keras {description.keras_version}")
-    if description.has_config:
-        parts.append(f"{description.layer_count} layers")
-    else:
-        parts.append("weights only, no config")
+    if description.keras_hub_version:
+        parts.append(f"KerasHub {description.keras_hub_version}")
+    parts.append(architecture_label(description))
     parts.append(f"{len(description.bn_layers)} BatchNormalization")
     if description.training_steps is not None:
         parts.append(f"{description.training_steps} training steps")
