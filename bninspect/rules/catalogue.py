@@ -647,7 +647,7 @@ RULES: tuple[Rule, ...] = (
             train. Replace a `Sequential([base, ...])` by a functional model that makes that call.
             """),
         hint="call the base with training=False (`x = base(inputs, training=False)`), also when you unfreeze it",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.fine_tune_training_mode,
     ),
     Rule(
