@@ -62,14 +62,19 @@ def _bias_model(K: Any) -> Any:
     return K.Model(inputs, layers.Flatten()(out))
 
 
-@pytest.fixture(scope="module")
-def bias_files(tmp_path_factory) -> dict[tuple[str, str], Path]:
+def _saved_by_each_library(tmp_path_factory, build) -> dict[tuple[str, str], Path]:
+    """{(library, suffix): path} of the model `build(K)` makes, saved by each library in each format."""
     files = {}
     for name in LIBRARIES:
-        directory = tmp_path_factory.mktemp(f"bias_{name}")
-        for suffix, path in _save(_bias_model(_library(name)), directory, "model").items():
+        directory = tmp_path_factory.mktemp(f"{build.__name__.strip('_')}_{name}")
+        for suffix, path in _save(build(_library(name)), directory, "model").items():
             files[name, suffix] = path
     return files
+
+
+@pytest.fixture(scope="module")
+def bias_files(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    return _saved_by_each_library(tmp_path_factory, _bias_model)
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
@@ -98,12 +103,7 @@ def _collapsed_model(K: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def collapsed_files(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    files = {}
-    for name in LIBRARIES:
-        directory = tmp_path_factory.mktemp(f"collapsed_{name}")
-        for suffix, path in _save(_collapsed_model(_library(name)), directory, "model").items():
-            files[name, suffix] = path
-    return files
+    return _saved_by_each_library(tmp_path_factory, _collapsed_model)
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
