@@ -1,7 +1,8 @@
 """Read a model file of any supported format into a `ModelDescription`.
 
 The format is told by the bytes, not the file name: HDF5 signature, zip signature, or a directory
-with `saved_model.pb`. Only SavedModel reading imports TensorFlow.
+with `saved_model.pb`. Only SavedModel reading imports TensorFlow (the `tensorflow` extra: without
+it, such a file is a ModelReadError that says how to install it).
 
 Layer: readers (the layer order is written in tests/test_layers.py).
 """
@@ -13,6 +14,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+from bninspect.errors import MissingExtra
 from bninspect.loaders.graph import ConfigError
 from bninspect.model import ModelDescription, ModelReadError
 
@@ -92,6 +94,10 @@ def load(path: str | os.PathLike) -> ModelDescription:
         raise ConfigError("not an HDF5 file (.h5) or a zip archive (.keras)")
     except READ_ERRORS as error:
         raise ModelReadError(source, _reason(error)) from error
+    except MissingExtra as error:
+        # A SavedModel or TF checkpoint without TensorFlow installed: this file cannot be read
+        # here (`check` still reads the others), and the reason says how to install the extra.
+        raise ModelReadError(source, str(error)) from None
 
 
 def discover(paths: list[str | os.PathLike]) -> list[str]:

@@ -72,7 +72,7 @@ def _import_tensorflow() -> Any:
     TF_ENABLE_ONEDNN_OPTS (`bninspect.tf_runtime`). Keras is not needed to read the directory."""
     from bninspect.tf_runtime import import_tensorflow
 
-    return import_tensorflow(quiet=True, keras=False)
+    return import_tensorflow(quiet=True, keras=False, needed_for="reading a SavedModel directory")
 
 
 def _first_line(error: BaseException) -> str:

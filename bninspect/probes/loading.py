@@ -148,7 +148,8 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
 
     source = str(path)
     description = loaders.load(source)
-    import_tensorflow(quiet=False, keras=False)  # before keras / tf_keras: oneDNN on unless the user chose
+    # Before keras / tf_keras: oneDNN on unless the user chose.
+    import_tensorflow(quiet=False, keras=False, needed_for=f"{source}: loading the model with Keras")
     if description.format in ("h5-weights", "weights-v3") or not description.has_config:
         raise ModelRefused(f"{source}: a weights-only file has no architecture to run; probe the full model file")
     custom_objects = _with_registered_names(description, custom_objects)
