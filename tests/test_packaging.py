@@ -297,7 +297,11 @@ def _scratch_repository(path: Path, model: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pre_commit_home(tmp_path_factory) -> Path:
-    """One pre-commit cache for the session: the hook's venv is built once (light install from PyPI)."""
+    """A PRE_COMMIT_HOME of the tests' own, so the user's ~/.cache/pre-commit is left alone.
+
+    try-repo builds the hook's environment in a temporary store of its own on every run, so each
+    run installs bninspect (the light install, from PyPI) afresh: about a minute.
+    """
     if shutil.which("git") is None:
         pytest.skip("pre-commit needs git")
     inside = run("git", "-C", ROOT, "rev-parse", "--is-inside-work-tree", timeout=60)
