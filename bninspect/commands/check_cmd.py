@@ -109,7 +109,7 @@ def _check_with_data(paths: List[Path], settings, data: Path, batch_size: int, l
     if not data.exists():
         fail(f"--data {data}: no such file or directory")
     if not debug:
-        quiet_tensorflow()
+        quiet_tensorflow("check --data")
     # Parsed once, up front: a bad --rescale is a usage error, and the custom-objects file runs once.
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
     items = [Target(str(path)) for path in dict.fromkeys(paths)]

@@ -57,7 +57,7 @@ def recalibrate(
     target = _target(model, output, in_place)
     settings = command_settings(config, debug=debug)
     if not debug:
-        quiet_tensorflow()
+        quiet_tensorflow("recalibrate")
     with one_line_errors(debug):
         summary = _recalibrate(model, data, target, layers=layers, architecture=architecture, batch_size=batch_size,
                                limit=limit, rescale=rescale, unsafe=unsafe, custom_objects=custom_objects,

@@ -54,8 +54,11 @@ def report(
     fetched. Exit 0 when the report was written, 2 when it could not be.
     """
     from bninspect.checking import inspect_path
+    from bninspect.reporters.plots import require_matplotlib
 
     settings = command_settings(config, debug=debug)
+    with one_line_errors(debug):
+        require_matplotlib(needed_for="`bninspect report`")  # before any model is read or run
     if data is None:
         refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects)
     if output_format is ReportFormat.PNG and output == DEFAULT_OUTPUT:
@@ -86,7 +89,7 @@ def _probe_all(models, reports, settings, data: Path, batch_size: int, limit, re
     if not data.exists():
         fail(f"--data {data}: no such file or directory")
     if not debug:
-        quiet_tensorflow()
+        quiet_tensorflow("report --data")
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
     return [add_probe(static, str(path), settings, options) for path, static in zip(models, reports)]
 

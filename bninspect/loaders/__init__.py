@@ -3,7 +3,8 @@
 The format is told by the bytes where it can be: HDF5 signature, zip signature, a directory with
 `saved_model.pb`. A TF checkpoint has no signature at its start: it is a `.index`/`.data-*` file, a
 prefix whose `.index` exists, or a directory with a `checkpoint` file or `.index` files. Only
-SavedModel and TF checkpoint reading import TensorFlow.
+SavedModel and TF checkpoint reading import TensorFlow (the `tensorflow` extra: without it, such a
+file is a ModelReadError that says how to install it).
 
 Layer: readers (the layer order is written in tests/test_layers.py).
 """
@@ -15,6 +16,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+from bninspect.errors import MissingExtra
 from bninspect.loaders.graph import ConfigError
 from bninspect.model import ModelDescription, ModelReadError
 
@@ -108,6 +110,10 @@ def load(path: str | os.PathLike) -> ModelDescription:
         raise ConfigError("not an HDF5 file (.h5), a zip archive (.keras) or a TF checkpoint (.index)")
     except READ_ERRORS as error:
         raise ModelReadError(source, _reason(error)) from error
+    except MissingExtra as error:
+        # A SavedModel or TF checkpoint without TensorFlow installed: this file cannot be read
+        # here (`check` still reads the others), and the reason says how to install the extra.
+        raise ModelReadError(source, str(error)) from None
 
 
 def discover(paths: list[str | os.PathLike]) -> list[str]:

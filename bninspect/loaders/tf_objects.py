@@ -33,12 +33,13 @@ STEP_COUNT_CHILDREN = ("_iterations", "iter", "iterations")
 OPTIMIZER_EDGE = "optimizer"
 
 
-def import_tensorflow() -> Any:
+def import_tensorflow(what: str) -> Any:
     """TensorFlow, imported without its start-up lines and with oneDNN on unless the user set
-    TF_ENABLE_ONEDNN_OPTS (`bninspect.tf_runtime`). Keras is not needed to read a checkpoint."""
+    TF_ENABLE_ONEDNN_OPTS (`bninspect.tf_runtime`). Keras is not needed to read a checkpoint.
+    Without TensorFlow installed, MissingExtra names `what` was being read."""
     from bninspect.tf_runtime import import_tensorflow as _import
 
-    return _import(quiet=True, keras=False)
+    return _import(quiet=True, keras=False, needed_for=f"reading {what}")
 
 
 def first_line(error: BaseException) -> str:
@@ -54,7 +55,7 @@ def checkpoint_errors(what: str) -> Iterator[None]:
     sstable"); a data file shorter than its index says comes back as IndexError ("Read less bytes
     than requested"), some damage as ValueError or RuntimeError.
     """
-    tf = import_tensorflow()
+    tf = import_tensorflow(what)
     try:
         yield
     except (tf.errors.OpError, IndexError, RuntimeError, ValueError) as error:
@@ -63,7 +64,7 @@ def checkpoint_errors(what: str) -> Iterator[None]:
 
 def open_reader(prefix: str, what: str) -> Any:
     """`tf.train.load_checkpoint(prefix)`, its errors as one ConfigError."""
-    tf = import_tensorflow()
+    tf = import_tensorflow(what)
     with checkpoint_errors(what):
         return tf.train.load_checkpoint(prefix)
 

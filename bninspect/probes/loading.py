@@ -148,7 +148,8 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
 
     source = str(path)
     description = loaders.load(source)
-    import_tensorflow(quiet=False, keras=False)  # before keras / tf_keras: oneDNN on unless the user chose
+    # Before keras / tf_keras: oneDNN on unless the user chose.
+    import_tensorflow(quiet=False, keras=False, needed_for=f"{source}: loading the model with Keras")
     architecture = description.architecture
     if architecture.kind == NO_ARCHITECTURE:
         raise ModelRefused(f"{source}: a weights-only file has no architecture to run; probe the full model file")

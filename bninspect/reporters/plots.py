@@ -1,6 +1,7 @@
 """The figures of `bninspect report`, drawn with matplotlib: plain data in, SVG text or PNG bytes out.
 
-matplotlib is imported inside the functions only, so that the static commands never import it.
+matplotlib is imported inside the functions only, so that the static commands never import it; it
+is the `report` extra, not part of the light install (without it: MissingExtra, one line).
 Figures are made with `matplotlib.figure.Figure` (no pyplot, no GUI backend). The SVG is
 post-processed to stay small and to be inlined several times in one HTML page: no XML header or
 metadata, numbers rounded to 0.1 pt, element ids prefixed per figure so that they never clash.
@@ -20,6 +21,8 @@ import re
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
+
+from bninspect.errors import MissingExtra
 
 if TYPE_CHECKING:  # only for annotations: the reporters never import the probes at run time
     from bninspect.model import BNLayer
@@ -57,8 +60,21 @@ def _log_axis(axis, ticker, numticks: int) -> None:
     axis.set_minor_locator(ticker.NullLocator())
 
 
-def _matplotlib():
-    import matplotlib
+def require_matplotlib(needed_for: str = "drawing the report's figures") -> None:
+    """Raise MissingExtra when matplotlib (the `report` extra, not in the light install) is missing.
+
+    `bninspect report` calls it first, so it stops before reading or running any model.
+    """
+    _matplotlib(needed_for)
+
+
+def _matplotlib(needed_for: str = "drawing the report's figures"):
+    try:
+        import matplotlib
+    except ModuleNotFoundError as error:
+        if error.name != "matplotlib":  # a broken matplotlib install keeps its own error
+            raise
+        raise MissingExtra(needed_for, "matplotlib", "report") from None
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
