@@ -59,7 +59,7 @@ def import_tensorflow(quiet: bool = True, keras: bool = True, needed_for: str = 
     (TF 2.21 ignores TF_CPP_MIN_LOG_LEVEL for them); they are not part of our report and would
     break the one-line errors. Python errors raised by the import still surface normally.
     needed_for: what needs TensorFlow, for the one line when it is not installed ("`bninspect
-    probe`", "reading a SavedModel directory"); raises MissingExtra then.
+    probe`", "reading SavedModel variables"); raises MissingExtra then.
     Returns the tensorflow module.
     """
     global _setting

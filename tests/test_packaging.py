@@ -91,7 +91,7 @@ DATA = SAMPLES / "cnn_data.npy"
     (("recalibrate", MODEL, "--data", DATA, "-o", "never-written.keras"), "`bninspect recalibrate` needs TensorFlow",
      TENSORFLOW_INSTALL),
     (("inspect", SAMPLES / "cnn_trained_tf2_savedmodel"),
-     "cnn_trained_tf2_savedmodel: reading a SavedModel directory needs TensorFlow", TENSORFLOW_INSTALL),
+     "cnn_trained_tf2_savedmodel: reading SavedModel variables needs TensorFlow", TENSORFLOW_INSTALL),
     (("report", MODEL, "-o", "never-written.html"), "`bninspect report` needs matplotlib", REPORT_INSTALL),
 ], ids=["probe", "check-data", "recalibrate", "savedmodel", "report"])
 def test_a_command_that_needs_a_missing_extra_says_which_in_one_line(args, needed_for, install):
@@ -104,7 +104,7 @@ def test_check_without_tensorflow_reads_the_other_files_and_names_the_savedmodel
     result = run_without_extras("check", SAMPLES / "cnn_trained_tf2_savedmodel", SAMPLES / "cnn_untrained.h5")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "BN001" in result.stdout  # the .h5 file was still checked
-    assert f"reading a SavedModel directory needs TensorFlow, which is not installed: {TENSORFLOW_INSTALL}" in result.stderr
+    assert f"reading SavedModel variables needs TensorFlow, which is not installed: {TENSORFLOW_INSTALL}" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
