@@ -83,7 +83,11 @@ _METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.S)
 _GLOBAL_STYLE = re.compile(r"\s*<style type=\"text/css\">[^<]*</style>")
 _FONT_FAMILY = re.compile(r"font-family: [^;\"]*;? ?")
 _ZERO_ROTATE = re.compile(r" transform=\"rotate\(-?0 [^)]*\)\"")
-_GROUP_ID = re.compile(r"<g id=\"[^\"]*\"")
+# matplotlib names every group; only the groups bninspect names itself (gid "bn-...") keep an id.
+_GROUP_ID = re.compile(r"<g id=\"(?!bn-)[^\"]*\"")
+# matplotlib names an embedded image by a hash of its pixels, so equal images (the gradients of
+# colour bars) share an id; nothing refers to it.
+_IMAGE_ID = re.compile(r"(<image [^>]*?) id=\"[^\"]*\"")
 _NUMERIC_ATTR = re.compile(r"\b(d|x|y|width|height|viewBox|transform|points)=\"([^\"]*)\"")
 _LONG_NUMBER = re.compile(r"(-?\d+\.\d)\d+")
 _PATH_SPACE = re.compile(r"\s*\n\s*")
@@ -115,8 +119,14 @@ def _compact_path(d: str) -> str:
     return "".join(out)
 
 
+_MATRIX_NUMBER = re.compile(r"(-?\d+\.\d{4})\d+")
+
+
 def _round_numbers(match: re.Match) -> str:
-    value = _LONG_NUMBER.sub(r"\1", match.group(2))
+    # A matrix scales: an embedded image's 0.7776 pt per pixel rounded to 0.8 would overflow its
+    # axes by 3% per 100 pixels. Its factors keep 4 decimals.
+    rounding = _MATRIX_NUMBER if match.group(2).startswith("matrix(") else _LONG_NUMBER
+    value = rounding.sub(r"\1", match.group(2))
     if match.group(1) == "d":
         value = _compact_path(value)
     return f'{match.group(1)}="{value}"'
@@ -175,6 +185,7 @@ def clean_svg(svg: str, prefix: str) -> str:
     svg = _FONT_FAMILY.sub("", svg)
     svg = _ZERO_ROTATE.sub("", svg)
     svg = _GROUP_ID.sub("<g", svg)
+    svg = _IMAGE_ID.sub(r"\1", svg)
     svg = _NUMERIC_ATTR.sub(_round_numbers, svg)
     svg = re.sub(r">\s+<", "><", svg)
     svg = _drop_bare_groups(svg)
