@@ -399,21 +399,57 @@ def test_api_to_html_is_the_page_the_command_writes(tmp_path: Path) -> None:
     assert overview._repr_svg_().lstrip().startswith("<svg") and "</svg>" in overview.svg
 
 
-def _svgs(text: str, cls: str) -> list:
-    """The inline SVGs inside `<figure class="cls">`, parsed as XML (matplotlib writes XML)."""
-    import re
-    import xml.etree.ElementTree as ET
-
-    return [ET.fromstring(svg) for svg in re.findall(rf'<figure class="{cls}">(<svg.*?</svg>)', text, flags=re.S)]
+PANELS = ("gamma", "beta", "moving-mean", "moving-variance", "effective-scale")
 
 
-SVG = "{http://www.w3.org/2000/svg}"
+class _SvgParser(HTMLParser):
+    """Per heatmap panel group (`<g id="...bn-rings-PANEL">`): the `<use>` markers inside it; and
+    the `<image>`s of each `<figure class="heatmap">`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open_groups: list[str | None] = []
+        self.rings: dict[str, int] = {}
+        self.in_heatmap = 0
+        self.heatmap_images: list[int] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "figure" and "heatmap" in (attributes.get("class") or ""):
+            self.heatmap_images.append(0)
+            self.in_heatmap = 1
+        if tag == "g":
+            group = attributes.get("id") if "bn-rings-" in (attributes.get("id") or "") else None
+            self.open_groups.append(group)
+            if group:
+                self.rings[group] = 0
+        self.handle_startendtag(tag, attrs, opened=True)
+
+    def handle_startendtag(self, tag, attrs, opened: bool = False):
+        if tag == "use":
+            for group in self.open_groups:
+                if group:
+                    self.rings[group] += 1
+        if tag == "image" and self.in_heatmap:
+            self.heatmap_images[-1] += 1
+
+    def handle_endtag(self, tag):
+        if tag == "g" and self.open_groups:
+            self.open_groups.pop()
+        if tag == "figure":
+            self.in_heatmap = 0
 
 
-def _rings(svg, panel: str) -> int:
-    """The red rings a heatmap panel draws (the scatter with gid bn-rings-PANEL)."""
-    groups = [g for g in svg.iter(f"{SVG}g") if (g.get("id") or "").endswith(f"bn-rings-{panel}")]
-    return sum(1 for group in groups for _ in group.iter(f"{SVG}use"))
+def svg_marks(text: str) -> _SvgParser:
+    parser = _SvgParser()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def _rings(marks: _SvgParser, panel: str, model: str = "m1") -> int:
+    """The red rings the heatmap of model `model` draws in one panel (its gid is bn-rings-PANEL)."""
+    return marks.rings.get(f"{model}-hm-bn-rings-{panel}", 0)
 
 
 def test_200_bn_layers_one_heatmap_a_row_each_and_under_1_mb() -> None:
@@ -437,11 +473,10 @@ def test_200_bn_layers_one_heatmap_a_row_each_and_under_1_mb() -> None:
     assert page.row("block_7/bn").flagged_channels == [5, 25, 45] and "flagged" in page.row("block_7/bn").classes
     assert not [row for row in page.rows if row.flagged_channels and row.path != "block_7/bn"]
     assert [layer_id for layer_id, _ in page.layers] == [page.row("block_7/bn").id + "-plots"]
-    (heatmap,) = _svgs(text, "heatmap")
-    images = list(heatmap.iter(f"{SVG}image"))
-    assert len(images) == 1 + 5 + 5  # the findings strip, a panel per statistic and its colour bar
-    for panel in ("gamma", "beta", "moving-mean", "moving-variance", "effective-scale"):
-        assert _rings(heatmap, panel) == 3, panel
+    marks = svg_marks(text)
+    assert marks.heatmap_images == [1 + 5 + 5]  # the findings strip, a panel per statistic and its colour bar
+    for panel in PANELS:
+        assert _rings(marks, panel) == 3, panel
     size = len(text.encode())
     assert size < 1_000_000, size
     ids = page.ids()
@@ -551,14 +586,41 @@ def _chromium_flags(tmp_path: Path) -> list[str]:
             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
 
 
+def _with_zero_gamma(target: Path, channels: list[int]) -> Path:
+    """A copy of the trained sample whose first BN layer has gamma 0 in `channels` (BN006 names them)."""
+    import zipfile
+
+    import h5py
+
+    work = target.with_suffix(".weights.h5")
+    with zipfile.ZipFile(TRAINED) as source:
+        members = {info.filename: source.read(info.filename) for info in source.infolist()}
+    work.write_bytes(members["model.weights.h5"])
+    with h5py.File(work, "r+") as weights:
+        gamma = weights["layers/batch_normalization/vars/0"]
+        values = gamma[...]
+        values[channels] = 0.0
+        gamma[...] = values
+    members["model.weights.h5"] = work.read_bytes()
+    with zipfile.ZipFile(target, "w") as out:
+        for name, data in members.items():
+            out.writestr(name, data)
+    return target
+
+
 def test_report_in_headless_chromium(tmp_path: Path) -> None:
     """The page as a browser shows it: a screenshot that is a PNG of the window size, no console
-    errors in chromium's log, and the DOM chromium built holding one section per BN layer and the
-    finding codes. What the console check covers: chromium's stderr log (`--enable-logging=stderr`)
-    has no "Uncaught" and no CONSOLE(...) error lines; the page has no script, so there is little
-    that could log."""
+    errors in chromium's log, nothing fetched, and in the DOM chromium built: a table row for every
+    BN layer of every model (its id, its path as text), the flagged channels listed in the row,
+    ringed in the heatmaps and named in the layer's detailed section. What the console check
+    covers: chromium's stderr log (`--enable-logging=stderr`) has no "Uncaught" and no
+    CONSOLE(...) error lines; the page has no script, so there is little that could log."""
+    import bninspect
+
     browser = _chromium()
-    code, _, output, result = run_report([str(UNTRAINED), str(TRAINED)], tmp_path)
+    zeroed = _with_zero_gamma(tmp_path / "zero_gamma.keras", [2, 5])
+    models = [UNTRAINED, TRAINED, zeroed]
+    code, _, output, result = run_report([str(model) for model in models], tmp_path)
     assert code == 0, result.output
     url = output.resolve().as_uri()
     screenshot = tmp_path / "shot.png"
@@ -578,7 +640,21 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
                          timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = parse(dom.stdout)
-    assert len(page.layers) == 4
-    assert "BN001" in page.all_text
-    assert page.count("svg") == 1 + 2 + 1 + 2
+    expected = [layer.path for model in models for layer in bninspect.inspect(str(model)).bn_layers]
+    assert [row.path for row in page.rows] == expected == ["bn1", "bn2"] * 3
+    ids = page.ids()
+    assert all(row.id in ids for row in page.rows) and len(ids) == len(set(ids))
+    assert "BN001" in page.all_text and "BN006" in page.all_text
+    # The flagged channels: in the table row, ringed in every panel of that model's heatmap, named
+    # in its detailed section; no other layer has any.
+    zero_row = page.rows[4]
+    assert zero_row.id.startswith("m3-") and zero_row.flagged_channels == [2, 5] and zero_row.cells[-1] == "2, 5"
+    assert [row.flagged_channels for row in page.rows if row is not zero_row] == [[]] * 5
+    marks = svg_marks(dom.stdout)
+    assert [_rings(marks, panel, "m3") for panel in PANELS] == [2] * 5
+    assert not [group for group in marks.rings if not group.startswith("m3-")]
+    assert "Highlighted channels: 2, 5" in page.all_text
+    # Per model: the overview, the heatmap figure and one per-channel figure per (small model's) layer.
+    assert page.count("figure", "heatmap") == 3 and marks.heatmap_images == [11] * 3
+    assert page.count("svg") == 3 * (1 + 1 + 2)
     assert_self_contained(page)
