@@ -18,7 +18,7 @@ from typing import Sequence
 from bninspect.findings import Finding
 from bninspect.reporters.grouping import group_findings
 
-DETAIL_LIMIT = 8
+DETAIL_LIMIT = 6
 
 
 def matches(path: str, pattern: str) -> bool:

@@ -132,7 +132,8 @@ def heatmap_svg(layers: Sequence["BNLayer"], severities: Mapping[str, str], flag
         _findings_strip(figures, strip, layers, severities)
         rings = _rings(layers, flagged)
         for index, (title, log, values_of) in enumerate(_PANELS):
-            ax = figure.add_subplot(grid_spec[0, index + 1], sharey=strip)
+            # Not sharey=strip: a shared axis would build and lay out the strip's ticks on every panel.
+            ax = figure.add_subplot(grid_spec[0, index + 1])
             _panel(figures, figure, ax, title, log, grid([values_of(layer) for layer in layers], log), rings)
         return _svg(figure, prefix)
 
@@ -176,7 +177,7 @@ def _panel(figures: _Figures, figure, ax, title: str, log: bool, cells: Grid, ri
     image = ax.imshow(np.ma.masked_invalid(cells.values), aspect="auto", interpolation="none", cmap=cmap,
                       vmin=low, vmax=high)
     ax.set_title(title, loc="left", fontsize=6.5)
-    ax.tick_params(labelleft=False, left=False)
+    ax.set_yticks([])
     columns = cells.values.shape[1]
     ax.set_xticks([0, columns - 1] if columns > 1 else [0])
     binned = int(cells.width.max()) if cells.width.size else 1

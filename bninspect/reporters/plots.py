@@ -306,8 +306,7 @@ def _overview_figure(figures: _Figures, report: "ModelReport"):
         else:
             ax.set_ylim(*limits)
         if marks.size:
-            ax.plot(marks, np.full(marks.size, 1.0), linestyle="none", marker="v", markersize=4, color=FLAGGED,
-                    transform=ax.get_xaxis_transform(), clip_on=False, label="layer with findings")
+            _layer_marks(ax, marks, "layer with findings")
         ax.set_ylabel(label)
         if log:
             _log_axis(ax.yaxis, figures.matplotlib.ticker, 4)
@@ -320,6 +319,23 @@ def _overview_figure(figures: _Figures, report: "ModelReport"):
                       loc="left")
     figure.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.13 if len(layers) <= 24 else 0.09, hspace=0.12)
     return figure
+
+
+# Up to this many marked layers get a ▼ each; more are drawn as one path of ticks (a marker is an
+# SVG element of its own: 2,000 of them per panel cost more than the rest of the figure).
+MARKERS_LIMIT = 40
+
+
+def _layer_marks(ax, marks: np.ndarray, label: str | None) -> None:
+    """Marks above the panel at the x positions `marks` (layers with findings, drifting layers)."""
+    transform = ax.get_xaxis_transform()
+    if marks.size <= MARKERS_LIMIT:
+        ax.plot(marks, np.full(marks.size, 1.0), linestyle="none", marker="v", markersize=4, color=FLAGGED,
+                transform=transform, clip_on=False, label=label)
+        return
+    x = np.repeat(marks, 3)
+    y = np.tile([0.94, 1.04, np.nan], marks.size)
+    ax.plot(x, y, color=FLAGGED, linewidth=0.6, transform=transform, clip_on=False, label=label)
 
 
 def _depth_axis(figures, axis, x, names: list[str], label: str) -> None:
@@ -567,9 +583,7 @@ def drift_svg(probe: "ProbeReport", drifting_paths: Sequence[str] = (), prefix: 
             bottom.set_ylim(*limits)
         for ax in (top, bottom):
             if marks.size:
-                ax.plot(marks, np.full(marks.size, 1.0), linestyle="none", marker="v", markersize=4,
-                        color=FLAGGED, transform=ax.get_xaxis_transform(), clip_on=False,
-                        label="BN101 (drifting)" if ax is top else None)
+                _layer_marks(ax, marks, "BN101 (drifting)" if ax is top else None)
             ax.grid(True, axis="y", linewidth=0.3, color="#dddddd")
         if marks.size:
             first = int(marks[0])
