@@ -37,6 +37,9 @@ def report(
     rescale: Optional[str] = RescaleOption,
     unsafe: bool = UnsafeOption,
     custom_objects: Optional[Path] = CustomObjectsOption,
+    layers: Optional[str] = typer.Option(None, "--layers", help="Draw per-channel plots of the BN layers matching "
+                                                                 "PATTERN (glob on path or name, '*' for all) "
+                                                                 "instead of a few of the layers with findings."),
     output_format: ReportFormat = typer.Option(ReportFormat.HTML, "--format", "-f",
                                                help="html (the whole report) or png (the overview figure of "
                                                     "the first model)."),
@@ -49,8 +52,9 @@ def report(
 ) -> None:
     """Write a self-contained HTML report of MODEL's BatchNormalization layers, with plots.
 
-    Overview along the depth, per-channel plots of every BN layer, findings with their
-    documentation; with --data, stored vs observed statistics. Opens offline: no script, nothing
+    Overview along the depth, every channel of every BN layer in one heatmap per statistic, a table
+    row per layer, per-channel plots of a few layers with findings (or of --layers PATTERN),
+    findings with their documentation; with --data, stored vs observed statistics. Opens offline: no script, nothing
     fetched. Exit 0 when the report was written, 2 when it could not be.
     """
     from bninspect.checking import inspect_path
@@ -75,7 +79,7 @@ def report(
     else:
         from bninspect.reporters.html_report import render_html
 
-        _write(output, render_html(reports).encode("utf-8"))
+        _write(output, render_html(reports, layers=layers).encode("utf-8"))
     typer.echo(f"bninspect: wrote {output}", err=True)
     raise typer.Exit(EXIT_OK)
 

@@ -99,7 +99,11 @@ _METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.S)
 _GLOBAL_STYLE = re.compile(r"\s*<style type=\"text/css\">[^<]*</style>")
 _FONT_FAMILY = re.compile(r"font-family: [^;\"]*;? ?")
 _ZERO_ROTATE = re.compile(r" transform=\"rotate\(-?0 [^)]*\)\"")
-_GROUP_ID = re.compile(r"<g id=\"[^\"]*\"")
+# matplotlib names every group; only the groups bninspect names itself (gid "bn-...") keep an id.
+_GROUP_ID = re.compile(r"<g id=\"(?!bn-)[^\"]*\"")
+# matplotlib names an embedded image by a hash of its pixels, so equal images (the gradients of
+# colour bars) share an id; nothing refers to it.
+_IMAGE_ID = re.compile(r"(<image [^>]*?) id=\"[^\"]*\"")
 _NUMERIC_ATTR = re.compile(r"\b(d|x|y|width|height|viewBox|transform|points)=\"([^\"]*)\"")
 _LONG_NUMBER = re.compile(r"(-?\d+\.\d)\d+")
 _PATH_SPACE = re.compile(r"\s*\n\s*")
@@ -131,8 +135,14 @@ def _compact_path(d: str) -> str:
     return "".join(out)
 
 
+_MATRIX_NUMBER = re.compile(r"(-?\d+\.\d{4})\d+")
+
+
 def _round_numbers(match: re.Match) -> str:
-    value = _LONG_NUMBER.sub(r"\1", match.group(2))
+    # A matrix scales: an embedded image's 0.7776 pt per pixel rounded to 0.8 would overflow its
+    # axes by 3% per 100 pixels. Its factors keep 4 decimals.
+    rounding = _MATRIX_NUMBER if match.group(2).startswith("matrix(") else _LONG_NUMBER
+    value = rounding.sub(r"\1", match.group(2))
     if match.group(1) == "d":
         value = _compact_path(value)
     return f'{match.group(1)}="{value}"'
@@ -191,6 +201,7 @@ def clean_svg(svg: str, prefix: str) -> str:
     svg = _FONT_FAMILY.sub("", svg)
     svg = _ZERO_ROTATE.sub("", svg)
     svg = _GROUP_ID.sub("<g", svg)
+    svg = _IMAGE_ID.sub(r"\1", svg)
     svg = _NUMERIC_ATTR.sub(_round_numbers, svg)
     svg = re.sub(r">\s+<", "><", svg)
     svg = _drop_bare_groups(svg)
@@ -311,8 +322,7 @@ def _overview_figure(figures: _Figures, report: "ModelReport"):
         else:
             ax.set_ylim(*limits)
         if marks.size:
-            ax.plot(marks, np.full(marks.size, 1.0), linestyle="none", marker="v", markersize=4, color=FLAGGED,
-                    transform=ax.get_xaxis_transform(), clip_on=False, label="layer with findings")
+            _layer_marks(ax, marks, "layer with findings")
         ax.set_ylabel(label)
         if log:
             _log_axis(ax.yaxis, figures.matplotlib.ticker, 4)
@@ -325,6 +335,23 @@ def _overview_figure(figures: _Figures, report: "ModelReport"):
                       loc="left")
     figure.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.13 if len(layers) <= 24 else 0.09, hspace=0.12)
     return figure
+
+
+# Up to this many marked layers get a ▼ each; more are drawn as one path of ticks (a marker is an
+# SVG element of its own: 2,000 of them per panel cost more than the rest of the figure).
+MARKERS_LIMIT = 40
+
+
+def _layer_marks(ax, marks: np.ndarray, label: str | None) -> None:
+    """Marks above the panel at the x positions `marks` (layers with findings, drifting layers)."""
+    transform = ax.get_xaxis_transform()
+    if marks.size <= MARKERS_LIMIT:
+        ax.plot(marks, np.full(marks.size, 1.0), linestyle="none", marker="v", markersize=4, color=FLAGGED,
+                transform=transform, clip_on=False, label=label)
+        return
+    x = np.repeat(marks, 3)
+    y = np.tile([0.94, 1.04, np.nan], marks.size)
+    ax.plot(x, y, color=FLAGGED, linewidth=0.6, transform=transform, clip_on=False, label=label)
 
 
 def _depth_axis(figures, axis, x, names: list[str], label: str) -> None:
@@ -572,9 +599,7 @@ def drift_svg(probe: "ProbeReport", drifting_paths: Sequence[str] = (), prefix: 
             bottom.set_ylim(*limits)
         for ax in (top, bottom):
             if marks.size:
-                ax.plot(marks, np.full(marks.size, 1.0), linestyle="none", marker="v", markersize=4,
-                        color=FLAGGED, transform=ax.get_xaxis_transform(), clip_on=False,
-                        label="BN101 (drifting)" if ax is top else None)
+                _layer_marks(ax, marks, "BN101 (drifting)" if ax is top else None)
             ax.grid(True, axis="y", linewidth=0.3, color="#dddddd")
         if marks.size:
             first = int(marks[0])
