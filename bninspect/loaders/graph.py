@@ -12,6 +12,7 @@ Layer: readers (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterator
 
 from bninspect.model import CONTAINER_CLASS_NAMES, Layer
@@ -33,6 +34,24 @@ class ParsedGraph:
     # Per container path ("" for the top level): its direct children as (class_name, name),
     # in config order. The Keras 3 weights file keys its groups by this order.
     children: dict[str, tuple[tuple[str, str], ...]]
+
+    @cached_property
+    def _by_path(self) -> dict[str, Layer]:
+        return {layer.path: layer for layer in self.layers}
+
+    def path_names(self, path: str) -> list[str]:
+        """The layer names from the top-level layer down to the layer at `path`.
+
+        Not `path.split("/")`: a layer name may hold a "/" itself (tf-keras names DenseNet's layers
+        `conv1/bn`), and a path is the names joined by "/"."""
+        names: list[str] = []
+        while path:
+            layer = self._by_path.get(path)
+            if layer is None or not path.endswith(layer.name):
+                raise ConfigError(f"layer path {path!r} does not follow the model config")
+            names.append(layer.name)
+            path = path[:-len(layer.name)].removesuffix("/")
+        return names[::-1]
 
 
 def _json_kind(value: Any) -> str:

@@ -139,11 +139,10 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
     owner_of: dict[str, tuple[str, str | None]] = {}  # BN path -> (top group, owner inside it)
     nested: dict[str, list[str]] = {}  # top-level container -> the BN paths inside it
     for path in bn_paths:
-        top, _, rest = path.partition("/")
-        if rest:
-            nested.setdefault(top, []).append(path)
-        else:
+        if layers_by_path[path].name == path:  # a top-level layer, whatever its name holds
             owner_of[path] = (path, None)
+        else:
+            nested.setdefault(graph.path_names(path)[0], []).append(path)
     for top, inner in nested.items():
         if inner:
             if top not in root:
@@ -203,7 +202,8 @@ def _bn_inside_other_layers(root: Any, graph: Any, claimed: set, raw: BinaryIO |
     found: list[BNLayer] = []
     for layer in graph.layers:
         # Containers too: their group may hold BN layers of custom layers inside them.
-        if "/" in layer.path or not (layer.is_container or may_hold_unlisted_bn(layer)) or layer.path not in root:
+        nested = layer.path != layer.name
+        if nested or not (layer.is_container or may_hold_unlisted_bn(layer)) or layer.path not in root:
             continue
         group = root[layer.path]
         if not hasattr(group, "attrs"):

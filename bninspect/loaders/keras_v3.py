@@ -49,7 +49,7 @@ def _container_keys(children: tuple[tuple[str, str], ...]) -> dict[str, str]:
 def _layer_group_for(root: Any, graph: ParsedGraph, path: str, cache: dict) -> Any:
     """The weights group of the layer at `path`, walking container by container."""
     group = root
-    parts = path.split("/")
+    parts = graph.path_names(path)
     for depth, name in enumerate(parts):
         container = "/".join(parts[:depth])
         if depth == 0:  # the model's own `layers` group, looked up once per file
