@@ -161,12 +161,14 @@ def fine_tuning_files(tmp_path_factory) -> dict[tuple[str, str, str], Path]:
 def test_bn019_fine_tuning_a_pretrained_base(fine_tuning_files, library, suffix, variant):
     findings = _findings(fine_tuning_files[library, variant, suffix])
     bn019 = [f for f in findings if f["code"] == "BN019"]
-    if variant in ("unfrozen", "sequential"):
+    # Keras 3.15's fit overrides a recorded training=False (tf-keras honours it): still BN019 there.
+    if variant in ("unfrozen", "sequential") or (variant == "training_false" and library == "keras3"):
         (finding,) = bn019
         assert finding["layer"] == "mobilenetv2_0.35_32" and finding["severity"] == "warning"
         # MobileNetV2 has 52 BN layers, all trainable.
-        assert "52 of its 52 BN layers are trainable" in finding["message"]
+        assert "52 of its 52" in finding["message"]
         assert ("inside a Sequential" in finding["message"]) == (variant == "sequential")
+        assert ("called with training=False, but Keras 3." in finding["message"]) == (variant == "training_false")
     else:
         assert bn019 == []
     if variant == "frozen":

@@ -630,6 +630,12 @@ RULES: tuple[Rule, ...] = (
             alone keeps it in inference mode only while it is frozen; unfrozen for fine-tuning, a base
             called without `training=False` runs its BN layers in training mode again. This is the
             accuracy drop reported in keras-team/keras issues 9214, 10214 and 11590.
+
+            Keras 3 before 3.16 does not keep that promise: `fit` calls the model with
+            `training=True`, and that overrides the `training=False` recorded in a functional graph
+            (fixed by keras-team/keras pull request 23364). For files written by those versions a
+            base called with `training=False` is reported too, with another fix: freeze its
+            BatchNormalization layers, which run in inference mode in every Keras version.
             """),
         example=_text("""
             ```python
@@ -645,6 +651,8 @@ RULES: tuple[Rule, ...] = (
             you unfreeze the base: `x = base(inputs, training=False)`. Its BN layers then use the
             pretrained moving statistics in `fit` too, while the weights of the unfrozen layers still
             train. Replace a `Sequential([base, ...])` by a functional model that makes that call.
+            With Keras 3 before 3.16, also freeze the BN layers when you unfreeze the base:
+            `for layer in base.layers: layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)`.
             """),
         hint="call the base with training=False (`x = base(inputs, training=False)`), also when you unfreeze it",
         needs=NEEDS_GRAPH,

@@ -279,10 +279,26 @@ def pretrained_backbone(layer: Layer) -> str | None:
     return None
 
 
+# Keras 3 before 3.16 lets `fit`'s training=True override a training=False recorded in a
+# functional graph: the BN layers of a base called with training=False still update their moving
+# statistics during fit (measured with Keras 3.15.1; tests/test_applications.py pins it). tf-keras
+# and Keras 2 honour the argument, and so does Keras after keras-team/keras pull request 23364
+# ("the arguments passed during functional construction should take precedence"), not in 3.15.
+TRAINING_FALSE_HONOURED_FROM = (3, 16)
+
+
+def training_false_is_ignored(keras_version: str | None) -> bool:
+    """Whether the Keras that wrote the file lets fit override a recorded training=False."""
+    match = re.match(r"(\d+)\.(\d+)", keras_version or "")
+    return bool(match) and (3, 0) <= (int(match[1]), int(match[2])) < TRAINING_FALSE_HONOURED_FROM
+
+
 def fine_tune_training_mode(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
+    ignored = training_false_is_ignored(description.keras_version)
     for layer in description.layers:
         what = pretrained_backbone(layer)
-        if what is None or layer.call_training and all(value is False for value in layer.call_training):
+        called_false = bool(layer.call_training) and all(value is False for value in layer.call_training)
+        if what is None or (called_false and not ignored):
             continue
         # Frozen layers run in inference mode whatever the call says (BN013 reports them). A
         # KerasHub backbone's BN layers are read from the weights, without their own config.
@@ -290,6 +306,15 @@ def fine_tune_training_mode(description: ModelDescription, thresholds: Threshold
         inside = [bn for bn in description.bn_layers if bn.path.startswith(layer.path + "/")]
         training = [bn for bn in inside if base_trainable and bn.trainable is not False]
         if not training:
+            continue
+        if called_false:
+            yield Hit(layer.path, f"the pretrained base {layer.path} ({what}) is called with training=False, but "
+                                  f"Keras {description.keras_version} lets fit's training=True override an argument "
+                                  f"recorded in the graph: {len(training)} of its {len(inside)} trainable BN layers "
+                                  f"still normalise with batch statistics and overwrite the pretrained moving "
+                                  f"statistics during fit",
+                      hint="freeze the base's BatchNormalization layers (`layer.trainable = False` for each): "
+                           "frozen BN layers run in inference mode in every Keras version")
             continue
         how = "inside a Sequential, which passes no training argument" if not layer.call_training \
             else "without training=False"

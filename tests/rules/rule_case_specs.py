@@ -8,6 +8,7 @@
     outputs = ["bn"]                  # model outputs (default: none, so BN010 stays quiet)
     dtype_policy = "mixed_float16"    # the model's policy
     training_steps = 48               # the optimizer's step count saved in the file (default: none)
+    keras_version = "3.15.1"          # the Keras version that wrote the file (default: none)
     settings = { thresholds = { extreme-scale = 10.0 } }   # a [tool.bninspect] table
 
     [[case.layers]]                   # in graph order
@@ -109,6 +110,7 @@ def build_description(case: dict) -> ModelDescription:
         outputs=tuple(case.get("outputs", [])),
         dtype_policy=case.get("dtype_policy"),
         training_steps=case.get("training_steps"),
+        keras_version=case.get("keras_version"),
     )
 
 
