@@ -146,14 +146,21 @@ def inspect_model(model: Any, settings=None) -> ModelReport:
     return ModelReport(source=source, description=description, findings=run_static_rules(description, settings))
 
 
-def add_probe(report: ModelReport, model: Any, settings: Settings, options: ProbeOptions) -> ModelReport:
+def add_probe(report: ModelReport, model: Any, settings: Settings, options: ProbeOptions,
+              remote=None) -> ModelReport:
     """Run the dynamic analysis on `options.data` and merge its findings (after the settings'
     selection, per-layer ignores and severity overrides) into `report`; the probe's measurements go
     to the `probe` entry of the JSON model entry, as with `bninspect probe --format json`.
 
     Raises ModelReadError and UsageProblem subclasses (ModelRefused, DataError, ThresholdError).
+    A model at a URL is downloaded to a temporary directory for Keras (`remote`: how to reach it).
     """
+    from bninspect.loaders.remote import NO_OPTIONS, is_url, local_copy
     from bninspect.probes import run_probe
+
+    if isinstance(model, str) and is_url(model):
+        with local_copy(model, remote or NO_OPTIONS) as local:
+            return add_probe(report, local, settings, options)
 
     probe = run_probe(model, options.data, batch_size=options.batch_size, limit=options.limit,
                       rescale=options.rescale, unsafe=options.unsafe, custom_objects=options.custom_objects,
@@ -226,7 +233,7 @@ def probe_one(target: Target, settings: Settings, options: ProbeOptions) -> Mode
     if report.error is not None:
         return report
     try:
-        return add_probe(report, target.path, settings, options)
+        return add_probe(report, target.path, settings, options, target.remote)
     except (ModelReadError, UsageProblem) as error:
         return replace(report, error=f"cannot run on the data: {reason_without_source(error, target.path)}")
 

@@ -429,3 +429,25 @@ class RemotePreset:
 
     def hdf5(self, name: str):
         return open_hdf5(join(self.url, name), self.options)
+
+
+@contextmanager
+def local_copy(location: str, options: RemoteOptions) -> Iterator[str]:
+    """`location` itself when it is local, else a downloaded copy of the file or prefix (deleted
+    afterwards): for what needs a local path, such as Keras loading a model to run it on data.
+    Raises ModelReadError with the one-line reason."""
+    from bninspect.errors import ModelReadError
+
+    if not is_url(location):
+        yield location
+        return
+    try:
+        files = find_files(location, options) if kind(location, options) == "directory" else None
+        copy = downloaded(location, options, files)
+        local = copy.__enter__()
+    except ConfigError as error:
+        raise ModelReadError(location, str(error)) from error
+    try:
+        yield local
+    finally:
+        copy.__exit__(None, None, None)
