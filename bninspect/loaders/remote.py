@@ -314,6 +314,11 @@ def open_remote(url: str, options: RemoteOptions) -> Iterator[RemoteFile]:
             if _takes_size(fs) else fs.open(path, "rb", block_size=BLOCK_SIZE, cache_type="none")
     remote = RemoteFile(url, fs, path, size, handle)
     try:
+        if size:
+            # The last block first: a zip directory is there, HDF5 often keeps metadata there, and a
+            # server without range support fails here, before h5py (which may crash at exit when
+            # its file object failed) ever reads.
+            remote.read_at(1, size - 1)
         yield remote
     except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile):
         if remote.failure is not None:
