@@ -30,6 +30,7 @@ class Target:
 
     path: str
     error: str | None = None
+    remote: Any = None  # loaders.remote.RemoteOptions for a URL: credentials, endpoint, --download
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,12 @@ def _config_unavailable(description: ModelDescription, skipped: list[Any], witho
     return RULES_BY_CODE[CONFIG_UNAVAILABLE].finding(description.source, Hit(None, message, hint=hint))
 
 
-def inspect_path(path: str | os.PathLike, settings=None) -> ModelReport:
-    """Read one model file statically and run the static rules. Raises ModelReadError."""
+def inspect_path(path: str | os.PathLike, settings=None, remote=None) -> ModelReport:
+    """Read one model file (or URL, reached with `remote` options) statically and run the static
+    rules. Raises ModelReadError."""
     from bninspect import loaders
 
-    description = loaders.load(path)
+    description = loaders.load(path, remote)
     return ModelReport(source=str(path), description=description,
                        findings=run_static_rules(description, settings))
 
@@ -144,14 +146,21 @@ def inspect_model(model: Any, settings=None) -> ModelReport:
     return ModelReport(source=source, description=description, findings=run_static_rules(description, settings))
 
 
-def add_probe(report: ModelReport, model: Any, settings: Settings, options: ProbeOptions) -> ModelReport:
+def add_probe(report: ModelReport, model: Any, settings: Settings, options: ProbeOptions,
+              remote=None) -> ModelReport:
     """Run the dynamic analysis on `options.data` and merge its findings (after the settings'
     selection, per-layer ignores and severity overrides) into `report`; the probe's measurements go
     to the `probe` entry of the JSON model entry, as with `bninspect probe --format json`.
 
     Raises ModelReadError and UsageProblem subclasses (ModelRefused, DataError, ThresholdError).
+    A model at a URL is downloaded to a temporary directory for Keras (`remote`: how to reach it).
     """
+    from bninspect.loaders.remote import NO_OPTIONS, is_url, local_copy
     from bninspect.probes import run_probe
+
+    if isinstance(model, str) and is_url(model):
+        with local_copy(model, remote or NO_OPTIONS) as local:
+            return add_probe(report, local, settings, options)
 
     probe = run_probe(model, options.data, batch_size=options.batch_size, limit=options.limit,
                       rescale=options.rescale, unsafe=options.unsafe, custom_objects=options.custom_objects,
@@ -174,18 +183,26 @@ def probe_options(data: Any, batch_size: int, limit: int | None, rescale: float 
                         custom_objects=custom_objects, progress=progress)
 
 
-def targets(paths: Iterable[str | os.PathLike]) -> list[Target]:
-    """Model files under `paths`, in a stable order. A directory without model files becomes an
-    error entry rather than silently passing: an empty model registry is a broken CI setup."""
+def targets(paths: Iterable[str | os.PathLike], remote=None) -> list[Target]:
+    """Model files under `paths` (directories, or URL prefixes reached with `remote` options), in a
+    stable order. A directory without model files becomes an error entry rather than silently
+    passing: an empty model registry is a broken CI setup."""
+    from bninspect.errors import ModelReadError
     from bninspect.loaders import discover
+    from bninspect.loaders.remote import is_url
 
     found: list[Target] = []
     for path in paths:
-        models = discover([path])
-        if not models and Path(path).is_dir():
-            found.append(Target(str(path), "directory holds no model files (.h5, .hdf5, .keras, SavedModel, "
-                                           "TF checkpoint or KerasHub preset)"))
-        found.extend(Target(model) for model in models)
+        url = is_url(str(path))
+        try:
+            models = discover([path], remote)
+        except ModelReadError as error:  # a prefix that cannot be listed
+            found.append(Target(str(path), error.reason, remote))
+            continue
+        if not models and (url or Path(path).is_dir()):
+            found.append(Target(str(path), f"{'prefix' if url else 'directory'} holds no model files (.h5, .hdf5, "
+                                           ".keras, SavedModel, TF checkpoint or KerasHub preset)", remote))
+        found.extend(Target(model, None, remote) for model in models)
     unique = {target.path: target for target in found}
     return list(unique.values())
 
@@ -197,7 +214,7 @@ def check_one(target: Target, settings: Settings) -> ModelReport:
     if target.error is not None:
         return ModelReport(source=target.path, description=None, error=target.error)
     try:
-        return inspect_path(target.path, settings)
+        return inspect_path(target.path, settings, target.remote)
     except ModelReadError as error:
         return ModelReport(source=target.path, description=None, error=error.reason)
 
@@ -216,7 +233,7 @@ def probe_one(target: Target, settings: Settings, options: ProbeOptions) -> Mode
     if report.error is not None:
         return report
     try:
-        return add_probe(report, target.path, settings, options)
+        return add_probe(report, target.path, settings, options, target.remote)
     except (ModelReadError, UsageProblem) as error:
         return replace(report, error=f"cannot run on the data: {reason_without_source(error, target.path)}")
 

@@ -20,12 +20,15 @@ from bninspect.commands.cli_settings import ConfigOption, IgnoreOption, SelectOp
 from bninspect.commands.common import VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors, quiet_tensorflow, use_color
 from bninspect.commands.data_options import (CustomObjectsOption, LimitOption, OptionalBatchSizeOption, RescaleOption,
                                              UnsafeOption, refuse_data_options_without_data)
+from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 
 
 def check(
-    paths: List[Path] = typer.Argument(..., help="Model files, SavedModel or KerasHub preset directories, TF "
-                                                 "checkpoints, or directories to search recursively for them."),
+    paths: List[str] = typer.Argument(..., help="Model files, SavedModel or KerasHub preset directories, TF "
+                                                "checkpoints, or directories to search recursively for them. A URL "
+                                                "prefix (s3://bucket/models/) is listed like a directory."
+                                                + URL_HELP),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict",
                                           help="Fail on warnings too (default: the config's `strict`, else off)."),
     select: Optional[List[str]] = SelectOption,
@@ -48,12 +51,15 @@ def check(
                                              "array, or one per model input name) or a directory of .png/.jpg "
                                              "images. PATH must then name model files or SavedModel directories "
                                              "(no directory search: one data set fits one model's inputs). A model "
-                                             "that cannot be loaded or run on the data fails with exit 2."),
+                                             "that cannot be loaded or run on the data fails with exit 2. A model "
+                                             "at a URL is then downloaded to a temporary directory."),
     batch_size: Optional[int] = OptionalBatchSizeOption,
     limit: Optional[int] = LimitOption,
     rescale: Optional[str] = RescaleOption,
     unsafe: bool = UnsafeOption,
     custom_objects: Optional[Path] = CustomObjectsOption,
+    storage_options: Optional[List[str]] = StorageOption,
+    download: bool = DownloadOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
@@ -70,14 +76,16 @@ def check(
     if jobs < 0:
         fail(f"--jobs must be 0 (one per CPU) or more, got {jobs}")
     workers = jobs or os.cpu_count() or 1
+    remote = remote_options(storage_options, download)
+    paths = [location(path) for path in paths]
     if data is None:
         refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects)
     with one_line_errors(debug):
         if data is not None:
             reports = _check_with_data(paths, settings, data, batch_size or 32, limit, rescale, unsafe,
-                                       custom_objects, debug)
+                                       custom_objects, debug, remote)
         else:
-            items = targets(paths)
+            items = targets(paths, remote)
             with _progress(len(items)) as advance:
                 reports = check_targets(items, settings, jobs=workers, on_done=advance)
     code = exit_status(reports, settings)
@@ -95,13 +103,13 @@ def _errors_to_stderr(reports) -> None:
             typer.echo(f"bninspect: error: {report.source}: {' '.join(str(report.error).split())}", err=True)
 
 
-def _check_with_data(paths: List[Path], settings, data: Path, batch_size: int, limit: Optional[int],
-                     rescale: Optional[str], unsafe: bool, custom_objects: Optional[Path], debug: bool):
+def _check_with_data(paths: List[str], settings, data: Path, batch_size: int, limit: Optional[int],
+                     rescale: Optional[str], unsafe: bool, custom_objects: Optional[Path], debug: bool, remote=None):
     """Static rules and the probe for every model, one after another; one report per model."""
     from bninspect.checking import probe_options
     from bninspect.checking import Target, probe_targets
 
-    for path in paths:
+    for path in map(Path, paths):
         if path.is_dir() and not (path / "saved_model.pb").is_file():
             fail(f"{path}: with --data, name model files or SavedModel directories, not a directory to search "
                  "(one data set fits the inputs of one model; pass the checkpoints of one model explicitly, "
@@ -112,7 +120,7 @@ def _check_with_data(paths: List[Path], settings, data: Path, batch_size: int, l
         quiet_tensorflow("check --data")
     # Parsed once, up front: a bad --rescale is a usage error, and the custom-objects file runs once.
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
-    items = [Target(str(path)) for path in dict.fromkeys(paths)]
+    items = [Target(str(path), None, remote) for path in dict.fromkeys(paths)]
     return probe_targets(items, settings, options)
 
 

@@ -6,19 +6,22 @@ Layer: commands (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from bninspect.commands.common import VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors, terminal_width, use_color
+from bninspect.commands.remote_options import DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 
 
 def diff(
-    model_a: Path = typer.Argument(..., metavar="A", help="The earlier checkpoint (any supported format)."),
-    model_b: Path = typer.Argument(..., metavar="B", help="The later checkpoint (any supported format)."),
+    model_a: str = typer.Argument(..., metavar="A", help="The earlier checkpoint (any supported format, or a URL)."),
+    model_b: str = typer.Argument(..., metavar="B", help="The later checkpoint (any supported format, or a URL)."),
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
+    storage_options: Optional[List[str]] = StorageOption,
+    download: bool = DownloadOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
@@ -29,8 +32,9 @@ def diff(
 
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; diff writes text or json")
+    remote = remote_options(storage_options, download)
     with one_line_errors(debug):
-        result = diff_models(loaders.load(model_a), loaders.load(model_b))
+        result = diff_models(loaders.load(location(model_a), remote), loaders.load(location(model_b), remote))
     if output_format is OutputFormat.JSON:
         emit(diff_report.render_json(result), output)
     else:

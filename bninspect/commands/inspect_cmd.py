@@ -13,18 +13,22 @@ import typer
 from bninspect.commands.common import (VersionOption, DebugOption, OutputOption, emit, fail,
                                        one_line_errors, terminal_width, use_color)
 from bninspect.commands.cli_settings import ConfigOption, command_settings
+from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 
 
 def inspect(
-    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel or KerasHub "
-                                                  "preset directories, or TF checkpoints (directory, prefix or .index)."),
+    models: List[str] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel or KerasHub "
+                                                 "preset directories, or TF checkpoints (directory, prefix or .index)."
+                                                 + URL_HELP),
     layer: Optional[str] = typer.Option(None, "--layer", help="Show the BN layers matching PATTERN (glob on path or name) channel by channel."),
     verbose: bool = typer.Option(False, "--verbose", "-v",
                                  help="List every finding on its own line (default: grouped by code)."),
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
     config: Optional[Path] = ConfigOption,
+    storage_options: Optional[List[str]] = StorageOption,
+    download: bool = DownloadOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
@@ -35,8 +39,10 @@ def inspect(
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; inspect writes text or json")
     settings = command_settings(config, debug=debug)
+    remote = remote_options(storage_options, download)
+    models = [location(model) for model in models]
     with one_line_errors(debug):
-        reports = [inspect_path(path, settings) for path in models]
+        reports = [inspect_path(path, settings, remote) for path in models]
     if layer is not None and not any(table.matching_layers(report, layer) for report in reports):
         fail(f"no BN layer matches {layer!r} in {', '.join(str(m) for m in models)}")
     if output_format is OutputFormat.JSON:

@@ -6,7 +6,7 @@ Layer: commands (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -14,11 +14,13 @@ from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import (VersionOption, EXIT_FINDINGS, EXIT_OK, DebugOption, OutputOption, emit, fail,
                                        one_line_errors, quiet_tensorflow, terminal_width, use_color)
 from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
+from bninspect.commands.remote_options import StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 
 
 def probe(
-    model: Path = typer.Argument(..., help="A model file (.h5, .keras) or SavedModel directory."),
+    model: str = typer.Argument(..., help="A model file (.h5, .keras) or SavedModel directory; a URL (https://, "
+                                          "s3://, gs://, hf://) is downloaded to a temporary directory first."),
     data: Path = typer.Option(..., "--data", "-d", help=DATA_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Samples per batch."),
     limit: Optional[int] = LimitOption,
@@ -28,6 +30,7 @@ def probe(
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
     config: Optional[Path] = ConfigOption,
+    storage_options: Optional[List[str]] = StorageOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
@@ -40,12 +43,16 @@ def probe(
     settings = command_settings(config, debug=debug)
     if not debug:
         quiet_tensorflow("probe")
+    remote = remote_options(storage_options, False)
+    model = location(model)
     with one_line_errors(debug):
+        from bninspect.loaders.remote import local_copy
         from bninspect.probes import run_probe
 
-        report = run_probe(str(model), str(data), batch_size=batch_size, limit=limit, rescale=rescale,
-                           unsafe=unsafe, custom_objects=custom_objects, thresholds=settings.thresholds,
-                           progress=True)
+        with local_copy(model, remote) as local:
+            report = run_probe(local, str(data), batch_size=batch_size, limit=limit, rescale=rescale,
+                               unsafe=unsafe, custom_objects=custom_objects, thresholds=settings.thresholds,
+                               progress=True)
     report = report.with_findings(settings.apply)
     if output_format is OutputFormat.JSON:
         from bninspect.report import ModelReport

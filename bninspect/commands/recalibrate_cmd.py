@@ -6,8 +6,10 @@ Layer: commands (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,16 +17,19 @@ from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import (VersionOption, DebugOption, UsageProblem, emit, fail, one_line_errors, quiet_tensorflow,
                                        terminal_width, use_color)
 from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
+from bninspect.commands.remote_options import StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 from bninspect.model import NO_ARCHITECTURE
 
 
 def recalibrate(
-    model: Path = typer.Argument(..., help="The model file to recalibrate (.keras, .h5, or a weights file "
-                                           "with --architecture)."),
+    model: str = typer.Argument(..., help="The model file to recalibrate (.keras, .h5, or a weights file "
+                                          "with --architecture). A URL (https://, s3://, gs://, hf://) is "
+                                          "downloaded to a temporary directory first."),
     data: Path = typer.Option(..., "--data", "-d", help=DATA_HELP),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", dir_okay=False,
-                                          help="Where to write the recalibrated model (same format as MODEL)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o",
+                                         help="Where to write the recalibrated model (same format as MODEL): a "
+                                              "local file or a URL (written locally, then uploaded)."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace MODEL itself (atomically) instead of writing -o."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Only the BN layers matching PATTERN (glob on path "
                                                                  "or name); the others keep their statistics."),
@@ -40,6 +45,7 @@ def recalibrate(
     report_file: Optional[Path] = typer.Option(None, "--report", dir_okay=False,
                                                help="Write the report to FILE instead of stdout."),
     config: Optional[Path] = ConfigOption,
+    storage_options: Optional[List[str]] = StorageOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
@@ -54,14 +60,24 @@ def recalibrate(
     """
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; recalibrate writes text or json")
-    target = _target(model, output, in_place)
+    from bninspect.loaders.remote import is_url, local_copy
+
+    model = location(model)
+    output = location(output) if output is not None else None
+    if in_place and is_url(model):
+        fail("--in-place replaces a local MODEL; for a URL give -o OUT (a local file or a URL)")
+    target = str(_target(Path(model), Path(output) if output is not None else None, in_place))
+    target = output if output is not None and is_url(output) else target
+    remote = remote_options(storage_options, False)
     settings = command_settings(config, debug=debug)
     if not debug:
         quiet_tensorflow("recalibrate")
     with one_line_errors(debug):
-        summary = _recalibrate(model, data, target, layers=layers, architecture=architecture, batch_size=batch_size,
-                               limit=limit, rescale=rescale, unsafe=unsafe, custom_objects=custom_objects,
-                               settings=settings)
+        with local_copy(model, remote) as local_model, _local_output(target, remote) as local_target:
+            summary = _recalibrate(Path(local_model), data, Path(local_target), layers=layers,
+                                   architecture=architecture, batch_size=batch_size, limit=limit, rescale=rescale,
+                                   unsafe=unsafe, custom_objects=custom_objects, settings=settings)
+        summary = replace(summary, source=model, output=target)
     from bninspect.reporters import recalibrate_report
 
     if output_format is OutputFormat.JSON:
@@ -83,6 +99,29 @@ def _target(model: Path, output: Optional[Path], in_place: bool) -> Path:
     if _suffix(output) != _suffix(model):
         fail(f"{output}: recalibrate writes the format of MODEL, so OUT must end in {_suffix(model) or 'nothing'}")
     return output
+
+
+@contextmanager
+def _local_output(target: str, remote):
+    """Where to write: `target` itself, or for a URL a temporary file uploaded after the writing
+    succeeded (the upload is then the only write to the URL)."""
+    from bninspect.loaders.graph import ConfigError
+    from bninspect.loaders.remote import is_url
+
+    if not is_url(target):
+        yield target
+        return
+    import tempfile
+
+    from bninspect.loaders.remote import upload
+
+    with tempfile.TemporaryDirectory(prefix="bninspect-") as scratch:
+        local = os.path.join(scratch, target.rstrip("/").rsplit("/", 1)[-1])
+        yield local
+        try:
+            upload(local, target, remote)
+        except ConfigError as error:
+            raise UsageProblem(f"{target}: cannot upload the recalibrated model ({error})") from error
 
 
 def _same_file(a: Path, b: Path) -> bool:

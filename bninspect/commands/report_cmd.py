@@ -16,6 +16,7 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import EXIT_OK, DebugOption, VersionOption, fail, one_line_errors, quiet_tensorflow
+from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.commands.data_options import (DATA_HELP, CustomObjectsOption, LimitOption, OptionalBatchSizeOption,
                                              RescaleOption, UnsafeOption, refuse_data_options_without_data)
 
@@ -28,8 +29,10 @@ class ReportFormat(str, Enum):
 
 
 def report(
-    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel or KerasHub "
-                                                  "preset directories, or TF checkpoints (directory, prefix or .index)."),
+    models: List[str] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel or KerasHub "
+                                                 "preset directories, or TF checkpoints (directory, prefix or .index)."
+                                                 + URL_HELP + " With --data it is downloaded to a temporary "
+                                                 "directory."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Also run every model on these samples and plot "
                                                                    "stored vs observed statistics. " + DATA_HELP),
     batch_size: Optional[int] = OptionalBatchSizeOption,
@@ -47,6 +50,8 @@ def report(
                                 help="Write the report to FILE (default: bninspect-report.html; "
                                      "with --format png name a .png file)."),
     config: Optional[Path] = ConfigOption,
+    storage_options: Optional[List[str]] = StorageOption,
+    download: bool = DownloadOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
@@ -67,11 +72,13 @@ def report(
         refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects)
     if output_format is ReportFormat.PNG and output == DEFAULT_OUTPUT:
         output = DEFAULT_OUTPUT.with_suffix(".png")
+    remote = remote_options(storage_options, download)
+    models = [location(model) for model in models]
     with one_line_errors(debug):
-        reports = [inspect_path(path, settings) for path in models]
+        reports = [inspect_path(path, settings, remote) for path in models]
         if data is not None and output_format is ReportFormat.HTML:
             reports = _probe_all(models, reports, settings, data, batch_size or 32, limit, rescale, unsafe,
-                                 custom_objects, debug)
+                                 custom_objects, debug, remote)
     if output_format is ReportFormat.PNG:
         from bninspect.reporters.plots import overview_png
 
@@ -85,7 +92,7 @@ def report(
 
 
 def _probe_all(models, reports, settings, data: Path, batch_size: int, limit, rescale, unsafe, custom_objects,
-               debug: bool):
+               debug: bool, remote=None):
     """The dynamic analysis of `bninspect probe` / `check --data` for every model: the same options,
     thresholds and selection; its findings join the static ones, its measurements are plotted."""
     from bninspect.checking import add_probe, probe_options
@@ -95,7 +102,7 @@ def _probe_all(models, reports, settings, data: Path, batch_size: int, limit, re
     if not debug:
         quiet_tensorflow("report --data")
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
-    return [add_probe(static, str(path), settings, options) for path, static in zip(models, reports)]
+    return [add_probe(static, str(path), settings, options, remote) for path, static in zip(models, reports)]
 
 
 def _write(output: Path, content: bytes) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bninspect.errors import MissingExtra
 from bninspect.loaders.graph import ConfigError
+from bninspect.loaders.remote import NO_OPTIONS, RemoteOptions, is_url
 from bninspect.model import ModelDescription, ModelReadError
 
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
@@ -53,14 +54,15 @@ def _hdf5_at(head: bytes) -> bool:
         head[offset:offset + 8] == HDF5_SIGNATURE for offset in (512, 1024, 2048))
 
 
-def _read_hdf5(source: str) -> ModelDescription:
+def _read_hdf5(source: str, opened=None) -> ModelDescription:
+    """`opened`: (file object, raw) as hdf5_input.open_hdf5 gives them, for a remote file."""
     import h5py
 
     from bninspect.loaders import h5_legacy, keras_v3
     from bninspect.loaders.hdf5_input import open_hdf5
 
     # h5py reads through a guard against the HDF5 hangs of damaged files (see hdf5_input).
-    with open_hdf5(source) as (guarded, raw), h5py.File(guarded, "r") as handle:
+    with opened or open_hdf5(source) as (guarded, raw), h5py.File(guarded, "r") as handle:
         if "model_config" in handle.attrs:
             return h5_legacy.read_full_model(source, handle, raw)
         if "layer_names" in handle.attrs:
@@ -70,12 +72,17 @@ def _read_hdf5(source: str) -> ModelDescription:
     raise ConfigError("HDF5 file holds no Keras model or weights (no model_config, layer_names or layers group)")
 
 
-def load(path: str | os.PathLike) -> ModelDescription:
-    """Read one model file, SavedModel directory or TF checkpoint. Raises ModelReadError with a
-    one-line reason."""
+def load(path: str | os.PathLike, remote: RemoteOptions | None = None) -> ModelDescription:
+    """Read one model file, SavedModel directory or TF checkpoint, on disk or at a URL (`remote`:
+    how to reach it). Raises ModelReadError with a one-line reason."""
     from bninspect.loaders import tf_checkpoint
 
     source = str(path)
+    if is_url(source):
+        try:
+            return _load_url(source, remote or NO_OPTIONS)
+        except READ_ERRORS as error:
+            raise ModelReadError(source, _reason(error)) from error
     try:
         target = Path(source)
         if target.is_dir():
@@ -116,7 +123,54 @@ def load(path: str | os.PathLike) -> ModelDescription:
         raise ModelReadError(source, str(error)) from None
 
 
-def discover(paths: list[str | os.PathLike]) -> list[str]:
+def _load_url(url: str, options: RemoteOptions) -> ModelDescription:
+    """A model at a URL: files read by ranges, a KerasHub preset on a prefix file by file;
+    SavedModel directories and TF checkpoints downloaded to a temporary directory first."""
+    from dataclasses import replace
+
+    from bninspect.loaders import kerashub_preset, remote, tf_checkpoint
+
+    if remote.kind(url, options) == "directory":
+        if remote.exists(remote.join(url, "saved_model.pb"), options) or \
+                remote.exists(remote.join(url, tf_checkpoint.STATE_FILE), options):
+            files = remote.find_files(url, options)
+            with remote.downloaded(url, options, files) as local:
+                return replace(load(local), source=url)
+        preset = remote.RemotePreset(url, options)
+        if preset.has(kerashub_preset.BACKBONE_CONFIG) and preset.has(kerashub_preset.BACKBONE_WEIGHTS):
+            return kerashub_preset.read_preset(url, preset)
+        raise ConfigError("is a prefix without saved_model.pb, config.json + model.weights.h5 or a checkpoint "
+                          "file: not a SavedModel, a KerasHub preset or a TF checkpoint")
+    if url.endswith(tf_checkpoint.INDEX_SUFFIX):
+        prefix = url[:-len(tf_checkpoint.INDEX_SUFFIX)]
+        name = prefix.rsplit("/", 1)[-1]
+        files = [file for file in remote.find_files(prefix.rsplit("/", 1)[0], options)
+                 if file.rsplit("/", 1)[-1].startswith((name + ".index", name + ".data-"))]
+        with remote.downloaded(prefix.rsplit("/", 1)[0], options, files) as local:
+            return replace(load(os.path.join(local, name + tf_checkpoint.INDEX_SUFFIX)), source=url)
+    try:
+        with remote.open_remote(url, options) as file:
+            head = file.read_at(2056, 0)
+            if not head:
+                raise ConfigError("file is empty")
+            if head.startswith(ZIP_SIGNATURE):
+                from bninspect.loaders import keras_v3
+
+                return keras_v3.read_keras_archive(url, file)
+            if _hdf5_at(head):
+                return _read_hdf5(url, remote.hdf5_in(file))
+            raise ConfigError("not an HDF5 file (.h5) or a zip archive (.keras)")
+    except remote.NoRangeSupport:
+        if not options.download:
+            raise
+        with remote.downloaded(url, options) as local:
+            size = os.path.getsize(local)
+            description = load(local)
+        return replace(description, source=url, notes=description.notes + (
+            f"the server does not support range requests: read from a download of the whole file ({size:,} bytes)",))
+
+
+def discover(paths: list[str | os.PathLike], remote: RemoteOptions | None = None) -> list[str]:
     """Model files, SavedModel directories and TF checkpoints under the given paths, in a stable order.
 
     Named files are kept whatever their suffix (the user asked for them); directories are searched
@@ -125,11 +179,16 @@ def discover(paths: list[str | os.PathLike]) -> list[str]:
     `checkpoint` state file is one model (its latest checkpoint), listed by the directory; a `.index`
     file elsewhere (with its `.data-*` shard) is a checkpoint of its own. A SavedModel's directory is
     not searched, so its `variables/variables.index` is not listed apart from it.
+
+    A URL is a file, or a prefix (`s3://bucket/models/`) whose objects are listed the same way.
     """
     from bninspect.loaders.tf_checkpoint import INDEX_SUFFIX, STATE_FILE
 
     found: list[str] = []
     for path in paths:
+        if is_url(str(path)):
+            found.extend(_discover_url(str(path), remote or NO_OPTIONS))
+            continue
         target = Path(path)
         if not target.is_dir() or _is_model_directory(target):
             found.append(str(target))
@@ -156,3 +215,41 @@ def _is_model_directory(path: Path) -> bool:
     from bninspect.loaders.kerashub_preset import is_preset_directory
 
     return (path / "saved_model.pb").is_file() or is_preset_directory(path)
+
+
+def _discover_url(url: str, options: RemoteOptions) -> list[str]:
+    """`discover` below a URL prefix: one listing of every object, grouped by directory as
+    `os.walk` would see them."""
+    from bninspect.loaders import kerashub_preset, remote
+    from bninspect.loaders.tf_checkpoint import INDEX_SUFFIX, STATE_FILE
+
+    try:
+        if remote.kind(url, options) == "file":
+            return [url]
+        files = remote.find_files(url, options)
+    except ConfigError as error:
+        raise ModelReadError(url, str(error)) from error
+    names_in: dict[str, set[str]] = {}
+    for file in files:
+        directory, _, name = file.rpartition("/")
+        names_in.setdefault(directory, set()).add(name)
+
+    def is_model_directory(names: set[str]) -> bool:
+        return "saved_model.pb" in names or {kerashub_preset.BACKBONE_CONFIG,
+                                             kerashub_preset.BACKBONE_WEIGHTS} <= names
+
+    def has_checkpoint(names: set[str]) -> bool:
+        shards = {name.rpartition(".data-")[0] for name in names if ".data-" in name}
+        return STATE_FILE in names and any(n.endswith(INDEX_SUFFIX) and n[:-len(INDEX_SUFFIX)] in shards
+                                           for n in names)
+
+    model_directories = sorted(d for d, names in names_in.items() if is_model_directory(names) or has_checkpoint(names))
+    found: list[str] = []
+    for file in files:
+        if any(file.startswith(directory + "/") for directory in model_directories):
+            continue
+        directory, _, name = file.rpartition("/")
+        shards = {n.rpartition(".data-")[0] for n in names_in[directory] if ".data-" in n}
+        if name.lower().endswith(MODEL_SUFFIXES) or (name.endswith(INDEX_SUFFIX) and name[:-len(INDEX_SUFFIX)] in shards):
+            found.append(file)
+    return sorted(found + model_directories)

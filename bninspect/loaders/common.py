@@ -12,6 +12,7 @@ from typing import Any, BinaryIO, Mapping
 import numpy as np
 
 from bninspect.loaders.graph import ConfigError, dtype_policy_name
+from bninspect.loaders.remote import LaterVectors
 from bninspect.model import CODE, Architecture, BNLayer
 
 # A real model config is a few MB at most; a bigger one is hostile or broken, and parsing it would
@@ -84,7 +85,9 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
     the dataset's path in the file (where `recalibrate` writes new values).
 
     `raw` is the same file opened for plain reading, when it is a file on disk: a contiguous
-    dataset is then a run of bytes at a known offset, read directly. That, and h5py's low-level
+    dataset is then a run of bytes at a known offset, read directly. For a remote file `raw` is a
+    `remote.LaterVectors`: the array comes back empty and is filled, with every other BN array of
+    the file, by one fetch when the file is closed. That, and h5py's low-level
     API instead of `group[name][()]`, matter for files with thousands of BN arrays.
     `group_path` is `group.name` when the caller already has it (it costs an HDF5 call).
     """
@@ -104,6 +107,11 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
         raise ConfigError(f"{what} has dtype {dtype}, expected floating point")
     nbytes = shape[0] * dtype.itemsize
     offset = dataset.get_offset() if raw is not None else None
+    if offset is not None and type(raw) is LaterVectors:  # a remote file: fetched with the others
+        values = raw.vector(offset, shape[0], dtype, what)
+        if group_path is None:
+            group_path = group.name
+        return values, dtype_name, f"{group_path.rstrip('/')}/{name}"
     if offset is not None:
         data = os.pread(raw.fileno(), nbytes, offset)
         if len(data) != nbytes:

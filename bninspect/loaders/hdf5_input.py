@@ -18,6 +18,7 @@ Layer: readers (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -25,7 +26,7 @@ import struct
 import tempfile
 import zipfile
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from bninspect.loaders.graph import ConfigError
 
@@ -41,12 +42,20 @@ HEAP_OBJECT = struct.Struct("<HH4xQ")  # heap object index, reference count, res
 MAX_HEAP_BYTES = 256 * 1024 * 1024
 
 
-class GuardedReader(io.RawIOBase):
-    """Bytes [start, start + size) of an open file as a read-only file object for h5py."""
+ReadAt = Callable[[int, int], bytes]  # (count, offset) -> bytes, os.pread's contract
 
-    def __init__(self, raw: BinaryIO, start: int, size: int):
+
+def file_reader(raw: BinaryIO) -> ReadAt:
+    return functools.partial(os.pread, raw.fileno())
+
+
+class GuardedReader(io.RawIOBase):
+    """Bytes [start, start + size) of a file as a read-only file object for h5py. `read_at` reads
+    the file: os.pread on a local file, range requests on a remote one (loaders.remote)."""
+
+    def __init__(self, read_at: ReadAt, start: int, size: int):
         super().__init__()
-        self._fd = raw.fileno()
+        self._read_at = read_at
         self._start = start
         self._size = size
         self._position = 0
@@ -81,7 +90,7 @@ class GuardedReader(io.RawIOBase):
         count = min(len(buffer), self._size - self._position)
         if count <= 0:
             return 0
-        data = os.pread(self._fd, count, self._start + self._position)
+        data = self._read_at(count, self._start + self._position)
         buffer[:len(data)] = data
         at = data.find(HEAP_SIGNATURE)
         while at != -1:
@@ -91,7 +100,7 @@ class GuardedReader(io.RawIOBase):
         return len(data)
 
     def _pread(self, count: int, position: int) -> bytes:
-        return os.pread(self._fd, count, self._start + position) if count > 0 else b""
+        return self._read_at(count, self._start + position) if count > 0 else b""
 
     def _check_heap(self, address: int) -> None:
         """Walk a global heap collection as HDF5's H5HG__cache_heap_deserialize does."""
@@ -124,13 +133,13 @@ class GuardedReader(io.RawIOBase):
 def open_hdf5(path: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
     """(file object for h5py, the plain file for direct reads of contiguous datasets)."""
     with open(path, "rb") as raw:
-        yield GuardedReader(raw, 0, os.fstat(raw.fileno()).st_size), raw
+        yield GuardedReader(file_reader(raw), 0, os.fstat(raw.fileno()).st_size), raw
 
 
-def _data_offset(raw: BinaryIO, info: zipfile.ZipInfo) -> int:
+def data_offset(read_at: ReadAt, info: zipfile.ZipInfo) -> int:
     """Where a member's bytes start: after its local header, whose name and extra field lengths
     may differ from the central directory's."""
-    header = os.pread(raw.fileno(), LOCAL_HEADER.size, info.header_offset)
+    header = read_at(LOCAL_HEADER.size, info.header_offset)
     if len(header) != LOCAL_HEADER.size:
         raise ConfigError(f"the zip entry of {info.filename} points past the end of the file")
     fields = LOCAL_HEADER.unpack(header)
@@ -140,15 +149,55 @@ def _data_offset(raw: BinaryIO, info: zipfile.ZipInfo) -> int:
     return info.header_offset + LOCAL_HEADER.size + name_length + extra_length
 
 
+def stored_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo | None:
+    """The zip entry of `name` when it is stored uncompressed (readable in place), else None."""
+    info = archive.getinfo(name)
+    if info.flag_bits & 0x1:
+        raise ConfigError(f"{name} in the archive is encrypted")
+    return info if info.compress_type == zipfile.ZIP_STORED else None
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only, seekable file object over a `ReadAt` (zipfile reads a remote archive so)."""
+
+    def __init__(self, read_at: ReadAt, size: int):
+        super().__init__()
+        self._read_at = read_at
+        self._size = size
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise OSError("seek before the start of the file")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        data = self._read_at(min(len(buffer), max(self._size - self._position, 0)), self._position)
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
 @contextmanager
 def open_member(archive: zipfile.ZipFile, source: str, name: str) -> Iterator[BinaryIO]:
     """A member of a zip archive as a file object for h5py."""
     info = archive.getinfo(name)
-    if info.flag_bits & 0x1:
-        raise ConfigError(f"{name} in the archive is encrypted")
-    if info.compress_type == zipfile.ZIP_STORED:
+    stored = stored_member(archive, name)
+    if stored is not None:
         with open(source, "rb") as raw:
-            yield GuardedReader(raw, _data_offset(raw, info), info.file_size)
+            read_at = file_reader(raw)
+            yield GuardedReader(read_at, data_offset(read_at, stored), stored.file_size)
         return
     if info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
         raise ConfigError(f"{name} would expand {info.file_size // max(info.compress_size, 1)}x: refusing a zip bomb")
@@ -156,4 +205,4 @@ def open_member(archive: zipfile.ZipFile, source: str, name: str) -> Iterator[Bi
         with archive.open(info) as member:
             shutil.copyfileobj(member, expanded, 1024 * 1024)
         expanded.flush()
-        yield GuardedReader(expanded, 0, expanded.tell())
+        yield GuardedReader(file_reader(expanded), 0, expanded.tell())

@@ -20,7 +20,7 @@ import h5py
 from bninspect.loaders.common import (MAX_CONFIG_BYTES, architecture_notes, attr_text, bn_layer, code_architecture,
                                       may_hold_unlisted_bn, parse_json_config, read_step_count, read_vector)
 from bninspect.loaders.graph import ConfigError, NoGraphError, ParsedGraph, dtype_policy_name, parse_model_config
-from bninspect.loaders.hdf5_input import open_member
+from bninspect.loaders.hdf5_input import RangeFile, data_offset, open_member, stored_member
 from bninspect.model import BN_CLASS_NAMES, Architecture, BNLayer, ModelDescription
 
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -258,9 +258,12 @@ def _bn_shaped(vars_group: Any) -> bool:
         and len({shape[0] for shape in shapes}) == 1
 
 
-def read_keras_archive(source: str) -> ModelDescription:
+def read_keras_archive(source: str, remote: Any = None) -> ModelDescription:
+    """`remote`: a loaders.remote.RemoteFile when the archive is at a URL. Only the zip directory,
+    config.json, metadata.json and the ranges of model.weights.h5 that hold metadata and BN arrays
+    are then fetched: Keras stores the weights member uncompressed."""
     try:
-        archive = zipfile.ZipFile(source)
+        archive = zipfile.ZipFile(source if remote is None else RangeFile(remote.read_at, remote.size))
     except zipfile.BadZipFile:
         raise ConfigError("not a valid zip archive (a .keras file is a zip)") from None
     with archive:
@@ -285,9 +288,29 @@ def read_keras_archive(source: str) -> ModelDescription:
         if WEIGHTS_MEMBER not in names:
             raise ConfigError(f"the .keras archive has no {WEIGHTS_MEMBER}")
         policy = dtype_policy_name(config["config"].get("dtype"))
+        if remote is not None:
+            return _read_remote_weights(archive, remote, source, graph, keras_version, policy, notes, architecture)
         with open_member(archive, source, WEIGHTS_MEMBER) as member, h5py.File(member, "r") as weights:
             return read_weights_tree(source, weights, graph, "keras-v3", keras_version, policy, notes=notes,
                                      architecture=architecture)
+
+
+def _read_remote_weights(archive: zipfile.ZipFile, remote: Any, source: str, graph: ParsedGraph | None,
+                         keras_version: str | None, policy: str | None, notes: tuple[str, ...],
+                         architecture: Architecture | None) -> ModelDescription:
+    from bninspect.loaders.remote import NoRangeSupport, hdf5_in
+
+    stored = stored_member(archive, WEIGHTS_MEMBER)
+    if stored is None:
+        info = archive.getinfo(WEIGHTS_MEMBER)
+        # A compressed member can only be read from its start to the end: all of it.
+        raise NoRangeSupport(f"{WEIGHTS_MEMBER} is compressed in the archive, so it cannot be read by ranges; "
+                             f"pass --download to fetch the whole file ({remote.size:,} bytes)"
+                             f" (the member is {info.compress_size:,} bytes)")
+    start = data_offset(remote.read_at, stored)
+    with hdf5_in(remote, start, stored.file_size) as (member, raw), h5py.File(member, "r") as weights:
+        return read_weights_tree(source, weights, graph, "keras-v3", keras_version, policy, notes=notes,
+                                 architecture=architecture, raw=raw)
 
 
 def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:

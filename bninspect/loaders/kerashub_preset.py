@@ -43,23 +43,40 @@ def is_preset_directory(path: Path) -> bool:
     return (path / BACKBONE_CONFIG).is_file() and (path / BACKBONE_WEIGHTS).is_file()
 
 
-def read_preset(source: str) -> ModelDescription:
-    directory = Path(source)
-    backbone = _read_config(directory / BACKBONE_CONFIG)
-    task = _read_config(directory / TASK_CONFIG) if (directory / TASK_CONFIG).is_file() else None
-    metadata = _read_json(directory / METADATA) if (directory / METADATA).is_file() else {}
+class _LocalFiles:
+    """The files of a preset directory on disk (loaders.remote.RemotePreset: at a URL prefix)."""
+
+    def __init__(self, directory: str):
+        self.directory = Path(directory)
+
+    def has(self, name: str) -> bool:
+        return (self.directory / name).is_file()
+
+    def read(self, name: str, limit: int) -> bytes:
+        with open(self.directory / name, "rb") as handle:
+            return handle.read(limit + 1)
+
+    def hdf5(self, name: str):
+        return open_hdf5(str(self.directory / name))
+
+
+def read_preset(source: str, files: Any = None) -> ModelDescription:
+    """`files`: how to reach the preset's files (`has`, `read`, `hdf5`), when not a local directory."""
+    files = files if files is not None else _LocalFiles(source)
+    backbone = _read_config(files, BACKBONE_CONFIG)
+    task = _read_config(files, TASK_CONFIG) if files.has(TASK_CONFIG) else None
+    metadata = _read_json(files, METADATA) if files.has(METADATA) else {}
     metadata = metadata if isinstance(metadata, dict) else {}
 
     # The task's weights tree holds its own layers and the optimizer; the backbone's are apart.
     prefix = ""
-    with open_hdf5(str(directory / BACKBONE_WEIGHTS)) as (guarded, raw), h5py.File(guarded, "r") as weights:
+    with files.hdf5(BACKBONE_WEIGHTS) as (guarded, raw), h5py.File(guarded, "r") as weights:
         if task is not None:
             prefix = _model_name(weights, backbone) + "/"
         bn_layers: list[BNLayer] = bn_layers_without_config(weights, raw, prefix=prefix)
         training_steps = read_step_count(weights, OPTIMIZER_ITERATIONS)
-    task_weights = directory / TASK_WEIGHTS
-    if task is not None and task_weights.is_file():
-        with open_hdf5(str(task_weights)) as (guarded, raw), h5py.File(guarded, "r") as weights:
+    if task is not None and files.has(TASK_WEIGHTS):
+        with files.hdf5(TASK_WEIGHTS) as (guarded, raw), h5py.File(guarded, "r") as weights:
             backbone_paths = {layer.path for layer in bn_layers}
             bn_layers.extend(layer for layer in bn_layers_without_config(weights, raw)
                              if layer.path not in backbone_paths)
@@ -88,18 +105,17 @@ def _model_name(weights: Any, config: dict) -> str:
     return name
 
 
-def _read_config(path: Path) -> dict:
-    config = _read_json(path)
+def _read_config(files: Any, name: str) -> dict:
+    config = _read_json(files, name)
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict) \
             or not isinstance(config.get("class_name"), str):
-        raise ConfigError(f"{path.name} is not a serialised Keras object (no 'class_name' and 'config')")
+        raise ConfigError(f"{name} is not a serialised Keras object (no 'class_name' and 'config')")
     return config
 
 
-def _read_json(path: Path) -> Any:
-    with open(path, "rb") as handle:
-        # One byte past the limit: parse_json_config refuses what is larger.
-        return parse_json_config(handle.read(MAX_CONFIG_BYTES + 1), path.name)
+def _read_json(files: Any, name: str) -> Any:
+    # One byte past the limit: parse_json_config refuses what is larger.
+    return parse_json_config(files.read(name, MAX_CONFIG_BYTES), name)
 
 
 def _text(metadata: dict, key: str) -> str | None:
