@@ -20,8 +20,9 @@ from bninspect.model import NO_ARCHITECTURE
 
 
 def recalibrate(
-    model: Path = typer.Argument(..., help="The model file to recalibrate (.keras, .h5, or a weights file "
-                                           "with --architecture)."),
+    model: Path = typer.Argument(..., help="The model to recalibrate: a .keras or .h5 file, a KerasHub preset "
+                                           "directory (written as a new preset directory), or a weights file "
+                                           "with --architecture."),
     data: Path = typer.Option(..., "--data", "-d", help=DATA_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", dir_okay=False,
                                           help="Where to write the recalibrated model (same format as MODEL)."),
