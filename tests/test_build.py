@@ -142,8 +142,8 @@ def test_build_still_refuses_a_lambda_without_unsafe(tmp_path):
     outputs = keras.layers.Dense(1)(BNBlock(name="block")(x))
     path = tmp_path / "lambda.keras"
     keras.Model(inputs, outputs).save(path)
-    base = ("inspect", str(path), "--build", "--custom-objects", str(KERAS_NET_FILE))
-    line = _one_error_line(_invoke(*base))
+    base = (str(path), "--build", "--custom-objects", str(KERAS_NET_FILE))
+    line = _one_error_line(_invoke("inspect", *base))
     assert "Lambda" in line and "--unsafe" in line
     built = _model(*base, "--unsafe")
     (layer,) = built["bn_layers"]

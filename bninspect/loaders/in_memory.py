@@ -93,13 +93,23 @@ def functional_graph_config(model: Any) -> dict:
     """
     functional = _functional_base(model)
     view = functional(model.inputs, model.outputs, name=model.name)
-    config = view.get_config()
+    config = _as_json(view.get_config())
     by_name = {layer.name: layer for layer in model.layers}
     for entry in config["layers"]:
         layer = by_name.get(entry.get("name"))
         if layer is not None and _functional_base(layer) is not None:
             entry["config"] = functional_graph_config(layer)["config"]
     return {"class_name": type(model).__name__, "config": config}
+
+
+def _as_json(value: Any) -> Any:
+    """A config as its JSON would read back: get_config() holds tuples (`keras_history`) where the
+    saved JSON, which the config parser reads, has lists."""
+    if isinstance(value, dict):
+        return {key: _as_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(item) for item in value]
+    return value
 
 
 def _code_architecture(model: Any, model_config: dict | None) -> Architecture:
