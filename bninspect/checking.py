@@ -50,6 +50,16 @@ class ProbeOptions:
     progress: bool = False
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """`--build`: build each model's architecture with Keras to read the layer configs and the
+    graph its file does not store. Loading follows the rules of running a model: Lambda layers
+    only with `unsafe`, the user's own classes only from `custom_objects` (a dict)."""
+
+    unsafe: bool = False
+    custom_objects: Mapping[str, Any] | None = None
+
+
 PathLike = (str, os.PathLike)
 CONFIG_UNAVAILABLE = "BN015"
 
@@ -93,14 +103,19 @@ def _config_unavailable(description: ModelDescription, skipped: list[Any], witho
     if architecture.kind == NO_ARCHITECTURE:
         message = f"weights-only file (no model config): skipped {listed} that need the layer configs or the graph"
         hint = "save the full model with model.save(...) and check that file to run every rule"
+    elif architecture.kind == CODE and description.built:
+        message = (f"the architecture is code (class {architecture.qualified_name}), built with Keras: its call() "
+                   f"is Python, not a layer graph; skipped {listed} that need the graph")
+        hint = "the graph rules need a Functional model (or a Functional subclass, as KerasHub's models are)"
     elif architecture.kind == CODE:
         missing = "the graph and the layer configs are" if without_config else "the graph is"
         if without_config and len(without_config) < total:
             missing = f"the graph and the configs of {len(without_config)} of {total} BN layers are"
         message = (f"the architecture is code (class {architecture.qualified_name}): {missing} not in the file; "
                    f"skipped {listed} that need them")
-        hint = (f"the file stores the class and its constructor arguments, not the layers: building "
-                f"{architecture.qualified_name} with Keras gives the graph and every layer's config")
+        hint = (f"the file stores the class and its constructor arguments, not the layers: --build builds "
+                f"{architecture.qualified_name} with Keras for every layer's config (and the graph of a "
+                "Functional subclass)")
     else:
         shown = ", ".join(without_config[:3]) + (f" and {len(without_config) - 3} more" if len(without_config) > 3
                                                  else "")
@@ -110,14 +125,30 @@ def _config_unavailable(description: ModelDescription, skipped: list[Any], witho
     return RULES_BY_CODE[CONFIG_UNAVAILABLE].finding(description.source, Hit(None, message, hint=hint))
 
 
-def inspect_path(path: str | os.PathLike, settings=None, remote=None) -> ModelReport:
+def inspect_path(path: str | os.PathLike, settings=None, remote=None,
+                 build: BuildOptions | None = None) -> ModelReport:
     """Read one model file (or URL, reached with `remote` options) statically and run the static
-    rules. Raises ModelReadError."""
+    rules. With `build`, first build the architecture with Keras for the configs and graph the
+    file does not store (TensorFlow is imported only then). Raises ModelReadError, and with `build`
+    ModelRefused (a UsageProblem)."""
     from bninspect import loaders
 
     description = loaders.load(path, remote)
+    if build is not None:
+        from bninspect.probes.build import build_description
+
+        description, _ = build_description(description, unsafe=build.unsafe, custom_objects=build.custom_objects)
     return ModelReport(source=str(path), description=description,
                        findings=run_static_rules(description, settings))
+
+
+def build_options(unsafe: bool, custom_objects: Mapping[str, Any] | str | os.PathLike | None) -> BuildOptions:
+    """BuildOptions from the command line's values: a --custom-objects file runs once, here."""
+    from bninspect.probes.loading import load_custom_objects
+
+    if isinstance(custom_objects, PathLike):
+        custom_objects = load_custom_objects(custom_objects)
+    return BuildOptions(unsafe=unsafe, custom_objects=custom_objects)
 
 
 def in_memory_source(model: Any) -> str:
@@ -207,19 +238,24 @@ def targets(paths: Iterable[str | os.PathLike], remote=None) -> list[Target]:
     return list(unique.values())
 
 
-def check_one(target: Target, settings: Settings) -> ModelReport:
-    """Read and check one model. Unreadable files become a report with `error` set."""
-    from bninspect.errors import ModelReadError
+def check_one(target: Target, settings: Settings, build: BuildOptions | None = None) -> ModelReport:
+    """Read and check one model. Unreadable files (and with `build`, models Keras would not or
+    could not build) become a report with `error` set."""
+    from bninspect.errors import ModelReadError, UsageProblem
 
     if target.error is not None:
         return ModelReport(source=target.path, description=None, error=target.error)
     try:
-        return inspect_path(target.path, settings, target.remote)
+        return inspect_path(target.path, settings, target.remote, build)
     except ModelReadError as error:
         return ModelReport(source=target.path, description=None, error=error.reason)
+    except UsageProblem as error:
+        return ModelReport(source=target.path, description=None,
+                           error=f"cannot build: {reason_without_source(error, target.path)}")
 
 
-def probe_one(target: Target, settings: Settings, options: ProbeOptions) -> ModelReport:
+def probe_one(target: Target, settings: Settings, options: ProbeOptions,
+              build: BuildOptions | None = None) -> ModelReport:
     """Check one model statically, then run it on the data and merge the dynamic findings.
 
     A model that cannot be read, loaded or run on the data (refused Lambda or custom classes,
@@ -229,7 +265,7 @@ def probe_one(target: Target, settings: Settings, options: ProbeOptions) -> Mode
     from bninspect.errors import UsageProblem
     from bninspect.errors import ModelReadError
 
-    report = check_one(target, settings)
+    report = check_one(target, settings, build)
     if report.error is not None:
         return report
     try:
@@ -246,10 +282,11 @@ def reason_without_source(error: BaseException, source: str) -> str:
 
 
 def probe_targets(items: list[Target], settings: Settings, options: ProbeOptions,
-                  on_done: Callable[[ModelReport], None] | None = None) -> list[ModelReport]:
+                  on_done: Callable[[ModelReport], None] | None = None,
+                  build: BuildOptions | None = None) -> list[ModelReport]:
     """`probe_one` for every target, one after another in this process (the models run under
     TensorFlow, which worker processes would each have to import again)."""
-    return _collect((probe_one(item, settings, options) for item in items), on_done)
+    return _collect((probe_one(item, settings, options, build) for item in items), on_done)
 
 
 def _check_star(args: tuple[Target, Settings]) -> ModelReport:
@@ -257,11 +294,14 @@ def _check_star(args: tuple[Target, Settings]) -> ModelReport:
 
 
 def check_targets(items: list[Target], settings: Settings, jobs: int = 1,
-                  on_done: Callable[[ModelReport], None] | None = None) -> list[ModelReport]:
-    """Check every target, in `jobs` worker processes when jobs > 1; results in input order."""
+                  on_done: Callable[[ModelReport], None] | None = None,
+                  build: BuildOptions | None = None) -> list[ModelReport]:
+    """Check every target, in `jobs` worker processes when jobs > 1; results in input order.
+    With `build` in this process only: each worker would import TensorFlow again, and the
+    custom objects are live classes."""
     results: Iterator[ModelReport]
-    if jobs <= 1 or len(items) <= 1:
-        results = (check_one(item, settings) for item in items)
+    if jobs <= 1 or len(items) <= 1 or build is not None:
+        results = (check_one(item, settings, build) for item in items)
         return _collect(results, on_done)
     import multiprocessing
 

@@ -8,6 +8,7 @@ flags are applied on top with `Settings.with_overrides`.
     select = ["BN0"]                 # codes, names or code prefixes; default: every rule
     ignore = ["BN013", "zero-gamma"]
     strict = false                   # true: warnings fail `bninspect check` too
+    build = false                    # true: as --build (check, inspect, report)
 
     [tool.bninspect.severity]        # override a rule's severity: error, warning or info
     BN013 = "warning"
@@ -38,7 +39,7 @@ from bninspect.errors import SettingsError
 from bninspect.findings import Finding, Severity
 from bninspect.thresholds import Thresholds
 
-TABLE_KEYS = ("select", "ignore", "strict", "severity", "per-layer-ignores", "thresholds")
+TABLE_KEYS = ("select", "ignore", "strict", "build", "severity", "per-layer-ignores", "thresholds")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class Settings:
     select: frozenset[str] | None = None
     ignore: frozenset[str] = frozenset()
     strict: bool = False
+    # Build code architectures with Keras to read the configs and graph their files do not store.
+    build: bool = False
     severity_overrides: tuple[tuple[str, Severity], ...] = ()
     # (glob on the layer path, codes ignored for layers matching it)
     per_layer_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
@@ -91,7 +94,7 @@ class Settings:
         return finding.severity.rank >= self.fail_severity.rank
 
     def with_overrides(self, select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
-                       strict: bool | None = None) -> "Settings":
+                       strict: bool | None = None, build: bool | None = None) -> "Settings":
         """Command-line flags on top of the config, the way ruff layers them: a `--select`
         replaces the configured selection (and its ignores); `--ignore` adds to what is ignored.
         Raises SettingsError for unknown codes."""
@@ -101,7 +104,8 @@ class Settings:
             updated = replace(self, select=cli_select, ignore=cli_ignore)
         else:
             updated = replace(self, ignore=self.ignore | cli_ignore)
-        return replace(updated, strict=self.strict if strict is None else strict)
+        return replace(updated, strict=self.strict if strict is None else strict,
+                       build=self.build if build is None else build)
 
 
 # --- rule selectors ---------------------------------------------------------------------------
@@ -219,7 +223,10 @@ def settings_from_table(table: Any, origin: str) -> Settings:
     strict = table.get("strict", False)
     if not isinstance(strict, bool):
         raise SettingsError(f"{where} strict: expected true or false, got {strict!r}")
-    return Settings(select=select, ignore=ignore, strict=strict,
+    build = table.get("build", False)
+    if not isinstance(build, bool):
+        raise SettingsError(f"{where} build: expected true or false, got {build!r}")
+    return Settings(select=select, ignore=ignore, strict=strict, build=build,
                     severity_overrides=_severities(table.get("severity", {}), f"{where}.severity"),
                     per_layer_ignores=_layer_ignores(table.get("per-layer-ignores", {}),
                                                      f"{where}.per-layer-ignores"),

@@ -149,8 +149,9 @@ class ModelDescription:
     bn_layers: tuple[BNLayer, ...]
     keras_version: str | None = None
     backend: str | None = None
-    # Whether the layer graph is in the file, and with it every layer's config (`layers`,
-    # `outputs`). False for weights-only files and for code architectures, whose BN layers may
+    # Whether the layer graph is known, and with it every layer's config (`layers`, `outputs`):
+    # from the file, or for a code architecture that is a Functional subclass, from building it
+    # (`built`). False for weights-only files and other code architectures, whose BN layers may
     # still carry their own config (`BNLayer.has_config`).
     has_config: bool = True
     layers: tuple[Layer, ...] = ()
@@ -168,12 +169,19 @@ class ModelDescription:
     architecture: Architecture | None = None
     # The KerasHub version that wrote the file (a preset's metadata.json), when it says.
     keras_hub_version: str | None = None
+    # Whether the layer configs (and, for a Functional subclass, the graph) were read from the
+    # model as Keras built it (`--build`, or a live model) rather than from a config in the file.
+    # The arrays are the file's either way. A built code architecture may then have the graph.
+    built: bool = False
 
     def __post_init__(self) -> None:
         if self.architecture is None:
             object.__setattr__(self, "architecture", Architecture(GRAPH if self.has_config else NO_ARCHITECTURE))
-        elif (self.architecture.kind == GRAPH) != self.has_config:
-            raise ValueError(f"a {self.architecture.kind} architecture with has_config={self.has_config}")
+            return
+        kind = self.architecture.kind
+        if (kind == GRAPH and not self.has_config) or (kind == NO_ARCHITECTURE and self.has_config) \
+                or (kind == CODE and self.has_config and not self.built):
+            raise ValueError(f"a {kind} architecture with has_config={self.has_config}, built={self.built}")
 
     @property
     def layer_count(self) -> int:

@@ -101,6 +101,8 @@ class ModelReport:
             "keras_version": description.keras_version if description else None,
             "training_steps": description.training_steps if description else None,
             "architecture": architecture_dict(description) if description else None,
+            # Whether the layer configs (and graph) come from the model Keras built (--build, a live model).
+            "built": description.built if description else None,
             "keras_hub_version": description.keras_hub_version if description else None,
             "error": self.error,
             "bn_layers": bn_layer_dicts(self.bn_layers),

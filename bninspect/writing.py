@@ -25,7 +25,7 @@ from bninspect.errors import UsageProblem
 from bninspect.model import ModelDescription
 
 WEIGHTS_MEMBER = "model.weights.h5"
-WRITABLE_FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3")
+WRITABLE_FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3", "kerashub-preset")
 
 # layer path -> (moving_mean, moving_variance)
 Statistics = Mapping[str, tuple[np.ndarray, np.ndarray]]
@@ -33,8 +33,8 @@ Statistics = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 def check_writable(description: ModelDescription) -> None:
     if description.format not in WRITABLE_FORMATS:
-        raise UsageProblem(f"{description.source}: recalibrate writes .keras, .h5 and weights files, not "
-                           f"{description.format}; save the model as .keras first")
+        raise UsageProblem(f"{description.source}: recalibrate writes .keras, .h5, weights files and KerasHub "
+                           f"presets, not {description.format}; save the model as .keras first")
 
 
 def write_statistics(description: ModelDescription, statistics: Statistics, output: str | os.PathLike) -> None:
@@ -42,6 +42,9 @@ def write_statistics(description: ModelDescription, statistics: Statistics, outp
     check_writable(description)
     locations = _locations(description, statistics)
     source = description.source
+    if description.format == "kerashub-preset":
+        _write_preset(source, locations, statistics, output)
+        return
     with _atomic(output, like=source) as temporary:
         if description.format == "keras-v3":
             _rewrite_archive(source, temporary, locations, statistics)
@@ -117,3 +120,48 @@ def _rewrite_archive(source: str, target: str, locations: Mapping[str, Mapping[s
                 rewritten.write(weights, info.filename, compress_type=info.compress_type)
             finally:
                 os.unlink(weights)
+
+
+def _write_preset(source: str, locations: Mapping[str, Mapping[str, str]], statistics: Statistics,
+                  output: str | os.PathLike) -> None:
+    """A copy of the preset directory with the statistics patched in its weights files
+    (`model.weights.h5`, `task.weights.h5`), built under a temporary name next to `output` and
+    renamed into place. An existing `output` (--in-place) is moved aside first and removed after:
+    a directory cannot be renamed over a full one in one step."""
+    from bninspect.loaders.kerashub_preset import split_location
+
+    by_member: dict[str, dict[str, dict[str, str]]] = {}
+    for layer, where in locations.items():
+        for name, location in where.items():
+            member, path = split_location(location)
+            by_member.setdefault(member, {}).setdefault(layer, {})[name] = path
+    output = os.path.abspath(output)
+    parent, name = os.path.split(output)
+    try:
+        temporary = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp")
+    except OSError as error:
+        raise UsageProblem(f"{output}: cannot write here ({error.strerror or error})") from None
+    aside = None
+    try:
+        shutil.copytree(source, temporary, dirs_exist_ok=True)
+        shutil.copymode(source, temporary)
+        for member, member_locations in by_member.items():
+            path = os.path.join(temporary, member)
+            _patch_hdf5(path, member_locations, {layer: statistics[layer] for layer in member_locations})
+            with open(path, "rb+") as written:
+                os.fsync(written.fileno())
+        if os.path.exists(output):
+            aside = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".old")
+            os.rmdir(aside)
+            os.replace(output, aside)
+        os.replace(temporary, output)
+    except OSError as error:
+        if aside is not None and not os.path.exists(output):
+            os.replace(aside, output)
+            aside = None
+        raise UsageProblem(f"{output}: cannot write the recalibrated preset ({error.strerror or error})") from None
+    finally:
+        if os.path.exists(temporary):
+            shutil.rmtree(temporary, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)

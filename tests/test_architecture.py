@@ -20,20 +20,11 @@ import pytest
 from typer.testing import CliRunner
 
 from bninspect.cli import app
+from code_models import ARRAYS, RESNET_STEPS, SUBCLASSED_STEPS, live_bn
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-ARRAYS = ("gamma", "beta", "moving_mean", "moving_variance")
-SUBCLASSED_STEPS = 4
-RESNET_STEPS = 8  # at the backbone's BN momentum 0.9: 0.9 ** 8 = 43% of the initial 0/1 remain
-DENSENET_STEPS = 3
-
-
-def _live_bn(layers, prefix: str = "") -> dict[str, dict[str, np.ndarray]]:
-    """path -> arrays of every BN layer among `layers` (Keras 3 or tf-keras), from Keras' own variables."""
-    return {prefix + layer.name: {name: np.asarray(getattr(layer, name).numpy()) for name in ARRAYS}
-            for layer in layers if any(cls.__name__ == "BatchNormalization" for cls in type(layer).__mro__)}
 
 
 def _json(*args: str) -> dict:
@@ -63,36 +54,6 @@ def _assert_statistics(description, expected: dict[str, dict[str, np.ndarray]]) 
 
 
 # --- a Keras 3 subclassed model with a registered class --------------------------------------
-
-@pytest.fixture(scope="session")
-def subclassed_files(tmp_path_factory):
-    import keras
-
-    @keras.saving.register_keras_serializable(package="my_package")
-    class Net(keras.Model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.conv = keras.layers.Conv2D(4, 3, name="conv")
-            self.bn = keras.layers.BatchNormalization(momentum=0.1, name="bn")
-            self.pool = keras.layers.GlobalAveragePooling2D()
-            self.out = keras.layers.Dense(1)
-
-        def call(self, x, training=None):
-            return self.out(self.pool(self.bn(self.conv(x), training=training)))
-
-    keras.utils.set_random_seed(1)
-    model = Net()
-    model.compile(optimizer="adam", loss="mse")
-    rng = np.random.default_rng(1)
-    x = rng.normal(2.0, 3.0, size=(SUBCLASSED_STEPS * 8, 8, 8, 3)).astype("float32")
-    model.fit(x, rng.normal(size=(len(x), 1)).astype("float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
-    assert int(model.optimizer.iterations.numpy()) == SUBCLASSED_STEPS
-    directory = tmp_path_factory.mktemp("subclassed")
-    model.save(directory / "net.keras")
-    model.save_weights(directory / "net.weights.h5")
-    return {"keras": directory / "net.keras", "weights": directory / "net.weights.h5",
-            "expected": _live_bn([model.bn])}
-
 
 @pytest.mark.parametrize("kind", ("keras", "weights"))
 def test_subclassed_model_is_code_with_its_bn_layers_and_steps(kind, subclassed_files):
@@ -131,70 +92,6 @@ def test_subclassed_header_names_the_class(subclassed_files):
 
 
 # --- KerasHub backbones and tasks ----------------------------------------------------------
-
-def _image_data(steps: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 1, size=(steps * 8, 16, 16, 3)).astype("float32")
-    return x, rng.integers(0, classes, size=len(x))
-
-
-def _resnet_task(keras_hub):
-    backbone = keras_hub.models.ResNetBackbone(
-        # The first stack of basic blocks adds its input back: it needs 64 filters in and out.
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-        image_shape=(16, 16, 3))
-    converter = keras_hub.layers.ResNetImageConverter(image_size=(16, 16))
-    preprocessor = keras_hub.models.ResNetImageClassifierPreprocessor(image_converter=converter)
-    return keras_hub.models.ResNetImageClassifier(backbone=backbone, num_classes=3, preprocessor=preprocessor)
-
-
-def _densenet_task(keras_hub):
-    backbone = keras_hub.models.DenseNetBackbone(stackwise_num_repeats=[1, 1], growth_rate=4,
-                                                 image_shape=(16, 16, 3))
-    converter = keras_hub.layers.DenseNetImageConverter(image_size=(16, 16))
-    preprocessor = keras_hub.models.DenseNetImageClassifierPreprocessor(image_converter=converter)
-    return keras_hub.models.DenseNetImageClassifier(backbone=backbone, num_classes=3, preprocessor=preprocessor)
-
-
-@pytest.fixture(scope="session")
-def kerashub_files(tmp_path_factory):
-    """{family: {kind: path, ...}}: each family's backbone preset, task preset and task .keras, the
-    live BN arrays of each form, the task's classes and fit steps."""
-    import keras
-    import keras_hub
-
-    root = tmp_path_factory.mktemp("kerashub")
-    files = {}
-    for family, build, steps, task_class, backbone_class in (
-            ("resnet", _resnet_task, RESNET_STEPS, "ResNetImageClassifier", "ResNetBackbone"),
-            ("densenet", _densenet_task, DENSENET_STEPS, "DenseNetImageClassifier", "DenseNetBackbone")):
-        keras.utils.set_random_seed(2)
-        task = build(keras_hub)
-        task.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        x, y = _image_data(steps, 3, seed=2)
-        task.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-        assert int(task.optimizer.iterations.numpy()) == steps
-        directory = root / family
-        directory.mkdir()
-        task.save(directory / "task.keras")
-        task.save_to_preset(str(directory / "task_preset"))
-        task.backbone.save_to_preset(str(directory / "backbone_preset"))
-        backbone_layers = task.backbone.layers
-        head_layers = [layer for layer in task.layers if layer is not task.backbone]
-        in_task = {**_live_bn(backbone_layers, task.backbone.name + "/"), **_live_bn(head_layers)}
-        files[family] = {
-            "task_keras": directory / "task.keras", "task_preset": directory / "task_preset",
-            "backbone_preset": directory / "backbone_preset", "directory": directory,
-            "expected": {"task_keras": in_task, "task_preset": in_task,
-                         "backbone_preset": _live_bn(backbone_layers)},
-            "momenta": {layer.momentum for layer in backbone_layers
-                        if isinstance(layer, keras.layers.BatchNormalization)},
-            "steps": steps, "task_class": f"keras_hub>{task_class}", "backbone_class": f"keras_hub>{backbone_class}",
-            "keras_hub_version": keras_hub.__version__,
-        }
-    return files
-
 
 KINDS = ("task_keras", "task_preset", "backbone_preset")
 
@@ -309,32 +206,6 @@ def test_static_commands_on_code_architectures_import_no_framework(command, kera
 
 
 # --- a tf-keras subclassed SavedModel ----------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def tf_keras_subclassed_savedmodel(tmp_path_factory):
-    import tf_keras
-
-    class Net(tf_keras.Model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.conv = tf_keras.layers.Conv2D(4, 3, name="conv")
-            self.bn = tf_keras.layers.BatchNormalization(momentum=0.1, name="bn")
-            self.pool = tf_keras.layers.GlobalAveragePooling2D()
-            self.out = tf_keras.layers.Dense(1)
-
-        def call(self, x, training=None):
-            return self.out(self.pool(self.bn(self.conv(x), training=training)))
-
-    tf_keras.utils.set_random_seed(3)
-    model = Net()
-    model.compile(optimizer="adam", loss="mse")
-    rng = np.random.default_rng(3)
-    x = rng.normal(2.0, 3.0, size=(SUBCLASSED_STEPS * 8, 8, 8, 3)).astype("float32")
-    model.fit(x, rng.normal(size=(len(x), 1)).astype("float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
-    path = tmp_path_factory.mktemp("tf_keras_subclassed") / "net_savedmodel"
-    model.save(str(path), save_format="tf")
-    return path, _live_bn([model.bn])
-
 
 def test_tf_keras_subclassed_savedmodel_runs_the_per_layer_rules(tf_keras_subclassed_savedmodel):
     """The SavedModel's Keras metadata holds every layer's own config but no graph: BN008 runs on

@@ -18,8 +18,8 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, IgnoreOption, SelectOption, command_settings
 from bninspect.commands.common import VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors, quiet_tensorflow, use_color
-from bninspect.commands.data_options import (CustomObjectsOption, LimitOption, OptionalBatchSizeOption, RescaleOption,
-                                             UnsafeOption, refuse_data_options_without_data)
+from bninspect.commands.data_options import (BuildOption, CustomObjectsOption, LimitOption, OptionalBatchSizeOption,
+                                             RescaleOption, UnsafeOption, refuse_data_options_without_data)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 
@@ -60,6 +60,7 @@ def check(
     custom_objects: Optional[Path] = CustomObjectsOption,
     storage_options: Optional[List[str]] = StorageOption,
     download: bool = DownloadOption,
+    build: Optional[bool] = BuildOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
@@ -70,7 +71,7 @@ def check(
     """
     from bninspect.checking import check_targets, exit_status, targets
 
-    settings = command_settings(config, select, ignore, strict, debug)
+    settings = command_settings(config, select, ignore, strict, debug, build=build)
     if statistics and output_format is not OutputFormat.TEXT:
         fail(f"--statistics is for --format text; --format {output_format.value} lists every finding")
     if jobs < 0:
@@ -79,19 +80,31 @@ def check(
     remote = remote_options(storage_options, download)
     paths = [location(path) for path in paths]
     if data is None:
-        refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects)
+        refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects, settings.build)
     with one_line_errors(debug):
         if data is not None:
             reports = _check_with_data(paths, settings, data, batch_size or 32, limit, rescale, unsafe,
                                        custom_objects, debug, remote)
         else:
+            building = _build_options(settings, unsafe, custom_objects, debug)
             items = targets(paths, remote)
             with _progress(len(items)) as advance:
-                reports = check_targets(items, settings, jobs=workers, on_done=advance)
+                reports = check_targets(items, settings, jobs=workers, on_done=advance, build=building)
     code = exit_status(reports, settings)
     emit(_render(reports, output_format, settings, code, output, verbose, statistics), output)
     _errors_to_stderr(reports)
     raise typer.Exit(code)
+
+
+def _build_options(settings, unsafe: bool, custom_objects: Optional[Path], debug: bool):
+    """With --build (or `build = true`): how models are loaded to build them, else None."""
+    if not settings.build:
+        return None
+    from bninspect.checking import build_options
+
+    if not debug:
+        quiet_tensorflow("check --build")
+    return build_options(unsafe, custom_objects)
 
 
 def _errors_to_stderr(reports) -> None:
@@ -106,12 +119,13 @@ def _errors_to_stderr(reports) -> None:
 def _check_with_data(paths: List[str], settings, data: Path, batch_size: int, limit: Optional[int],
                      rescale: Optional[str], unsafe: bool, custom_objects: Optional[Path], debug: bool, remote=None):
     """Static rules and the probe for every model, one after another; one report per model."""
-    from bninspect.checking import probe_options
-    from bninspect.checking import Target, probe_targets
+    from bninspect.checking import BuildOptions, Target, probe_options, probe_targets
+    from bninspect.loaders.kerashub_preset import is_preset_directory
 
     for path in map(Path, paths):
-        if path.is_dir() and not (path / "saved_model.pb").is_file():
-            fail(f"{path}: with --data, name model files or SavedModel directories, not a directory to search "
+        if path.is_dir() and not (path / "saved_model.pb").is_file() and not is_preset_directory(path):
+            fail(f"{path}: with --data, name model files, SavedModel or KerasHub preset directories, not a "
+                 "directory to search "
                  "(one data set fits the inputs of one model; pass the checkpoints of one model explicitly, "
                  "e.g. checkpoints/*.keras)")
     if not data.exists():
@@ -121,7 +135,9 @@ def _check_with_data(paths: List[str], settings, data: Path, batch_size: int, li
     # Parsed once, up front: a bad --rescale is a usage error, and the custom-objects file runs once.
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
     items = [Target(str(path), None, remote) for path in dict.fromkeys(paths)]
-    return probe_targets(items, settings, options)
+    # The custom-objects file ran once, for both: the classes the build loads are those the probe runs.
+    building = BuildOptions(unsafe, options.custom_objects) if settings.build else None
+    return probe_targets(items, settings, options, build=building)
 
 
 def _render(reports, output_format: OutputFormat, settings, code: int, output: Optional[Path],

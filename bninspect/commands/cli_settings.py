@@ -22,11 +22,12 @@ IgnoreOption = typer.Option(None, "--ignore", help="Skip these rules: codes, nam
 
 
 def command_settings(config: Optional[Path] = None, select: Optional[List[str]] = None,
-                     ignore: Optional[List[str]] = None, strict: Optional[bool] = None, debug: bool = False):
+                     ignore: Optional[List[str]] = None, strict: Optional[bool] = None, debug: bool = False,
+                     build: Optional[bool] = None):
     from bninspect.config import SettingsError, load_settings
 
     try:
-        return load_settings(config).with_overrides(select=select, ignore=ignore, strict=strict)
+        return load_settings(config).with_overrides(select=select, ignore=ignore, strict=strict, build=build)
     except SettingsError as error:
         if debug:
             raise

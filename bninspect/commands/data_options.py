@@ -1,4 +1,5 @@
-"""The options of the commands that run a model on data: `probe`, `recalibrate`, `check --data`.
+"""The options of the commands that run a model on data (`probe`, `recalibrate`, `check --data`)
+or build it (`--build` on `check`, `inspect`, `report`).
 
 Layer: commands (the layer order is written in tests/test_layers.py).
 """
@@ -26,10 +27,26 @@ OptionalBatchSizeOption = typer.Option(None, "--batch-size", "-b", min=1,
                                        help="With --data: samples per batch (default 32).")
 
 
+BuildOption = typer.Option(None, "--build/--no-build",
+                           help="Build the architecture with Keras (imports TensorFlow; safe mode, the rules of "
+                                "--unsafe and --custom-objects apply) to read what the file does not store: the "
+                                "BN layers' configs of subclassed and KerasHub models, and the graph of Functional "
+                                "subclasses. Statistics always come from the file. Default: the config's `build`, "
+                                "else off.")
+
+
 def refuse_data_options_without_data(batch_size: Optional[int], limit: Optional[int], rescale: Optional[str],
-                                     unsafe: bool, custom_objects: Optional[Path]) -> None:
-    """A data option without --data is a mistake worth one line, not silently ignored."""
-    given = [flag for flag, value in (("--batch-size", batch_size), ("--limit", limit), ("--rescale", rescale),
-                                      ("--unsafe", unsafe), ("--custom-objects", custom_objects)) if value]
+                                     unsafe: bool, custom_objects: Optional[Path], build: bool = False) -> None:
+    """A data option without --data is a mistake worth one line, not silently ignored. --unsafe
+    and --custom-objects also apply to --build, which loads the model too."""
+    given = [flag for flag, value in (("--batch-size", batch_size), ("--limit", limit), ("--rescale", rescale))
+             if value]
     if given:
         fail(f"{', '.join(given)} only apply with --data")
+    refuse_loading_options_without_loading(unsafe, custom_objects, build)
+
+
+def refuse_loading_options_without_loading(unsafe: bool, custom_objects: Optional[Path], build: bool) -> None:
+    given = [flag for flag, value in (("--unsafe", unsafe), ("--custom-objects", custom_objects)) if value]
+    if given and not build:
+        fail(f"{', '.join(given)} only apply with --data or --build")

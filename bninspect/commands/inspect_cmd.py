@@ -11,8 +11,10 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.common import (VersionOption, DebugOption, OutputOption, emit, fail,
-                                       one_line_errors, terminal_width, use_color)
+                                       one_line_errors, quiet_tensorflow, terminal_width, use_color)
 from bninspect.commands.cli_settings import ConfigOption, command_settings
+from bninspect.commands.data_options import (BuildOption, CustomObjectsOption, UnsafeOption,
+                                             refuse_loading_options_without_loading)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 
@@ -29,20 +31,29 @@ def inspect(
     config: Optional[Path] = ConfigOption,
     storage_options: Optional[List[str]] = StorageOption,
     download: bool = DownloadOption,
+    build: Optional[bool] = BuildOption,
+    unsafe: bool = UnsafeOption,
+    custom_objects: Optional[Path] = CustomObjectsOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
     """Show every BatchNormalization layer of MODEL: gamma, beta, moving statistics and findings."""
-    from bninspect.checking import inspect_path
+    from bninspect.checking import build_options, inspect_path
     from bninspect.reporters import json_report, table
 
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; inspect writes text or json")
-    settings = command_settings(config, debug=debug)
+    settings = command_settings(config, debug=debug, build=build)
+    refuse_loading_options_without_loading(unsafe, custom_objects, settings.build)
     remote = remote_options(storage_options, download)
     models = [location(model) for model in models]
     with one_line_errors(debug):
-        reports = [inspect_path(path, settings, remote) for path in models]
+        building = None
+        if settings.build:
+            if not debug:
+                quiet_tensorflow("inspect --build")
+            building = build_options(unsafe, custom_objects)
+        reports = [inspect_path(path, settings, remote, building) for path in models]
     if layer is not None and not any(table.matching_layers(report, layer) for report in reports):
         fail(f"no BN layer matches {layer!r} in {', '.join(str(m) for m in models)}")
     if output_format is OutputFormat.JSON:

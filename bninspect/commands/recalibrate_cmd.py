@@ -23,8 +23,9 @@ from bninspect.model import NO_ARCHITECTURE
 
 
 def recalibrate(
-    model: str = typer.Argument(..., help="The model file to recalibrate (.keras, .h5, or a weights file "
-                                          "with --architecture). A URL (https://, s3://, gs://, hf://) is "
+    model: str = typer.Argument(..., help="The model to recalibrate: a .keras or .h5 file, a KerasHub preset "
+                                          "directory (written as a new preset directory), or a weights file "
+                                          "with --architecture. A URL (https://, s3://, gs://, hf://) is "
                                           "downloaded to a temporary directory first."),
     data: Path = typer.Option(..., "--data", "-d", help=DATA_HELP),
     output: Optional[str] = typer.Option(None, "--output", "-o",

@@ -17,8 +17,9 @@ import typer
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import EXIT_OK, DebugOption, VersionOption, fail, one_line_errors, quiet_tensorflow
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
-from bninspect.commands.data_options import (DATA_HELP, CustomObjectsOption, LimitOption, OptionalBatchSizeOption,
-                                             RescaleOption, UnsafeOption, refuse_data_options_without_data)
+from bninspect.commands.data_options import (DATA_HELP, BuildOption, CustomObjectsOption, LimitOption,
+                                             OptionalBatchSizeOption, RescaleOption, UnsafeOption,
+                                             refuse_data_options_without_data)
 
 DEFAULT_OUTPUT = Path("bninspect-report.html")
 
@@ -52,6 +53,7 @@ def report(
     config: Optional[Path] = ConfigOption,
     storage_options: Optional[List[str]] = StorageOption,
     download: bool = DownloadOption,
+    build: Optional[bool] = BuildOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
@@ -62,23 +64,34 @@ def report(
     findings with their documentation; with --data, stored vs observed statistics. Opens offline: no script, nothing
     fetched. Exit 0 when the report was written, 2 when it could not be.
     """
-    from bninspect.checking import inspect_path
+    from bninspect.checking import BuildOptions, build_options, inspect_path, probe_options
     from bninspect.reporters.plots import require_matplotlib
 
-    settings = command_settings(config, debug=debug)
+    settings = command_settings(config, debug=debug, build=build)
     with one_line_errors(debug):
         require_matplotlib(needed_for="`bninspect report`")  # before any model is read or run
     if data is None:
-        refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects)
+        refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects, settings.build)
     if output_format is ReportFormat.PNG and output == DEFAULT_OUTPUT:
         output = DEFAULT_OUTPUT.with_suffix(".png")
     remote = remote_options(storage_options, download)
     models = [location(model) for model in models]
+    probing = data is not None and output_format is ReportFormat.HTML
+    if probing and not data.exists():
+        fail(f"--data {data}: no such file or directory")
     with one_line_errors(debug):
-        reports = [inspect_path(path, settings, remote) for path in models]
-        if data is not None and output_format is ReportFormat.HTML:
-            reports = _probe_all(models, reports, settings, data, batch_size or 32, limit, rescale, unsafe,
-                                 custom_objects, debug, remote)
+        if (probing or settings.build) and not debug:
+            quiet_tensorflow("report --data" if probing else "report --build")
+        # Parsed once, up front: a bad --rescale is a usage error, and the custom-objects file runs once.
+        options = probe_options(str(data), batch_size or 32, limit, rescale, unsafe, custom_objects,
+                                progress=True) if probing else None
+        building = None
+        if settings.build:
+            building = BuildOptions(unsafe, options.custom_objects) if options is not None \
+                else build_options(unsafe, custom_objects)
+        reports = [inspect_path(path, settings, remote, building) for path in models]
+        if options is not None:
+            reports = _probe_all(models, reports, settings, options, remote)
     if output_format is ReportFormat.PNG:
         from bninspect.reporters.plots import overview_png
 
@@ -91,17 +104,11 @@ def report(
     raise typer.Exit(EXIT_OK)
 
 
-def _probe_all(models, reports, settings, data: Path, batch_size: int, limit, rescale, unsafe, custom_objects,
-               debug: bool, remote=None):
+def _probe_all(models, reports, settings, options, remote=None):
     """The dynamic analysis of `bninspect probe` / `check --data` for every model: the same options,
     thresholds and selection; its findings join the static ones, its measurements are plotted."""
-    from bninspect.checking import add_probe, probe_options
+    from bninspect.checking import add_probe
 
-    if not data.exists():
-        fail(f"--data {data}: no such file or directory")
-    if not debug:
-        quiet_tensorflow("report --data")
-    options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
     return [add_probe(static, str(path), settings, options, remote) for path, static in zip(models, reports)]
 
 

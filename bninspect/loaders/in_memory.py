@@ -35,15 +35,22 @@ def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_
             graph = parse_model_config(model_config)
         except NoGraphError:
             graph = None  # a subclassed model: get_config() is its constructor arguments
+    architecture = None
     if graph is None:
-        bn_layers = tuple(_describe_bn(path, layer, layer.get_config(), type(layer).__name__)
-                          for path, layer in live.items())
         architecture = _code_architecture(model, model_config)
-        return ModelDescription(source=source, format=fmt, bn_layers=bn_layers, keras_version=keras_version,
-                                backend=backend, has_config=False, architecture=architecture,
-                                training_steps=_training_steps(model),
-                                notes=(f"the architecture is code (class {architecture.qualified_name}): the model "
-                                       "has no layer graph config",) + architecture_notes(architecture))
+        if _functional_base(model) is None:
+            bn_layers = tuple(_describe_bn(path, layer, layer.get_config(), type(layer).__name__)
+                              for path, layer in live.items())
+            return ModelDescription(source=source, format=fmt, bn_layers=bn_layers, keras_version=keras_version,
+                                    backend=backend, has_config=False, architecture=architecture, built=True,
+                                    training_steps=_training_steps(model),
+                                    notes=(f"the architecture is code (class {architecture.qualified_name}): its "
+                                           "call() is Python, the model has no layer graph",)
+                                    + architecture_notes(architecture))
+        # A Functional subclass (KerasHub backbones and tasks): its get_config() is constructor
+        # arguments, but the layers it was built from form a graph.
+        model_config = functional_graph_config(model)
+        graph = parse_model_config(model_config)
     bn_layers = []
     for graph_layer in graph.layers:
         if graph_layer.class_name in BN_CLASS_NAMES:
@@ -59,9 +66,50 @@ def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_
     return ModelDescription(
         source=source, format=fmt, bn_layers=tuple(bn_layers), keras_version=keras_version, backend=backend,
         has_config=True, layers=graph.layers, outputs=graph.outputs,
-        dtype_policy=dtype_policy_name(model_config["config"].get("dtype")),
-        training_steps=_training_steps(model),
+        dtype_policy=dtype_policy_name((architecture.config if architecture is not None else model_config["config"])
+                                       .get("dtype")),
+        training_steps=_training_steps(model), architecture=architecture, built=architecture is not None,
+        notes=architecture_notes(architecture) if architecture is not None else (),
     )
+
+
+def _functional_base(model: Any) -> type | None:
+    """Keras 3's or tf-keras' `Functional` when `model` is an instance of a subclass of it (as
+    KerasHub backbones and tasks are), told by the class hierarchy so that Keras is not imported."""
+    for cls in type(model).__mro__[1:]:
+        if cls.__name__ == "Functional" and cls.__module__.split(".", 1)[0] in ("keras", "tf_keras"):
+            return cls
+    return None
+
+
+def functional_graph_config(model: Any) -> dict:
+    """The layer graph of a Functional subclass, serialised as a Functional model's config.
+
+    `Functional.get_config` refuses subclasses whose constructor is not Functional's (it returns
+    their constructor arguments instead), so the graph is serialised from a plain Functional view
+    over the same inputs, outputs and layers. A nested Functional subclass (a backbone inside a
+    task) is replaced by its own graph, so that its layers appear under its path. The class and
+    registered name stay those of the subclass: `keras_hub>ResNetBackbone` is still KerasHub's.
+    """
+    functional = _functional_base(model)
+    view = functional(model.inputs, model.outputs, name=model.name)
+    config = _as_json(view.get_config())
+    by_name = {layer.name: layer for layer in model.layers}
+    for entry in config["layers"]:
+        layer = by_name.get(entry.get("name"))
+        if layer is not None and _functional_base(layer) is not None:
+            entry["config"] = functional_graph_config(layer)["config"]
+    return {"class_name": type(model).__name__, "config": config}
+
+
+def _as_json(value: Any) -> Any:
+    """A config as its JSON would read back: get_config() holds tuples (`keras_history`) where the
+    saved JSON, which the config parser reads, has lists."""
+    if isinstance(value, dict):
+        return {key: _as_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(item) for item in value]
+    return value
 
 
 def _code_architecture(model: Any, model_config: dict | None) -> Architecture:

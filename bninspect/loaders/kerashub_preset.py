@@ -7,6 +7,9 @@ a task also `task.json` (the task's class, the backbone config inside it) and `t
 The configs are classes, not layer graphs: the architecture is code, and the BN layers are found
 in the weights trees the way keras_v3 finds them without a graph.
 
+Each BN array's location (where `recalibrate` writes) is `model.weights.h5:/layers/...` or
+`task.weights.h5:/layers/...`: the weights file of the preset, then the dataset path inside it.
+
 BN paths are those of the same task saved as `.keras`: there the backbone is a nested model whose
 layers sit under its name (`res_net_backbone/conv1_bn`), so a task preset prefixes the backbone's
 BN layers with the backbone's name; a backbone preset is the backbone alone (`conv1_bn`).
@@ -18,6 +21,7 @@ Layer: readers (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +77,13 @@ def read_preset(source: str, files: Any = None) -> ModelDescription:
     with files.hdf5(BACKBONE_WEIGHTS) as (guarded, raw), h5py.File(guarded, "r") as weights:
         if task is not None:
             prefix = _model_name(weights, backbone) + "/"
-        bn_layers: list[BNLayer] = bn_layers_without_config(weights, raw, prefix=prefix)
+        bn_layers: list[BNLayer] = [_in_member(BACKBONE_WEIGHTS, layer)
+                                    for layer in bn_layers_without_config(weights, raw, prefix=prefix)]
         training_steps = read_step_count(weights, OPTIMIZER_ITERATIONS)
     if task is not None and files.has(TASK_WEIGHTS):
         with files.hdf5(TASK_WEIGHTS) as (guarded, raw), h5py.File(guarded, "r") as weights:
             backbone_paths = {layer.path for layer in bn_layers}
-            bn_layers.extend(layer for layer in bn_layers_without_config(weights, raw)
+            bn_layers.extend(_in_member(TASK_WEIGHTS, layer) for layer in bn_layers_without_config(weights, raw)
                              if layer.path not in backbone_paths)
             training_steps = read_step_count(weights, OPTIMIZER_ITERATIONS)
 
@@ -91,6 +96,17 @@ def read_preset(source: str, files: Any = None) -> ModelDescription:
         has_config=False, architecture=architecture, dtype_policy=dtype_policy_name(model["config"].get("dtype")),
         notes=notes, training_steps=training_steps, keras_hub_version=_text(metadata, "keras_hub_version"),
     )
+
+
+def _in_member(member: str, layer: BNLayer) -> BNLayer:
+    """The layer with its dataset locations naming the preset's weights file they are in."""
+    return replace(layer, locations=tuple((name, f"{member}:{path}") for name, path in layer.locations))
+
+
+def split_location(location: str) -> tuple[str, str]:
+    """(weights file of the preset, dataset path inside it) of a preset BN layer's location."""
+    member, _, path = location.partition(":")
+    return member, path
 
 
 def _model_name(weights: Any, config: dict) -> str:

@@ -9,6 +9,11 @@ Which Keras loads it follows who wrote it: Keras 3 for `.keras` files and Keras-
 tf-keras (`import tf_keras`) for `.h5` written by Keras/tf.keras 1.x-2.x and for SavedModel
 directories, falling back to Keras 3's legacy HDF5 reader when tf-keras is not installed.
 
+A code architecture (a class, not a layer graph) loads the same way once its class is available:
+a library's class (`keras_hub>ResNetImageClassifier`) when the library is installed, the user's
+own class only from `--custom-objects`. A KerasHub preset directory loads with its class's
+`from_preset`, the class named by the preset's `task.json` (else `config.json`).
+
 Layer: probes (the layer order is written in tests/test_layers.py).
 """
 
@@ -19,6 +24,7 @@ import runpy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from bninspect.data import InputSpec
 from bninspect.errors import UsageProblem
 from bninspect.model import CODE, CONTAINER_CLASS_NAMES, NO_ARCHITECTURE, Layer, ModelDescription
 
@@ -118,21 +124,27 @@ def _with_registered_names(description: ModelDescription,
     if not custom_objects:
         return custom_objects
     aliased = dict(custom_objects)
-    for layer in description.layers:
-        registered = layer.registered_name or ""
+    registered_names = [layer.registered_name for layer in description.layers]
+    registered_names.append(description.architecture.registered_name)
+    for registered in registered_names:
+        registered = registered or ""
         short = registered.rpartition(">")[2]
         if ">" in registered and short in custom_objects:
             aliased.setdefault(registered, custom_objects[short])
     return aliased
 
 
+def _refuse_custom(source: str, classes: list[str]) -> ModelRefused:
+    return ModelRefused(
+        f"{source}: refused: the model uses classes that are not part of Keras ({', '.join(classes)}); "
+        "loading it would run their code. Pass --custom-objects FILE.py with their definitions if you trust them")
+
+
 def _refuse_code(source: str, description: ModelDescription, keras_module: Any, unsafe: bool,
                  custom_objects: Mapping[str, Any] | None) -> None:
     lambdas, custom = code_in_model(description, keras_module, custom_objects)
     if custom:
-        raise ModelRefused(
-            f"{source}: refused: the model uses classes that are not part of Keras ({', '.join(custom)}); "
-            "loading it would run their code. Pass --custom-objects FILE.py with their definitions if you trust them")
+        raise _refuse_custom(source, custom)
     if lambdas and not unsafe:
         shown = ", ".join(lambdas[:5]) + (", ..." if len(lambdas) > 5 else "")
         raise ModelRefused(
@@ -140,24 +152,24 @@ def _refuse_code(source: str, description: ModelDescription, keras_module: Any, 
             "loading it would run that code. Pass --unsafe if you trust the file")
 
 
-def load_model(path: str | os.PathLike, *, unsafe: bool = False,
-               custom_objects: Mapping[str, Any] | None = None) -> LoadedModel:
-    """Load a model file with Keras after the static safety checks. Raises ModelRefused / ModelReadError."""
+def load_model(path: str | os.PathLike, *, unsafe: bool = False, custom_objects: Mapping[str, Any] | None = None,
+               description: ModelDescription | None = None) -> LoadedModel:
+    """Load a model file with Keras after the static safety checks. Raises ModelRefused / ModelReadError.
+
+    `description` is the file's static reading when the caller has it already."""
     from bninspect import loaders
     from bninspect.tf_runtime import import_tensorflow
 
     source = str(path)
-    description = loaders.load(source)
+    description = description if description is not None else loaders.load(source)
     # Before keras / tf_keras: oneDNN on unless the user chose.
     import_tensorflow(quiet=False, keras=False, needed_for=f"{source}: loading the model with Keras")
     architecture = description.architecture
     if architecture.kind == NO_ARCHITECTURE:
         raise ModelRefused(f"{source}: a weights-only file has no architecture to run; probe the full model file")
-    if architecture.kind == CODE:
-        # Building a class is a step of its own (loading runs its code): not done here yet.
-        raise ModelRefused(f"{source}: the architecture is code (class {architecture.qualified_name}); running "
-                           "it needs the class built with Keras, which bninspect does not do yet")
     custom_objects = _with_registered_names(description, custom_objects)
+    if architecture.kind == CODE:
+        return _load_code(source, description, unsafe, custom_objects)
     tf_keras = _tf_keras() if _uses_tf_keras(description) else None
     if description.format == "savedmodel" and tf_keras is None:
         raise ModelRefused(f"{source}: loading a SavedModel directory needs tf-keras (pip install tf-keras)")
@@ -170,6 +182,89 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
     _refuse_code(source, description, keras, unsafe, custom_objects)
     return LoadedModel(_load_with_keras(keras, source, description, unsafe, custom_objects),
                        f"keras {keras.__version__}", description)
+
+
+# pip's names of the libraries that register Keras classes (`keras_classes.LIBRARY_MODULE_ROOTS`).
+LIBRARY_PACKAGES = {"keras_hub": "keras-hub", "keras_nlp": "keras-nlp", "keras_cv": "keras-cv"}
+
+
+def _load_code(source: str, description: ModelDescription, unsafe: bool,
+               custom_objects: Mapping[str, Any] | None) -> LoadedModel:
+    """A code architecture: its class must come from Keras, an installed library or the user's
+    --custom-objects; then the format's loader builds it and loads the file's weights."""
+    architecture = description.architecture
+    library = architecture.library
+    if library is None:
+        provided = set(custom_objects or {})
+        names = {architecture.class_name, architecture.registered_name}
+        if not names & provided:
+            raise _refuse_custom(source, [architecture.qualified_name or str(architecture.class_name)])
+    elif library in LIBRARY_PACKAGES:
+        _import_library(source, library, architecture.qualified_name)
+    if description.format == "savedmodel":
+        tf_keras = _tf_keras()
+        if tf_keras is None:
+            raise ModelRefused(f"{source}: loading a SavedModel directory needs tf-keras (pip install tf-keras)")
+        return LoadedModel(_load_with_tf_keras(tf_keras, source, unsafe, custom_objects),
+                           f"tf_keras {tf_keras.__version__}", description)
+    import keras
+
+    if description.format == "kerashub-preset":
+        model = _load_preset(keras, source, architecture.registered_name or str(architecture.class_name), unsafe,
+                             custom_objects)
+    elif description.format == "keras-v3":
+        model = _load_with_keras(keras, source, description, unsafe, custom_objects)
+    else:
+        raise ModelRefused(f"{source}: a {description.format} file of class {architecture.qualified_name} cannot "
+                           "be loaded with Keras; save the model with model.save('model.keras')")
+    return LoadedModel(model, f"keras {keras.__version__}", description)
+
+
+def _import_library(source: str, library: str, class_name: str | None) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(library)
+    except ImportError:
+        raise ModelRefused(f"{source}: the model is the {library} class {class_name}: loading it needs {library} "
+                           f"installed (pip install {LIBRARY_PACKAGES[library]})") from None
+
+
+def _load_preset(keras: Any, source: str, class_name: str, unsafe: bool,
+                 custom_objects: Mapping[str, Any] | None) -> Any:
+    """A KerasHub preset directory, with the `from_preset` of the class its config names (a task
+    preset's `task.json` names the task, whose from_preset also loads the backbone's weights)."""
+    from keras.src.saving import serialization_lib
+
+    cls = keras.saving.get_registered_object(class_name, custom_objects=dict(custom_objects or {}))
+    if cls is None or not hasattr(cls, "from_preset"):
+        raise ModelRefused(f"{source}: no installed library provides the preset's class {class_name}")
+    try:
+        with serialization_lib.SafeModeScope(not unsafe), \
+                keras.saving.custom_object_scope(dict(custom_objects or {})):
+            return cls.from_preset(source)
+    except _KERAS_LOAD_ERRORS as error:
+        raise _load_error(source, error) from error
+
+
+def built_input_specs(model: Any) -> tuple[InputSpec, ...]:
+    """The inputs of a subclassed model, which has no `inputs`: the shapes it was built with
+    (Keras 3's build config, tf-keras' saved call signature). Empty when it records none."""
+    save_spec = getattr(model, "save_spec", None)
+    if callable(save_spec):  # tf-keras
+        spec = save_spec()
+        arguments = spec[0] if spec else ()
+        import tensorflow as tf
+
+        return tuple(InputSpec(str(tensor.name or f"input_{position}"), tuple(tensor.shape)[1:], tensor.dtype.name)
+                     for position, tensor in enumerate(tf.nest.flatten(arguments)))
+    get_build_config = getattr(model, "get_build_config", None)
+    build = get_build_config() if callable(get_build_config) else None
+    shape = build.get("input_shape") if isinstance(build, dict) else None
+    if not isinstance(shape, (list, tuple)) or not all(size is None or isinstance(size, int) for size in shape):
+        return ()  # several inputs, or none recorded
+    dtype = getattr(getattr(model, "dtype_policy", None), "compute_dtype", None) or "float32"
+    return (InputSpec("input_0", tuple(shape)[1:], str(dtype)),)
 
 
 def load_weights(loaded: LoadedModel, path: str) -> Any:

@@ -18,7 +18,8 @@ from bninspect.data import Batch, DataSource, InputSpec, open_data, parse_rescal
 from bninspect.probes import rules
 from bninspect.probes.images import decode_images
 from bninspect.probes.instrument import BNTap, Entry, Instrumentation, find_bn_layers
-from bninspect.probes.loading import LoadedModel, ModelRefused, describe_in_memory, load_custom_objects, load_model
+from bninspect.probes.loading import (LoadedModel, ModelRefused, built_input_specs, describe_in_memory,
+                                      load_custom_objects, load_model)
 from bninspect.probes.moments import ChannelMoments, RunningMoments, merge
 from bninspect.probes.run_errors import model_run
 from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, ProbeReport
@@ -123,6 +124,9 @@ def input_specs(model: Any, source: str) -> tuple[InputSpec, ...]:
     except (AttributeError, ValueError):
         inputs = []
     if not inputs:
+        built = built_input_specs(model)  # a subclassed model: no `inputs`, but the shapes it was built with
+        if built:
+            return built
         raise ModelRefused(f"{source}: the model has no defined inputs (a subclassed model that was never built); "
                            "build it or save it as a functional/Sequential model")
     specs = []
