@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from bninspect.config import Settings
 from bninspect.findings import Finding
-from bninspect.model import ModelDescription
+from bninspect.model import CODE, NO_ARCHITECTURE, ModelDescription
 from bninspect.report import ModelReport
 
 EXIT_OK = 0
@@ -55,26 +55,58 @@ CONFIG_UNAVAILABLE = "BN015"
 
 def run_static_rules(description: ModelDescription, settings: Settings | None = None) -> tuple[Finding, ...]:
     """Every enabled static rule of the catalogue, with the settings applied (selection, severity
-    overrides, per-layer ignores). For weights-only files the rules that need the config or the
-    graph are skipped, and BN015 names them."""
-    from bninspect.rules.base import STATIC, Hit
-    from bninspect.rules.catalogue import RULES, RULES_BY_CODE
+    overrides, per-layer ignores). A rule runs whenever its inputs are known: graph rules when the
+    file holds the layer graph, per-layer rules on the BN layers whose config is known, BN017 when
+    there is any architecture. BN015 names what was skipped and why."""
+    from bninspect.rules.base import NEEDS_ARCHITECTURE, NEEDS_GRAPH, NEEDS_LAYER_CONFIG, STATIC
+    from bninspect.rules.catalogue import RULES
 
     settings = settings if settings is not None else Settings()
     findings: list[Finding] = []
-    skipped: list[str] = []
+    skipped: list[Any] = []
+    without_config = [layer.path for layer in description.bn_layers if not layer.has_config]
     for rule in RULES:
         if rule.kind != STATIC or rule.check is None or not settings.enabled(rule.code):
             continue
-        if rule.needs_config and not description.has_config:
-            skipped.append(rule.code)
+        if (rule.needs == NEEDS_GRAPH and not description.has_config) or \
+                (rule.needs == NEEDS_ARCHITECTURE and description.architecture.kind == NO_ARCHITECTURE):
+            skipped.append(rule)
             continue
+        if rule.needs == NEEDS_LAYER_CONFIG and without_config:
+            skipped.append(rule)  # for those layers: the check itself passes over unknown values
         findings.extend(rule.run(description, settings.thresholds))
-    if not description.has_config:
-        names = ", ".join(f"{code} {RULES_BY_CODE[code].name}" for code in skipped) or "none"
-        findings.append(RULES_BY_CODE[CONFIG_UNAVAILABLE].finding(description.source, Hit(
-            None, f"weights-only file, no model config: skipped {len(skipped)} rules that need it ({names})")))
+    if skipped:
+        findings.append(_config_unavailable(description, skipped, without_config))
     return settings.apply(findings)
+
+
+def _config_unavailable(description: ModelDescription, skipped: list[Any], without_config: list[str]) -> Finding:
+    """BN015: what the file lacks, which rules that skipped, and how to get it."""
+    from bninspect.rules.base import Hit
+    from bninspect.rules.catalogue import RULES_BY_CODE
+
+    names = ", ".join(f"{rule.code} {rule.name}" for rule in skipped)
+    listed = f"{len(skipped)} rule{'s' if len(skipped) != 1 else ''} ({names})"
+    architecture = description.architecture
+    total = len(description.bn_layers)
+    if architecture.kind == NO_ARCHITECTURE:
+        message = f"weights-only file (no model config): skipped {listed} that need the layer configs or the graph"
+        hint = "save the full model with model.save(...) and check that file to run every rule"
+    elif architecture.kind == CODE:
+        missing = "the graph and the layer configs are" if without_config else "the graph is"
+        if without_config and len(without_config) < total:
+            missing = f"the graph and the configs of {len(without_config)} of {total} BN layers are"
+        message = (f"the architecture is code (class {architecture.qualified_name}): {missing} not in the file; "
+                   f"skipped {listed} that need them")
+        hint = (f"the file stores the class and its constructor arguments, not the layers: building "
+                f"{architecture.qualified_name} with Keras gives the graph and every layer's config")
+    else:
+        shown = ", ".join(without_config[:3]) + (f" and {len(without_config) - 3} more" if len(without_config) > 3
+                                                 else "")
+        message = (f"the configs of {len(without_config)} of {total} BN layers are not in the file "
+                   f"(inside custom layers: {shown}): skipped {listed} on them")
+        hint = "these BN layers are built by custom code: its source shows their config"
+    return RULES_BY_CODE[CONFIG_UNAVAILABLE].finding(description.source, Hit(None, message, hint=hint))
 
 
 def inspect_path(path: str | os.PathLike, settings=None) -> ModelReport:
@@ -151,7 +183,8 @@ def targets(paths: Iterable[str | os.PathLike]) -> list[Target]:
     for path in paths:
         models = discover([path])
         if not models and Path(path).is_dir():
-            found.append(Target(str(path), "directory holds no model files (.h5, .hdf5, .keras or SavedModel)"))
+            found.append(Target(str(path), "directory holds no model files (.h5, .hdf5, .keras, SavedModel, "
+                                           "TF checkpoint or KerasHub preset)"))
         found.extend(Target(model) for model in models)
     unique = {target.path: target for target in found}
     return list(unique.values())

@@ -16,7 +16,9 @@ from bninspect.commands.common import VersionOption
 app = typer.Typer(
     name="bninspect",
     help="Find BatchNormalization problems in saved Keras models. `bninspect MODEL` is `bninspect inspect MODEL`.",
-    add_completion=False,
+    # `bninspect --install-completion` / `--show-completion`: Typer's shell completion (bash, zsh,
+    # fish, PowerShell) of commands, options and file arguments.
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -39,6 +41,9 @@ app.command("recalibrate")(recalibrate_cmd.recalibrate)
 app.command("report")(report_cmd.report)
 # --- end of command registrations ---
 
+# Options of `bninspect` itself: what follows them is not a model to inspect (`--show-completion bash`).
+ROOT_OPTIONS = ("-h", "--help", "-V", "--version", "--install-completion", "--show-completion")
+
 COMMANDS = ("inspect", "check", "probe", "rules", "explain", "recalibrate", "diff", "report")
 
 
@@ -47,6 +52,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     registered = {command.name for command in app.registered_commands}
     first_positional = next((arg for arg in args if not arg.startswith("-")), None)
-    if first_positional is not None and first_positional not in registered and args and args[0] not in ("-h", "--help", "-V", "--version"):
+    if first_positional is not None and first_positional not in registered and args and args[0] not in ROOT_OPTIONS:
         args.insert(0, "inspect")
     app(args=args, prog_name="bninspect")

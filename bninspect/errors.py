@@ -22,6 +22,22 @@ class UsageProblem(Exception):
     """Bad usage or bad input that is not a model file: one line, exit 2."""
 
 
+class MissingExtra(UsageProblem):
+    """An optional dependency is not installed: one line naming what needs it and the pip command.
+
+    The light install (`pip install bninspect`) has only what the static commands use; TensorFlow
+    (`bninspect[tensorflow]`) and matplotlib (`bninspect[report]`) come with extras. Each place that
+    imports one of them raises this, so every path to a missing extra says the same thing.
+    """
+
+    def __init__(self, needed_for: str, package: str, extra: str):
+        self.install_command = f"pip install 'bninspect[{extra}]'"
+        super().__init__(f"{needed_for} needs {package}, which is not installed: {self.install_command}")
+        self.needed_for = needed_for
+        self.package = package
+        self.extra = extra
+
+
 class SettingsError(ValueError):
     """A configuration or rule selection bninspect cannot use. `str()` is the one-line reason."""
 

@@ -1,4 +1,5 @@
-"""Class names of the layers that Keras itself provides, for BN017 on Keras 2 configs.
+"""Class names of the layers that Keras itself provides, for BN017 on Keras 2 configs, and the
+libraries whose registered classes a model may need.
 
 Keras 3 configs name each class's module (built-ins live in `keras.*`, tf-keras's in `tf_keras.*`)
 and registered name (custom classes have `package>Name`), so they need no list. Keras 2 / tf.keras
@@ -50,3 +51,25 @@ CODE_LAYER_CLASSES = frozenset({"Lambda", "TorchModuleWrapper"})
 
 # Keras 3 module prefixes of built-in objects (layers, initializers, dtype policies, ...).
 BUILTIN_MODULE_ROOTS = ("keras", "tf_keras")
+
+# Libraries that register their own Keras classes (registered names `keras_hub>ResNetBackbone`):
+# loading their models needs the library installed, not the user's code. Told by the module root
+# and the registered name's package, never by importing the library.
+LIBRARY_MODULE_ROOTS = ("keras_hub", "keras_nlp", "keras_cv")
+
+
+def providing_library(module: str | None, registered_name: str | None) -> str | None:
+    """The library that provides a serialised class: "keras" or "tf_keras" for their own classes,
+    "keras_hub" etc. for the libraries above, None for anything else (the user's code).
+
+    A registered name with a package must agree with the module: `my_package>Net` defined in a
+    module under keras_hub is still the user's class.
+    """
+    root = module.split(".", 1)[0] if isinstance(module, str) and module else None
+    package = registered_name.split(">", 1)[0] if isinstance(registered_name, str) and ">" in registered_name \
+        else None
+    if root in BUILTIN_MODULE_ROOTS + LIBRARY_MODULE_ROOTS:
+        return root if package in (None, root) else None
+    if root is None and package in LIBRARY_MODULE_ROOTS:
+        return package
+    return None

@@ -14,9 +14,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from bninspect.keras_classes import providing_library
 from bninspect.errors import ModelReadError  # noqa: F401  (re-exported: loaders raise it from here)
 
-FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3", "savedmodel")
+FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3", "savedmodel", "tf-checkpoint", "kerashub-preset")
+
+# What a model file says its architecture is (`Architecture.kind`).
+GRAPH = "graph"  # a layer graph (Sequential, Functional): every layer, its config and connections
+CODE = "code"  # a class and its constructor arguments (subclassed model, KerasHub backbone or task)
+NO_ARCHITECTURE = "none"  # weights only
+ARCHITECTURE_KINDS = (GRAPH, CODE, NO_ARCHITECTURE)
 
 BN_CLASS_NAMES = frozenset({"BatchNormalization", "SyncBatchNormalization", "BatchNormalizationV1",
                             "BatchNormalizationV2"})
@@ -78,6 +85,9 @@ class BNLayer:
     # (array name, HDF5 dataset path) for files read with h5py; in a .keras archive the path is
     # inside its model.weights.h5. Empty for SavedModel and in-memory models.
     locations: tuple[tuple[str, str], ...] = ()
+    # Whether the file holds this layer's own config. When False, axis, epsilon, momentum, center,
+    # scale, trainable and dtype_policy are None (unknown), and the rules that read them skip it.
+    has_config: bool = True
 
     @property
     def name(self) -> str:
@@ -95,6 +105,42 @@ class BNLayer:
 
 
 @dataclass(frozen=True)
+class Architecture:
+    """What the file says the model is: a layer graph, code (a class), or nothing (weights only).
+
+    For code, the class as the config names it: `class_name` ("Net"), the Python `module` and the
+    `registered_name` Keras 3 records ("my_package>Net", "keras_hub>ResNetImageClassifier"), and
+    `config`, its constructor arguments (JSON, never deserialised).
+    """
+
+    kind: str
+    class_name: str | None = None
+    module: str | None = None
+    registered_name: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARCHITECTURE_KINDS:
+            raise ValueError(f"architecture kind {self.kind!r} is not one of {ARCHITECTURE_KINDS}")
+
+    @property
+    def qualified_name(self) -> str | None:
+        """How reports name the class: the registered name when it has a package
+        ("my_package>Net"), else module.class_name, else the class name; None without a class."""
+        if self.registered_name and ">" in self.registered_name:
+            return self.registered_name
+        if self.class_name and self.module:
+            return f"{self.module}.{self.class_name}"
+        return self.class_name
+
+    @property
+    def library(self) -> str | None:
+        """For code: the library that provides the class ("keras", "keras_hub", ...); None for the
+        user's own class, which loading needs as custom code, and for graph and none."""
+        return providing_library(self.module, self.registered_name) if self.kind == CODE else None
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """Everything bninspect knows about one model file, without having run it."""
 
@@ -103,7 +149,9 @@ class ModelDescription:
     bn_layers: tuple[BNLayer, ...]
     keras_version: str | None = None
     backend: str | None = None
-    # False for weights-only files: there is no graph and no layer config.
+    # Whether the layer graph is in the file, and with it every layer's config (`layers`,
+    # `outputs`). False for weights-only files and for code architectures, whose BN layers may
+    # still carry their own config (`BNLayer.has_config`).
     has_config: bool = True
     layers: tuple[Layer, ...] = ()
     # Paths of the layers whose outputs are the model outputs, resolved through nested models.
@@ -116,6 +164,16 @@ class ModelDescription:
     # steps updated the moving statistics. None when the file has none (weights-only files,
     # `include_optimizer=False`) or it cannot be read.
     training_steps: int | None = None
+    # Graph, code or none. Left out, it follows has_config: a graph, or no architecture at all.
+    architecture: Architecture | None = None
+    # The KerasHub version that wrote the file (a preset's metadata.json), when it says.
+    keras_hub_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.architecture is None:
+            object.__setattr__(self, "architecture", Architecture(GRAPH if self.has_config else NO_ARCHITECTURE))
+        elif (self.architecture.kind == GRAPH) != self.has_config:
+            raise ValueError(f"a {self.architecture.kind} architecture with has_config={self.has_config}")
 
     @property
     def layer_count(self) -> int:

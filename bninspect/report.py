@@ -11,7 +11,7 @@ from typing import Any
 
 from bninspect._version import __version__
 from bninspect.findings import Finding, Severity
-from bninspect.model import BNLayer, ModelDescription
+from bninspect.model import CODE, GRAPH, BNLayer, ModelDescription
 from bninspect.summary import array_stats, array_stats_many
 
 SCHEMA_VERSION = 1
@@ -50,6 +50,25 @@ def bn_layer_dicts(layers: tuple[BNLayer, ...]) -> list[dict]:
     return [bn_layer_dict(layer, stats[index * width:(index + 1) * width]) for index, layer in enumerate(layers)]
 
 
+def architecture_dict(description: ModelDescription) -> dict:
+    """The JSON `architecture` entry: kind graph|code|none, the class for code (null otherwise),
+    and the library that provides it ("keras_hub"; null for the user's own class)."""
+    architecture = description.architecture
+    return {"kind": architecture.kind, "class": architecture.qualified_name if architecture.kind == CODE else None,
+            "library": architecture.library}
+
+
+def architecture_label(description: ModelDescription) -> str:
+    """How headers name the architecture: "12 layers" for a graph, "code: my_package>Net",
+    "weights only, no config"."""
+    architecture = description.architecture
+    if architecture.kind == GRAPH:
+        return f"{description.layer_count} layers"
+    if architecture.kind == CODE:
+        return f"code: {architecture.qualified_name or 'unknown class'}"
+    return "weights only, no config"
+
+
 @dataclass(frozen=True)
 class ModelReport:
     """One model: what was read (or why it could not be), and what was found.
@@ -81,6 +100,8 @@ class ModelReport:
             "format": description.format if description else None,
             "keras_version": description.keras_version if description else None,
             "training_steps": description.training_steps if description else None,
+            "architecture": architecture_dict(description) if description else None,
+            "keras_hub_version": description.keras_hub_version if description else None,
             "error": self.error,
             "bn_layers": bn_layer_dicts(self.bn_layers),
             "findings": [finding_dict(finding) for finding in self.findings],

@@ -9,7 +9,10 @@ value is kept). When TensorFlow is already imported (a notebook that built the m
 in-memory API), the variable is left alone: setting it then would change nothing.
 
 Every TensorFlow entry point of bninspect (probe, `check --data`, recalibrate, image decoding,
-SavedModel reading, the CLI's `quiet_tensorflow`) goes through `import_tensorflow`.
+SavedModel and TF-checkpoint reading, the CLI's `quiet_tensorflow`) goes through `import_tensorflow`.
+TensorFlow is not a dependency of the light install (`pip install bninspect`): when it is missing,
+`import_tensorflow` raises `MissingExtra`, one line with `pip install 'bninspect[tensorflow]'`, so
+every command and reader that needs it says the same thing.
 
 Layer: foundation (the layer order is written in tests/test_layers.py).
 """
@@ -21,6 +24,8 @@ import os
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from bninspect.errors import MissingExtra
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
@@ -41,27 +46,34 @@ class OneDNNSetting:
 _setting: OneDNNSetting | None = None
 
 
-def import_tensorflow(quiet: bool = True, keras: bool = True) -> Any:
+# The modules the `tensorflow` extra installs: TensorFlow, and Keras 3 which TensorFlow 2.16+ requires.
+TENSORFLOW_EXTRA = "tensorflow"
+_EXTRA_MODULES = ("tensorflow", "keras")
+
+
+def import_tensorflow(quiet: bool = True, keras: bool = True, needed_for: str = "this") -> Any:
     """Import TensorFlow (and Keras 3 when `keras`) with oneDNN on unless the user said otherwise.
 
     quiet: point file descriptor 2 at /dev/null for the import only. TensorFlow's C++ code writes
     its start-up lines (CUDA probing, oneDNN and CPU-feature notes) before any log level applies
     (TF 2.21 ignores TF_CPP_MIN_LOG_LEVEL for them); they are not part of our report and would
     break the one-line errors. Python errors raised by the import still surface normally.
+    needed_for: what needs TensorFlow, for the one line when it is not installed ("`bninspect
+    probe`", "reading SavedModel variables"); raises MissingExtra then.
     Returns the tensorflow module.
     """
     global _setting
     if "tensorflow" not in sys.modules:
         user_set = ONEDNN_VARIABLE in os.environ
         os.environ.setdefault(ONEDNN_VARIABLE, "1")
+        _import("tensorflow", quiet, needed_for)
         _setting = OneDNNSetting(os.environ[ONEDNN_VARIABLE], True, user_set)
-        _import("tensorflow", quiet)
     elif _setting is None:
         # Imported by the user (or a library) before us: the variable had whatever value it had
         # then; today's value is the best guess, and we do not change it.
         _setting = OneDNNSetting(os.environ.get(ONEDNN_VARIABLE), False, ONEDNN_VARIABLE in os.environ)
     if keras and "keras" not in sys.modules:
-        _import("keras", quiet)
+        _import("keras", quiet, needed_for)
     return sys.modules["tensorflow"]
 
 
@@ -73,7 +85,18 @@ def onednn_setting() -> OneDNNSetting:
                          ONEDNN_VARIABLE in os.environ)
 
 
-def _import(name: str, quiet: bool) -> None:
+def _import(name: str, quiet: bool, needed_for: str) -> None:
+    try:
+        _import_module(name, quiet)
+    except ModuleNotFoundError as error:
+        # Only the extra's own modules missing means "not installed"; a module missing inside
+        # TensorFlow (a broken install) is TensorFlow's error and keeps its traceback.
+        if error.name not in _EXTRA_MODULES:
+            raise
+        raise MissingExtra(needed_for, "TensorFlow", TENSORFLOW_EXTRA) from None
+
+
+def _import_module(name: str, quiet: bool) -> None:
     if not quiet:
         __import__(name)
         return

@@ -37,8 +37,15 @@ class Page:
     tags: list[tuple[str, dict[str, str | None]]] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     css: list[str] = field(default_factory=list)
-    # For each <details class="bn-layer">: its id and the classes of the <figure>s inside it.
+    # For each <details class="bn-detail"> (a layer drawn in detail): its id and the classes of the
+    # <figure>s inside it.
     layers: list[tuple[str, list[str]]] = field(default_factory=list)
+    # For each <tr class="bn-layer"> of a layer table: its id, its cells' text, its flagged channels.
+    rows: list["Row"] = field(default_factory=list)
+
+    def row(self, path: str) -> "Row":
+        (found,) = [row for row in self.rows if row.path == path]
+        return found
 
     @property
     def all_text(self) -> str:
@@ -52,6 +59,23 @@ class Page:
                    if name == tag and (cls is None or cls in (attrs.get("class") or "").split()))
 
 
+@dataclass
+class Row:
+    id: str
+    classes: list[str]
+    channels_attr: str
+    cells: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        """The layer path: the text of the second cell, before its "plots" link."""
+        return self.cells[1].removesuffix(" plots").strip()
+
+    @property
+    def flagged_channels(self) -> list[int]:
+        return [int(c) for c in self.channels_attr.split(",") if c]
+
+
 class _Parser(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -59,6 +83,7 @@ class _Parser(HTMLParser):
         self.stack: list[str] = []
         self.in_style = False
         self.layer_depth: int | None = None
+        self.row_depth: int | None = None
 
     def handle_starttag(self, tag, attrs):
         attributes = dict(attrs)
@@ -66,7 +91,14 @@ class _Parser(HTMLParser):
         classes = (attributes.get("class") or "").split()
         if tag == "style":
             self.in_style = True
-        if tag == "details" and "bn-layer" in classes:
+        if tag == "tr" and "bn-layer" in classes:
+            self.page.rows.append(Row(attributes.get("id") or "", classes, attributes.get("data-channels") or ""))
+            self.row_depth = len(self.stack)
+        if tag == "td" and "flagged-channels" in classes and self.row_depth is not None:
+            self.page.rows[-1].channels_attr = attributes.get("data-channels") or ""
+        if tag == "td" and self.row_depth is not None:
+            self.page.rows[-1].cells.append("")
+        if tag == "details" and "bn-detail" in classes:
             self.page.layers.append((attributes.get("id") or "", []))
             self.layer_depth = len(self.stack)
         if tag == "figure" and self.layer_depth is not None:
@@ -86,12 +118,17 @@ class _Parser(HTMLParser):
                 pass
         if tag == "details" and self.layer_depth is not None and len(self.stack) <= self.layer_depth:
             self.layer_depth = None
+        if tag == "tr" and self.row_depth is not None and len(self.stack) <= self.row_depth:
+            self.row_depth = None
 
     def handle_data(self, data):
         if self.in_style:
             self.page.css.append(data)
         elif data.strip():
             self.page.text.append(data.strip())
+            if self.row_depth is not None and self.page.rows[-1].cells:
+                cells = self.page.rows[-1].cells
+                cells[-1] = (cells[-1] + " " + data.strip()).strip()
 
 
 def parse(text: str) -> Page:
@@ -110,8 +147,11 @@ def assert_self_contained(page: Page) -> None:
         assert not (tag == "link" and "stylesheet" in (attrs.get("rel") or "")), attrs
         for name in ("src", "href", "xlink:href", "action", "data", "poster"):
             value = attrs.get(name)
-            if value is not None:
-                assert value.startswith("#"), f"<{tag} {name}={value!r}>: only in-page references allowed"
+            if value is None:
+                continue
+            if tag == "image" and name == "xlink:href" and value.startswith("data:image/png;base64,"):
+                continue  # a raster inside an SVG figure (the heatmaps), inline
+            assert value.startswith("#"), f"<{tag} {name}={value!r}>: only in-page references allowed"
         for name, value in attrs.items():
             if value and "url(" in value:
                 assert all(part.startswith("#") for part in value.split("url(")[1:]), (tag, name, value)
@@ -166,8 +206,10 @@ def test_untrained_sample_reports_bn001_with_its_documentation(tmp_path: Path) -
     code, stderr, output, result = run_report([str(UNTRAINED)], tmp_path)
     assert code == 0, result.output
     page = parse(output.read_text(encoding="utf-8"))
-    assert len(page.layers) == 2
-    assert [layer_id.split("-", 3)[-1] for layer_id, _ in page.layers] == ["bn1", "bn2"]
+    # Every BN layer has its row in the layer table; both have findings, so both are drawn in detail.
+    assert [row.path for row in page.rows] == ["bn1", "bn2"]
+    assert all("flagged" in row.classes for row in page.rows)
+    assert [layer_id.split("-", 3)[-1] for layer_id, _ in page.layers] == ["bn1-plots", "bn2-plots"]
     text = page.all_text
     assert "BN001" in text and "cnn_untrained.h5" in text and "h5-legacy" in text
     # The rule documentation of BN001, and only of the codes that occur.
@@ -178,12 +220,13 @@ def test_untrained_sample_reports_bn001_with_its_documentation(tmp_path: Path) -
 
     fix = " ".join(RULES_BY_CODE["BN001"].fix.split())
     assert fix.split("`")[0].strip() in text  # the "How to fix" text, up to its first inline code
-    # Every finding links to a layer section that exists.
-    layer_ids = {layer_id for layer_id, _ in page.layers}
+    # Every in-page link to a layer goes to its table row or its detailed section.
+    layer_ids = {row.id for row in page.rows} | {layer_id for layer_id, _ in page.layers}
     links = [attrs["href"][1:] for tag, attrs in page.tags if tag == "a" and attrs.get("href", "").startswith("#m")]
     assert links and set(links) <= layer_ids
-    # One overview, and per layer its per-channel plots.
-    assert page.count("figure", "overview") == 1
+    assert {row.id for row in page.rows} <= set(links)  # the findings table links each row
+    # One overview, one heatmap figure, and per detailed layer its per-channel plots.
+    assert page.count("figure", "overview") == 1 and page.count("figure", "heatmap") == 1
     assert all("channels" in classes for _, classes in page.layers)
     assert_self_contained(page)
     ids = page.ids()
@@ -194,10 +237,11 @@ def test_trained_sample_has_no_findings_and_all_layers(tmp_path: Path) -> None:
     code, _, output, result = run_report([str(TRAINED)], tmp_path)
     assert code == 0, result.output
     page = parse(output.read_text(encoding="utf-8"))
-    assert len(page.layers) == 2
+    assert [row.path for row in page.rows] == ["bn1", "bn2"]
     assert "No findings." in page.all_text and "keras-v3" in page.all_text
     assert not [i for i in page.ids() if i.startswith("rule-")]
-    assert page.count("svg") == 3  # the overview and one per-channel figure per layer
+    # A small model: every layer drawn in detail, findings or not (the overview, the heatmaps, 2 layers).
+    assert len(page.layers) == 2 and page.count("svg") == 4
     assert_self_contained(page)
 
 
@@ -205,7 +249,7 @@ def test_several_models_in_one_page(tmp_path: Path) -> None:
     code, _, output, result = run_report([str(UNTRAINED), str(TRAINED)], tmp_path)
     assert code == 0, result.output
     page = parse(output.read_text(encoding="utf-8"))
-    assert page.count("section", "model") == 2 and len(page.layers) == 4
+    assert page.count("section", "model") == 2 and len(page.rows) == 4 and len(page.layers) == 4
     ids = page.ids()
     assert len(ids) == len(set(ids))
 
@@ -315,8 +359,10 @@ def test_awkward_arrays_render(tmp_path: Path) -> None:
                   moving_variance=np.full(3, np.nan), beta=None),
               _bn("wide", 2048, rng), _bn("zero", 5, rng, moving_variance=np.zeros(5)),
               _bn("bare", 6, rng, gamma=None, beta=None)]
-    page = parse(render_html([_report(layers), _report([], source="empty.h5")]))
-    assert len(page.layers) == 5 and "No BatchNormalization layers." in page.all_text
+    page = parse(render_html([_report(layers), _report([], source="empty.h5")], layers="*"))
+    assert len(page.layers) == 5 and len(page.rows) == 5 and "No BatchNormalization layers." in page.all_text
+    assert "column (channels binned by up to 8)" in page.all_text  # 2048 channels in 256 columns
+    assert page.row("nan").cells[6] == "-0.5 … 1 (2 NaN/Inf)"  # the moving variance range
     assert "min and max over bins of 16 consecutive channels" in page.all_text
     assert overview_png(_report(layers))[:8] == b"\x89PNG\r\n\x1a\n"
     assert overview_png(_report([]))[:8] == b"\x89PNG\r\n\x1a\n"
@@ -353,18 +399,124 @@ def test_api_to_html_is_the_page_the_command_writes(tmp_path: Path) -> None:
     assert overview._repr_svg_().lstrip().startswith("<svg") and "</svg>" in overview.svg
 
 
-def test_200_bn_layers_stay_small() -> None:
+PANELS = ("gamma", "beta", "moving-mean", "moving-variance", "effective-scale")
+
+
+class _SvgParser(HTMLParser):
+    """Per heatmap panel group (`<g id="...bn-rings-PANEL">`): the `<use>` markers inside it; and
+    the `<image>`s of each `<figure class="heatmap">`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open_groups: list[str | None] = []
+        self.rings: dict[str, int] = {}
+        self.in_heatmap = 0
+        self.heatmap_images: list[int] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "figure" and "heatmap" in (attributes.get("class") or ""):
+            self.heatmap_images.append(0)
+            self.in_heatmap = 1
+        if tag == "g":
+            group = attributes.get("id") if "bn-rings-" in (attributes.get("id") or "") else None
+            self.open_groups.append(group)
+            if group:
+                self.rings[group] = 0
+        self.handle_startendtag(tag, attrs, opened=True)
+
+    def handle_startendtag(self, tag, attrs, opened: bool = False):
+        if tag == "use":
+            for group in self.open_groups:
+                if group:
+                    self.rings[group] += 1
+        if tag == "image" and self.in_heatmap:
+            self.heatmap_images[-1] += 1
+
+    def handle_endtag(self, tag):
+        if tag == "g" and self.open_groups:
+            self.open_groups.pop()
+        if tag == "figure":
+            self.in_heatmap = 0
+
+
+def svg_marks(text: str) -> _SvgParser:
+    parser = _SvgParser()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def _rings(marks: _SvgParser, panel: str, model: str = "m1") -> int:
+    """The red rings the heatmap of model `model` draws in one panel (its gid is bn-rings-PANEL)."""
+    return marks.rings.get(f"{model}-hm-bn-rings-{panel}", 0)
+
+
+def test_200_bn_layers_one_heatmap_a_row_each_and_under_1_mb() -> None:
+    """The scale of the issue: 200 BN layers with realistic (random) values. Every layer has its
+    table row, every channel is a cell of the heatmaps, the flagged channels are ringed and listed,
+    and only the layers with findings are drawn in detail."""
+    from bninspect.checking import run_static_rules
     from bninspect.reporters.html_report import render_html
 
     rng = np.random.default_rng(3)
-    layers = [_bn(f"block_{i}/bn", 64, rng) for i in range(200)]
-    findings = (_finding("block_7/bn", "BN006", "1 of 64 channels ...: channel 5"),)
-    text = render_html([_report(layers, findings)])
+    layers = [_bn(f"block_{i}/bn", 64 if i % 2 else 256, rng) for i in range(200)]
+    layers[7] = _bn("block_7/bn", 64, rng, gamma=np.where(np.arange(64) % 20 == 5, 0.0, 1.0))  # 5, 25, 45
+    report = _report(layers)
+    report = ModelReport(source=report.source, description=report.description,
+                         findings=tuple(run_static_rules(report.description)))
+    assert {(f.code, f.layer) for f in report.findings} == {("BN006", "block_7/bn")}
+    text = render_html([report])
     page = parse(text)
-    assert len(page.layers) == 200
-    assert len(text.encode()) < 4_000_000, len(text.encode())
+    assert [row.path for row in page.rows] == [layer.path for layer in layers]
+    assert [row.cells[0] for row in page.rows[:3]] == ["#0", "#1", "#2"]
+    assert page.row("block_7/bn").flagged_channels == [5, 25, 45] and "flagged" in page.row("block_7/bn").classes
+    assert not [row for row in page.rows if row.flagged_channels and row.path != "block_7/bn"]
+    assert [layer_id for layer_id, _ in page.layers] == [page.row("block_7/bn").id + "-plots"]
+    marks = svg_marks(text)
+    assert marks.heatmap_images == [1 + 5 + 5]  # the findings strip, a panel per statistic and its colour bar
+    for panel in PANELS:
+        assert _rings(marks, panel) == 3, panel
+    size = len(text.encode())
+    assert size < 1_000_000, size
     ids = page.ids()
     assert len(ids) == len(set(ids))
+
+
+def test_heatmap_grid_keeps_the_outlier_of_each_bin_and_blanks_the_rest() -> None:
+    from bninspect.reporters.heatmap import grid
+
+    wide = np.ones(10)
+    wide[7] = 50.0  # bins of 4 (10 channels in 3 columns): 0-3, 4-7, 8-9
+    narrow = np.array([2.0, np.nan])
+    cells = grid([wide, narrow, None], log=False, columns=3)
+    assert cells.values.shape == (3, 3) and list(cells.width) == [4, 1, 1]
+    assert list(cells.values[0]) == [1.0, 50.0, 1.0]
+    assert cells.values[1, 0] == 2.0 and np.isnan(cells.values[1, 1:]).all() and np.isnan(cells.values[2]).all()
+    logged = grid([np.array([100.0, 0.0, -1.0, np.inf])], log=True)
+    assert logged.values[0, 0] == 2.0 and np.isnan(logged.values[0, 1:]).all()
+
+
+def test_detail_layers_one_per_finding_group_first_then_the_pattern_decides() -> None:
+    from bninspect.reporters.detail import detail_layers
+
+    paths = [f"block_{i}/bn" for i in range(20)]
+    findings = ([_finding(path, "BN013", "frozen") for path in paths]
+                + [Finding("BN001", "untrained", Severity.ERROR, "m.h5", "block_17/bn", "m", "h")])
+    assert detail_layers(paths, findings, limit=3) == ["block_0/bn", "block_1/bn", "block_17/bn"]
+    assert detail_layers(paths, (), limit=3) == []
+    assert detail_layers(paths[:3], (), limit=3) == paths[:3]  # a small model: every layer
+    assert detail_layers(paths, findings, pattern="block_1?/bn") == paths[10:]
+    assert detail_layers(paths, findings, pattern="bn") == paths  # the last path component
+
+
+def test_layers_option_draws_the_matching_layers(tmp_path: Path) -> None:
+    code, _, output, result = run_report([str(UNTRAINED), "--layers", "bn2"], tmp_path)
+    assert code == 0, result.output
+    page = parse(output.read_text(encoding="utf-8"))
+    assert [layer_id.split("-", 3)[-1] for layer_id, _ in page.layers] == ["bn2-plots"]
+    assert [row.path for row in page.rows] == ["bn1", "bn2"]
+    assert "matching --layers bn2" in page.all_text
 
 
 # --- with data (TensorFlow) --------------------------------------------------------------------------
@@ -434,14 +586,41 @@ def _chromium_flags(tmp_path: Path) -> list[str]:
             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
 
 
+def _with_zero_gamma(target: Path, channels: list[int]) -> Path:
+    """A copy of the trained sample whose first BN layer has gamma 0 in `channels` (BN006 names them)."""
+    import zipfile
+
+    import h5py
+
+    work = target.with_suffix(".weights.h5")
+    with zipfile.ZipFile(TRAINED) as source:
+        members = {info.filename: source.read(info.filename) for info in source.infolist()}
+    work.write_bytes(members["model.weights.h5"])
+    with h5py.File(work, "r+") as weights:
+        gamma = weights["layers/batch_normalization/vars/0"]
+        values = gamma[...]
+        values[channels] = 0.0
+        gamma[...] = values
+    members["model.weights.h5"] = work.read_bytes()
+    with zipfile.ZipFile(target, "w") as out:
+        for name, data in members.items():
+            out.writestr(name, data)
+    return target
+
+
 def test_report_in_headless_chromium(tmp_path: Path) -> None:
     """The page as a browser shows it: a screenshot that is a PNG of the window size, no console
-    errors in chromium's log, and the DOM chromium built holding one section per BN layer and the
-    finding codes. What the console check covers: chromium's stderr log (`--enable-logging=stderr`)
-    has no "Uncaught" and no CONSOLE(...) error lines; the page has no script, so there is little
-    that could log."""
+    errors in chromium's log, nothing fetched, and in the DOM chromium built: a table row for every
+    BN layer of every model (its id, its path as text), the flagged channels listed in the row,
+    ringed in the heatmaps and named in the layer's detailed section. What the console check
+    covers: chromium's stderr log (`--enable-logging=stderr`) has no "Uncaught" and no
+    CONSOLE(...) error lines; the page has no script, so there is little that could log."""
+    import bninspect
+
     browser = _chromium()
-    code, _, output, result = run_report([str(UNTRAINED), str(TRAINED)], tmp_path)
+    zeroed = _with_zero_gamma(tmp_path / "zero_gamma.keras", [2, 5])
+    models = [UNTRAINED, TRAINED, zeroed]
+    code, _, output, result = run_report([str(model) for model in models], tmp_path)
     assert code == 0, result.output
     url = output.resolve().as_uri()
     screenshot = tmp_path / "shot.png"
@@ -461,7 +640,21 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
                          timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = parse(dom.stdout)
-    assert len(page.layers) == 4
-    assert "BN001" in page.all_text
-    assert page.count("svg") == 1 + 2 + 1 + 2
+    expected = [layer.path for model in models for layer in bninspect.inspect(str(model)).bn_layers]
+    assert [row.path for row in page.rows] == expected == ["bn1", "bn2"] * 3
+    ids = page.ids()
+    assert all(row.id in ids for row in page.rows) and len(ids) == len(set(ids))
+    assert "BN001" in page.all_text and "BN006" in page.all_text
+    # The flagged channels: in the table row, ringed in every panel of that model's heatmap, named
+    # in its detailed section; no other layer has any.
+    zero_row = page.rows[4]
+    assert zero_row.id.startswith("m3-") and zero_row.flagged_channels == [2, 5] and zero_row.cells[-1] == "2, 5"
+    assert [row.flagged_channels for row in page.rows if row is not zero_row] == [[]] * 5
+    marks = svg_marks(dom.stdout)
+    assert [_rings(marks, panel, "m3") for panel in PANELS] == [2] * 5
+    assert not [group for group in marks.rings if not group.startswith("m3-")]
+    assert "Highlighted channels: 2, 5" in page.all_text
+    # Per model: the overview, the heatmap figure and one per-channel figure per (small model's) layer.
+    assert page.count("figure", "heatmap") == 3 and marks.heatmap_images == [11] * 3
+    assert page.count("svg") == 3 * (1 + 1 + 2)
     assert_self_contained(page)

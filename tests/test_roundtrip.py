@@ -377,7 +377,8 @@ def test_keras3_subclassed_model_file_is_read_from_its_weights(suffix, fmt, tmp_
     model.save(path)
     description = loaders.load(path)
     assert description.format == fmt
-    assert not description.has_config and "subclassed" in description.notes[0]
+    assert not description.has_config and description.architecture.kind == "code"
+    assert description.architecture.class_name == "Net" and "architecture is code" in description.notes[0]
     assert_same_bn_layers(description, expected_bn_layers(model), has_config=False)
 
 

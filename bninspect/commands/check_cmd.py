@@ -24,8 +24,8 @@ from bninspect.reporters import OutputFormat
 
 
 def check(
-    paths: List[Path] = typer.Argument(..., help="Model files, SavedModel directories, or directories to search "
-                                                 "recursively for them."),
+    paths: List[Path] = typer.Argument(..., help="Model files, SavedModel or KerasHub preset directories, TF "
+                                                 "checkpoints, or directories to search recursively for them."),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict",
                                           help="Fail on warnings too (default: the config's `strict`, else off)."),
     select: Optional[List[str]] = SelectOption,
@@ -34,6 +34,12 @@ def check(
                                                help="text, json, sarif, junit or github."),
     output: Optional[Path] = OutputOption,
     config: Optional[Path] = ConfigOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Text: every finding on its own line (default: repeated findings of a "
+                                      "model grouped by code, with the count and the first layers)."),
+    statistics: bool = typer.Option(False, "--statistics",
+                                    help="Text: instead of the findings, how many there are of each code over "
+                                         "all files."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Read files in N worker processes (0: one per CPU). "
                                                       "Ignored with --data: models are run one after another."),
     data: Optional[Path] = typer.Option(None, "--data", "-d",
@@ -59,6 +65,8 @@ def check(
     from bninspect.checking import check_targets, exit_status, targets
 
     settings = command_settings(config, select, ignore, strict, debug)
+    if statistics and output_format is not OutputFormat.TEXT:
+        fail(f"--statistics is for --format text; --format {output_format.value} lists every finding")
     if jobs < 0:
         fail(f"--jobs must be 0 (one per CPU) or more, got {jobs}")
     workers = jobs or os.cpu_count() or 1
@@ -73,7 +81,7 @@ def check(
             with _progress(len(items)) as advance:
                 reports = check_targets(items, settings, jobs=workers, on_done=advance)
     code = exit_status(reports, settings)
-    emit(_render(reports, output_format, settings, code, output), output)
+    emit(_render(reports, output_format, settings, code, output, verbose, statistics), output)
     _errors_to_stderr(reports)
     raise typer.Exit(code)
 
@@ -101,14 +109,15 @@ def _check_with_data(paths: List[Path], settings, data: Path, batch_size: int, l
     if not data.exists():
         fail(f"--data {data}: no such file or directory")
     if not debug:
-        quiet_tensorflow()
+        quiet_tensorflow("check --data")
     # Parsed once, up front: a bad --rescale is a usage error, and the custom-objects file runs once.
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
     items = [Target(str(path)) for path in dict.fromkeys(paths)]
     return probe_targets(items, settings, options)
 
 
-def _render(reports, output_format: OutputFormat, settings, code: int, output: Optional[Path]) -> str:
+def _render(reports, output_format: OutputFormat, settings, code: int, output: Optional[Path],
+            verbose: bool = False, statistics: bool = False) -> str:
     if output_format is OutputFormat.JSON:
         from bninspect.reporters import json_report
 
@@ -124,11 +133,11 @@ def _render(reports, output_format: OutputFormat, settings, code: int, output: O
     if output_format is OutputFormat.GITHUB:
         from bninspect.reporters import github
 
-        return github.render(reports)
+        return github.render(reports, group_infos=not verbose)
     from bninspect.reporters import check_text
 
     return check_text.render(reports, fail_severity=settings.fail_severity, exit_code=code,
-                             color=use_color(output))
+                             color=use_color(output), verbose=verbose, statistics=statistics)
 
 
 class _progress:

@@ -13,7 +13,7 @@ from typing import Iterator, NoReturn, Optional
 
 import typer
 
-from bninspect.errors import ModelReadError, UsageProblem
+from bninspect.errors import MissingExtra, ModelReadError, UsageProblem
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -55,14 +55,21 @@ def one_line_errors(debug: bool) -> Iterator[None]:
         fail(str(error))
 
 
-def quiet_tensorflow() -> None:
+def quiet_tensorflow(command: str) -> None:
     """Import TensorFlow and Keras without their start-up chatter on stderr, with oneDNN on unless
     the user set TF_ENABLE_ONEDNN_OPTS (see `bninspect.tf_runtime.import_tensorflow`). `--debug`
     skips this: the probes then import TensorFlow themselves, with the same oneDNN default.
+
+    Called before the command reads or runs anything, so a light install without the `tensorflow`
+    extra stops at once with one line naming `command` (e.g. "probe", "check --data") and the pip
+    command, exit 2.
     """
     from bninspect.tf_runtime import import_tensorflow
 
-    import_tensorflow(quiet=True)
+    try:
+        import_tensorflow(quiet=True, needed_for=f"`bninspect {command}`")
+    except MissingExtra as error:
+        fail(str(error))
 
 
 def use_color(output: Optional[Path]) -> bool:

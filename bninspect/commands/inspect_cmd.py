@@ -17,8 +17,11 @@ from bninspect.reporters import OutputFormat
 
 
 def inspect(
-    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5) or SavedModel directories."),
+    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel or KerasHub "
+                                                  "preset directories, or TF checkpoints (directory, prefix or .index)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Show the BN layers matching PATTERN (glob on path or name) channel by channel."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="List every finding on its own line (default: grouped by code)."),
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
     config: Optional[Path] = ConfigOption,
@@ -39,4 +42,5 @@ def inspect(
     if output_format is OutputFormat.JSON:
         emit(json_report.render(reports), output)
     else:
-        emit(table.render(reports, color=use_color(output), width=terminal_width(), layer_pattern=layer), output)
+        emit(table.render(reports, color=use_color(output), width=terminal_width(), layer_pattern=layer,
+                          verbose=verbose), output)

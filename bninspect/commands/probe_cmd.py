@@ -39,7 +39,7 @@ def probe(
         fail(f"--format {output_format.value} is for `bninspect check`; probe writes text or json")
     settings = command_settings(config, debug=debug)
     if not debug:
-        quiet_tensorflow()
+        quiet_tensorflow("probe")
     with one_line_errors(debug):
         from bninspect.probes import run_probe
 

@@ -16,6 +16,7 @@ from bninspect.commands.common import (VersionOption, DebugOption, UsageProblem,
                                        terminal_width, use_color)
 from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.reporters import OutputFormat
+from bninspect.model import NO_ARCHITECTURE
 
 
 def recalibrate(
@@ -56,7 +57,7 @@ def recalibrate(
     target = _target(model, output, in_place)
     settings = command_settings(config, debug=debug)
     if not debug:
-        quiet_tensorflow()
+        quiet_tensorflow("recalibrate")
     with one_line_errors(debug):
         summary = _recalibrate(model, data, target, layers=layers, architecture=architecture, batch_size=batch_size,
                                limit=limit, rescale=rescale, unsafe=unsafe, custom_objects=custom_objects,
@@ -126,7 +127,7 @@ def _recalibrate(model: Path, data: Path, target: Path, *, layers, architecture,
 
 def _model_to_run(description, architecture: Optional[Path], unsafe: bool, custom_objects: Optional[Path]):
     """The file itself, or for a weights-only file the architecture with these weights loaded."""
-    if description.has_config:
+    if description.architecture.kind != NO_ARCHITECTURE:
         if architecture is not None:
             raise UsageProblem(f"--architecture is for weights-only files; {description.source} holds its own")
         return description.source

@@ -28,7 +28,8 @@ class ReportFormat(str, Enum):
 
 
 def report(
-    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5) or SavedModel directories."),
+    models: List[Path] = typer.Argument(..., help="Model files (.h5, .keras, .weights.h5), SavedModel or KerasHub "
+                                                  "preset directories, or TF checkpoints (directory, prefix or .index)."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Also run every model on these samples and plot "
                                                                    "stored vs observed statistics. " + DATA_HELP),
     batch_size: Optional[int] = OptionalBatchSizeOption,
@@ -36,6 +37,9 @@ def report(
     rescale: Optional[str] = RescaleOption,
     unsafe: bool = UnsafeOption,
     custom_objects: Optional[Path] = CustomObjectsOption,
+    layers: Optional[str] = typer.Option(None, "--layers", help="Draw per-channel plots of the BN layers matching "
+                                                                 "PATTERN (glob on path or name, '*' for all) "
+                                                                 "instead of a few of the layers with findings."),
     output_format: ReportFormat = typer.Option(ReportFormat.HTML, "--format", "-f",
                                                help="html (the whole report) or png (the overview figure of "
                                                     "the first model)."),
@@ -48,13 +52,17 @@ def report(
 ) -> None:
     """Write a self-contained HTML report of MODEL's BatchNormalization layers, with plots.
 
-    Overview along the depth, per-channel plots of every BN layer, findings with their
-    documentation; with --data, stored vs observed statistics. Opens offline: no script, nothing
+    Overview along the depth, every channel of every BN layer in one heatmap per statistic, a table
+    row per layer, per-channel plots of a few layers with findings (or of --layers PATTERN),
+    findings with their documentation; with --data, stored vs observed statistics. Opens offline: no script, nothing
     fetched. Exit 0 when the report was written, 2 when it could not be.
     """
     from bninspect.checking import inspect_path
+    from bninspect.reporters.plots import require_matplotlib
 
     settings = command_settings(config, debug=debug)
+    with one_line_errors(debug):
+        require_matplotlib(needed_for="`bninspect report`")  # before any model is read or run
     if data is None:
         refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects)
     if output_format is ReportFormat.PNG and output == DEFAULT_OUTPUT:
@@ -71,7 +79,7 @@ def report(
     else:
         from bninspect.reporters.html_report import render_html
 
-        _write(output, render_html(reports).encode("utf-8"))
+        _write(output, render_html(reports, layers=layers).encode("utf-8"))
     typer.echo(f"bninspect: wrote {output}", err=True)
     raise typer.Exit(EXIT_OK)
 
@@ -85,7 +93,7 @@ def _probe_all(models, reports, settings, data: Path, batch_size: int, limit, re
     if not data.exists():
         fail(f"--data {data}: no such file or directory")
     if not debug:
-        quiet_tensorflow()
+        quiet_tensorflow("report --data")
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
     return [add_probe(static, str(path), settings, options) for path, static in zip(models, reports)]
 

@@ -22,7 +22,7 @@ def _text_or_json(output_format: OutputFormat) -> None:
 
 def _rule_dict(rule) -> dict:
     return {"code": rule.code, "name": rule.name, "severity": rule.severity.value, "kind": rule.kind,
-            "needs_config": rule.needs_config, "summary": rule.summary, "what": rule.what, "why": rule.why,
+            "needs_config": rule.needs_config, "needs": rule.needs, "summary": rule.summary, "what": rule.what, "why": rule.why,
             "example": rule.example, "fix": rule.fix, "hint": rule.hint}
 
 

@@ -1,7 +1,10 @@
 """Read a model file of any supported format into a `ModelDescription`.
 
-The format is told by the bytes, not the file name: HDF5 signature, zip signature, or a directory
-with `saved_model.pb`. Only SavedModel reading imports TensorFlow.
+The format is told by the bytes where it can be: HDF5 signature, zip signature, a directory with
+`saved_model.pb`. A TF checkpoint has no signature at its start: it is a `.index`/`.data-*` file, a
+prefix whose `.index` exists, or a directory with a `checkpoint` file or `.index` files. Only
+SavedModel and TF checkpoint reading import TensorFlow (the `tensorflow` extra: without it, such a
+file is a ModelReadError that says how to install it).
 
 Layer: readers (the layer order is written in tests/test_layers.py).
 """
@@ -13,6 +16,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+from bninspect.errors import MissingExtra
 from bninspect.loaders.graph import ConfigError
 from bninspect.model import ModelDescription, ModelReadError
 
@@ -67,7 +71,10 @@ def _read_hdf5(source: str) -> ModelDescription:
 
 
 def load(path: str | os.PathLike) -> ModelDescription:
-    """Read one model file or SavedModel directory. Raises ModelReadError with a one-line reason."""
+    """Read one model file, SavedModel directory or TF checkpoint. Raises ModelReadError with a
+    one-line reason."""
+    from bninspect.loaders import tf_checkpoint
+
     source = str(path)
     try:
         target = Path(source)
@@ -76,7 +83,16 @@ def load(path: str | os.PathLike) -> ModelDescription:
                 from bninspect.loaders import savedmodel
 
                 return savedmodel.read_savedmodel(source)
-            raise ConfigError("is a directory without saved_model.pb, not a SavedModel")
+            from bninspect.loaders import kerashub_preset
+
+            if kerashub_preset.is_preset_directory(target):
+                return kerashub_preset.read_preset(source)
+            if tf_checkpoint.is_checkpoint_directory(target):
+                return tf_checkpoint.read_tf_checkpoint(source)
+            raise ConfigError("is a directory without saved_model.pb, config.json + model.weights.h5 or .index "
+                              "files: not a SavedModel, a KerasHub preset or a TF checkpoint")
+        if tf_checkpoint.is_checkpoint_prefix(target):
+            return tf_checkpoint.read_tf_checkpoint(source)
         if not target.exists():
             raise ConfigError("no such file or directory")
         with open(target, "rb") as handle:
@@ -89,27 +105,54 @@ def load(path: str | os.PathLike) -> ModelDescription:
             return keras_v3.read_keras_archive(source)
         if _hdf5_at(head):
             return _read_hdf5(source)
-        raise ConfigError("not an HDF5 file (.h5) or a zip archive (.keras)")
+        if tf_checkpoint.names_checkpoint_file(target):
+            return tf_checkpoint.read_tf_checkpoint(source)
+        raise ConfigError("not an HDF5 file (.h5), a zip archive (.keras) or a TF checkpoint (.index)")
     except READ_ERRORS as error:
         raise ModelReadError(source, _reason(error)) from error
+    except MissingExtra as error:
+        # A SavedModel or TF checkpoint without TensorFlow installed: this file cannot be read
+        # here (`check` still reads the others), and the reason says how to install the extra.
+        raise ModelReadError(source, str(error)) from None
 
 
 def discover(paths: list[str | os.PathLike]) -> list[str]:
-    """Model files and SavedModel directories under the given paths, in a stable order.
+    """Model files, SavedModel directories and TF checkpoints under the given paths, in a stable order.
 
     Named files are kept whatever their suffix (the user asked for them); directories are searched
-    recursively for `.h5`, `.hdf5`, `.keras` files and SavedModel directories.
+    recursively for `.h5`, `.hdf5`, `.keras` files, SavedModel and KerasHub preset directories (one
+    model each: their weights files are not listed apart) and TF checkpoints. A directory with a
+    `checkpoint` state file is one model (its latest checkpoint), listed by the directory; a `.index`
+    file elsewhere (with its `.data-*` shard) is a checkpoint of its own. A SavedModel's directory is
+    not searched, so its `variables/variables.index` is not listed apart from it.
     """
+    from bninspect.loaders.tf_checkpoint import INDEX_SUFFIX, STATE_FILE
+
     found: list[str] = []
     for path in paths:
         target = Path(path)
-        if not target.is_dir() or (target / "saved_model.pb").is_file():
+        if not target.is_dir() or _is_model_directory(target):
             found.append(str(target))
             continue
         for root, dirs, files in os.walk(target):
             root_path = Path(root)
-            saved = sorted(d for d in dirs if (root_path / d / "saved_model.pb").is_file())
+            saved = sorted(d for d in dirs if _is_model_directory(root_path / d))
             found.extend(str(root_path / d) for d in saved)
             dirs[:] = sorted(d for d in dirs if d not in saved and not d.startswith("."))
+            # Only an index with its data shard next to it: other tools write `.index` files too
+            # (FAISS, search engines), and a stray one must not fail a model registry's check.
+            shards = {f.rpartition(".data-")[0] for f in files if ".data-" in f}
+            indexes = sorted(f for f in files if f.endswith(INDEX_SUFFIX) and f[:-len(INDEX_SUFFIX)] in shards)
+            checkpoint_directory = STATE_FILE in files and bool(indexes)
+            if checkpoint_directory:
+                found.append(str(root_path))
+            else:
+                found.extend(str(root_path / f) for f in indexes)
             found.extend(str(root_path / f) for f in sorted(files) if f.lower().endswith(MODEL_SUFFIXES))
     return list(dict.fromkeys(found))
+
+
+def _is_model_directory(path: Path) -> bool:
+    from bninspect.loaders.kerashub_preset import is_preset_directory
+
+    return (path / "saved_model.pb").is_file() or is_preset_directory(path)

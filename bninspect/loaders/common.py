@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Mapping
 import numpy as np
 
 from bninspect.loaders.graph import ConfigError, dtype_policy_name
-from bninspect.model import BNLayer
+from bninspect.model import CODE, Architecture, BNLayer
 
 # A real model config is a few MB at most; a bigger one is hostile or broken, and parsing it would
 # cost unbounded time and memory.
@@ -169,7 +169,32 @@ def bn_layer(path: str, class_name: str, config: Mapping[str, Any] | None,
         dtype_policy=dtype_policy_name(get("dtype")),
         stored_dtype=arrays["moving_mean"][1],
         locations=tuple((name, entry[2]) for name, entry in arrays.items() if len(entry) > 2),
+        has_config=config is not None,
     )
+
+
+def code_architecture(entry: Mapping[str, Any], class_name: str | None = None) -> Architecture:
+    """The code architecture of a serialised model whose config is no layer graph: Keras 3's
+    `{"module", "class_name", "config", "registered_name"}` (config.json, a preset's task.json)
+    or tf-keras' metadata with only `class_name` (given as `class_name` when it is elsewhere)."""
+    def text(key: str) -> str | None:
+        value = entry.get(key)
+        return value if isinstance(value, str) and value else None
+
+    config = entry.get("config")
+    return Architecture(CODE, class_name=class_name or text("class_name"), module=text("module"),
+                        registered_name=text("registered_name"),
+                        config=config if isinstance(config, dict) else {})
+
+
+def architecture_notes(architecture: Architecture) -> tuple[str, ...]:
+    """What a report should say about loading a code architecture: the library it needs."""
+    from bninspect.keras_classes import LIBRARY_MODULE_ROOTS
+
+    library = architecture.library
+    if library in LIBRARY_MODULE_ROOTS:
+        return (f"loading the model with Keras needs {library} installed (class {architecture.qualified_name})",)
+    return ()
 
 
 def may_hold_unlisted_bn(layer: Any) -> bool:

@@ -15,10 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from bninspect.loaders.common import (BN_ARRAY_NAMES, attr_text, attr_text_list, bn_layer, is_step_count_name,
-                                      may_hold_unlisted_bn, parse_json_config, read_step_count, read_vector)
+from bninspect.loaders.common import (BN_ARRAY_NAMES, architecture_notes, attr_text, attr_text_list, bn_layer,
+                                      code_architecture, is_step_count_name, may_hold_unlisted_bn, parse_json_config,
+                                      read_step_count, read_vector)
 from bninspect.loaders.graph import ConfigError, NoGraphError, container_config, dtype_policy_name, parse_model_config
-from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
+from bninspect.model import BN_CLASS_NAMES, Architecture, BNLayer, ModelDescription
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,12 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
     root = handle["model_weights"]
     try:
         graph = parse_model_config(config, attr_text_list(root.attrs.get("layer_names")))
-    except NoGraphError as error:
-        return read_weights_only(source, root, raw, fmt="h5-legacy",
-                                 notes=(f"{error}: BN layers are read from the weights, without their config",))
+    except NoGraphError:
+        architecture = code_architecture(config)
+        notes = (f"the architecture is code (class {architecture.qualified_name}): BN layers are read from the "
+                 "weights, without their config",) + architecture_notes(architecture)
+        return read_weights_only(source, root, raw, fmt="h5-legacy", notes=notes, architecture=architecture,
+                                 training_steps=_training_steps(handle))
     bn_paths = [layer.path for layer in graph.layers if layer.class_name in BN_CLASS_NAMES]
     layers_by_path = {layer.path: layer for layer in graph.layers}
 
@@ -227,7 +231,10 @@ def _wrapped_bn(wrapper_config: Any) -> tuple[str, dict | None]:
 
 
 def read_weights_only(source: str, handle: Any, raw: BinaryIO | None = None, fmt: str = "h5-weights",
-                      notes: tuple[str, ...] = ()) -> ModelDescription:
+                      notes: tuple[str, ...] = (), architecture: Architecture | None = None,
+                      training_steps: int | None = None) -> ModelDescription:
+    """The BN layers of a `layer_names` tree, found by their weight names. `architecture` is the
+    code architecture of a full-model file whose config is a class (default: weights only)."""
     bn_layers: list[BNLayer] = []
     for layer_name in attr_text_list(handle.attrs.get("layer_names")):
         if layer_name not in handle:
@@ -246,7 +253,7 @@ def read_weights_only(source: str, handle: Any, raw: BinaryIO | None = None, fmt
     version, backend = _version(handle.attrs)
     return ModelDescription(
         source=source, format=fmt, bn_layers=tuple(bn_layers), keras_version=version,
-        backend=backend, has_config=False, notes=notes,
+        backend=backend, has_config=False, notes=notes, architecture=architecture, training_steps=training_steps,
     )
 
 

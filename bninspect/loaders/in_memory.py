@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bninspect.loaders.common import bn_layer, step_count_value
+from bninspect.loaders.common import architecture_notes, bn_layer, code_architecture, step_count_value
 from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
-from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
+from bninspect.model import BN_CLASS_NAMES, Architecture, BNLayer, ModelDescription
 
 IN_MEMORY_FORMAT = "in-memory"
 
@@ -38,9 +38,12 @@ def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_
     if graph is None:
         bn_layers = tuple(_describe_bn(path, layer, layer.get_config(), type(layer).__name__)
                           for path, layer in live.items())
+        architecture = _code_architecture(model, model_config)
         return ModelDescription(source=source, format=fmt, bn_layers=bn_layers, keras_version=keras_version,
-                                backend=backend, has_config=False,
-                                notes=("the model has no layer graph config (subclassed model?)",))
+                                backend=backend, has_config=False, architecture=architecture,
+                                training_steps=_training_steps(model),
+                                notes=(f"the architecture is code (class {architecture.qualified_name}): the model "
+                                       "has no layer graph config",) + architecture_notes(architecture))
     bn_layers = []
     for graph_layer in graph.layers:
         if graph_layer.class_name in BN_CLASS_NAMES:
@@ -59,6 +62,16 @@ def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_
         dtype_policy=dtype_policy_name(model_config["config"].get("dtype")),
         training_steps=_training_steps(model),
     )
+
+
+def _code_architecture(model: Any, model_config: dict | None) -> Architecture:
+    """A subclassed model's class: as its serialised config names it (the registered name), or
+    else by its Python class."""
+    cls = type(model)
+    entry = model_config if isinstance(model_config, dict) and isinstance(model_config.get("class_name"), str) \
+        else {"class_name": cls.__name__}
+    # to_json() of a subclassed model may leave out the module; the live class knows it.
+    return code_architecture({"module": cls.__module__, **{k: v for k, v in entry.items() if v is not None}})
 
 
 def _training_steps(model: Any) -> int | None:

@@ -17,11 +17,11 @@ from typing import Any, BinaryIO
 
 import h5py
 
-from bninspect.loaders.common import (MAX_CONFIG_BYTES, attr_text, bn_layer, may_hold_unlisted_bn,
-                                      parse_json_config, read_step_count, read_vector)
+from bninspect.loaders.common import (MAX_CONFIG_BYTES, architecture_notes, attr_text, bn_layer, code_architecture,
+                                      may_hold_unlisted_bn, parse_json_config, read_step_count, read_vector)
 from bninspect.loaders.graph import ConfigError, NoGraphError, ParsedGraph, dtype_policy_name, parse_model_config
 from bninspect.loaders.hdf5_input import open_member
-from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
+from bninspect.model import BN_CLASS_NAMES, Architecture, BNLayer, ModelDescription
 
 WEIGHTS_MEMBER = "model.weights.h5"
 
@@ -152,9 +152,16 @@ OPTIMIZER_ITERATIONS = "optimizer/vars/0"
 
 def read_weights_tree(source: str, root: Any, graph: ParsedGraph | None, fmt: str,
                       keras_version: str | None = None, dtype_policy: str | None = None,
-                      raw: BinaryIO | None = None, notes: tuple[str, ...] = ()) -> ModelDescription:
-    """Read the BN layers of a Keras 3 weights tree; with `graph` from config.json when there is one."""
+                      raw: BinaryIO | None = None, notes: tuple[str, ...] = (),
+                      architecture: Architecture | None = None) -> ModelDescription:
+    """Read the BN layers of a Keras 3 weights tree; with `graph` from config.json when there is one.
+
+    Without a graph, `architecture` says what the file holds instead: code (a class from
+    config.json) or nothing (a `.weights.h5`, the default). The optimizer's step count is read
+    either way: the weights tree stores it whatever the config.
+    """
     bn_layers: list[BNLayer] = []
+    training_steps = read_step_count(root, OPTIMIZER_ITERATIONS)
     if graph is not None:
         cache: dict = {}
         for layer in graph.layers:
@@ -170,13 +177,17 @@ def read_weights_tree(source: str, root: Any, graph: ParsedGraph | None, fmt: st
         return ModelDescription(
             source=source, format=fmt, bn_layers=tuple(bn_layers), keras_version=keras_version,
             has_config=True, layers=graph.layers, outputs=graph.outputs, dtype_policy=dtype_policy,
-            training_steps=read_step_count(root, OPTIMIZER_ITERATIONS),
+            training_steps=training_steps,
         )
-    for path, vars_group in _walk_bn_groups(root, prefix=""):
-        bn_layers.append(bn_layer(path, "BatchNormalization", None,
-                                  _bn_arrays(vars_group, None, None, f"weights of {path}", raw)))
-    return ModelDescription(source=source, format=fmt, bn_layers=tuple(bn_layers),
-                            keras_version=keras_version, has_config=False, notes=notes)
+    return ModelDescription(source=source, format=fmt, bn_layers=tuple(bn_layers_without_config(root, raw)),
+                            keras_version=keras_version, has_config=False, notes=notes,
+                            training_steps=training_steps, architecture=architecture, dtype_policy=dtype_policy)
+
+
+def bn_layers_without_config(root: Any, raw: BinaryIO | None, prefix: str = "") -> list[BNLayer]:
+    """The BN layers of a weights tree found without a graph (`_walk_bn_groups`), their configs unknown."""
+    return [bn_layer(path, "BatchNormalization", None, _bn_arrays(vars_group, None, None, f"weights of {path}", raw))
+            for path, vars_group in _walk_bn_groups(root, prefix=prefix)]
 
 
 def _unlisted_bn_layers(group: Any, layer: Any, raw: BinaryIO | None) -> list[BNLayer]:
@@ -197,8 +208,7 @@ def _unlisted_bn_layers(group: Any, layer: Any, raw: BinaryIO | None) -> list[BN
         arrays = _bn_arrays(vars_group, config.get("center", True), config.get("scale", True),
                             f"weights of {path}", raw)
         return [bn_layer(path, str(wrapped["class_name"]), config, arrays)]
-    return [bn_layer(path, "BatchNormalization", None, _bn_arrays(vars_group, None, None, f"weights of {path}", raw))
-            for path, vars_group in _walk_bn_groups(group, prefix=layer.path + "/")]
+    return bn_layers_without_config(group, raw, prefix=layer.path + "/")
 
 
 # Keys Keras gives BN layers in a `layers` group (derived from the class name, so reliable).
@@ -265,15 +275,19 @@ def read_keras_archive(source: str) -> ModelDescription:
             if isinstance(metadata, dict) and isinstance(metadata.get("keras_version"), str):
                 keras_version = metadata["keras_version"]
         notes: tuple[str, ...] = ()
+        architecture = None
         try:
             graph: ParsedGraph | None = parse_model_config(config)
-        except NoGraphError as error:
-            graph, notes = None, (f"{error}: BN layers are read from the weights, without their config",)
+        except NoGraphError:
+            graph, architecture = None, code_architecture(config)
+            notes = (f"the architecture is code (class {architecture.qualified_name}): BN layers are read from "
+                     "the weights, without their config",) + architecture_notes(architecture)
         if WEIGHTS_MEMBER not in names:
             raise ConfigError(f"the .keras archive has no {WEIGHTS_MEMBER}")
         policy = dtype_policy_name(config["config"].get("dtype"))
         with open_member(archive, source, WEIGHTS_MEMBER) as member, h5py.File(member, "r") as weights:
-            return read_weights_tree(source, weights, graph, "keras-v3", keras_version, policy, notes=notes)
+            return read_weights_tree(source, weights, graph, "keras-v3", keras_version, policy, notes=notes,
+                                     architecture=architecture)
 
 
 def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:

@@ -11,7 +11,8 @@ Read statically, like the other formats: nothing from the directory is executed.
   each Keras object, addressed by the metadata's `node_path` (`root.layer_with_weights-2.
   layer_with_weights-1`), to the checkpoint keys of its `gamma`, `beta`, `moving_mean` and
   `moving_variance` children. Keys cannot be guessed from names: a variable is stored under the
-  first path that reaches it, which for nested models is often `variables/7`.
+  first path that reaches it, which for nested models is often `variables/7`. The object-graph
+  code is shared with the TF checkpoint reader (`loaders.tf_objects`).
 
 Loading with `tf_keras.models.load_model` would be simpler but would revive Lambda layers and
 traced functions, needs tf-keras (not a runtime dependency), and is slow. TensorFlow itself is
@@ -29,15 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
-from bninspect.loaders.common import (BN_ARRAY_NAMES, MAX_CHANNELS, MAX_CONFIG_BYTES, bn_layer, parse_json_config,
-                                      step_count_value)
+from bninspect.loaders.common import (MAX_CONFIG_BYTES, architecture_notes, bn_layer, code_architecture,
+                                      parse_json_config)
 from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
+from bninspect.loaders.tf_objects import (CheckpointObjects, breadth_first, bn_variable_groups, first_line,
+                                          open_reader)
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
 METADATA_FILE = "keras_metadata.pb"
-OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # saved_model.pb of a real Keras model is a few MB of traced graphs; bigger is broken or hostile.
 MAX_SAVED_MODEL_BYTES = 1 << 30
 
@@ -51,33 +51,18 @@ class _KerasNode:
     metadata: dict
 
 
+CHECKPOINT_WHAT = "SavedModel variables"
+
+
 def read_savedmodel(source: str) -> ModelDescription:
     directory = Path(source)
-    tf = _import_tensorflow()
-
-    try:
-        reader = tf.train.load_checkpoint(str(directory / "variables" / "variables"))
-        checkpoint = _CheckpointObjects(reader)
-        nodes = _keras_nodes(directory)
-        if not nodes:
-            return _read_without_metadata(source, checkpoint)
-        return _read_with_metadata(source, nodes, checkpoint)
-    except tf.errors.OpError as error:
-        # Missing, truncated or corrupt checkpoint files (NotFound, DataLoss, ...).
-        raise ConfigError(f"SavedModel variables cannot be read ({_first_line(error)})") from None
-
-
-def _import_tensorflow() -> Any:
-    """TensorFlow, imported without its start-up lines and with oneDNN on unless the user set
-    TF_ENABLE_ONEDNN_OPTS (`bninspect.tf_runtime`). Keras is not needed to read the directory."""
-    from bninspect.tf_runtime import import_tensorflow
-
-    return import_tensorflow(quiet=True, keras=False)
-
-
-def _first_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:300]
+    reader = open_reader(str(directory / "variables" / "variables"), CHECKPOINT_WHAT)
+    # Every tensor read goes through CheckpointObjects, which turns TensorFlow's errors into ours.
+    checkpoint = CheckpointObjects(reader, CHECKPOINT_WHAT)
+    nodes = _keras_nodes(directory)
+    if not nodes:
+        return _read_without_metadata(source, checkpoint)
+    return _read_with_metadata(source, nodes, checkpoint)
 
 
 # --- Keras metadata ------------------------------------------------------------------------
@@ -121,7 +106,7 @@ def _nodes_from_saved_model_pb(saved_model_file: Path) -> list[_KerasNode]:
     try:
         saved_model.ParseFromString(_read_bounded(saved_model_file, MAX_SAVED_MODEL_BYTES))
     except Exception as error:  # protobuf's DecodeError has no stable import path across versions
-        raise ConfigError(f"saved_model.pb is not a SavedModel protobuf ({_first_line(error)})") from None
+        raise ConfigError(f"saved_model.pb is not a SavedModel protobuf ({first_line(error)})") from None
     if not saved_model.meta_graphs:
         raise ConfigError("saved_model.pb holds no meta graph")
     objects = saved_model.meta_graphs[0].object_graph_def.nodes
@@ -137,14 +122,11 @@ def _nodes_from_saved_model_pb(saved_model_file: Path) -> list[_KerasNode]:
 
 def _node_paths(objects: Any) -> Iterator[tuple[int, str]]:
     """Breadth first from the root, as TensorFlow assigns paths: the first path to a node wins."""
-    seen = {0}
-    queue = [(0, "root")]
-    for node_id, path in queue:
-        yield node_id, path
-        for child in objects[node_id].children:
-            if child.node_id not in seen and 0 <= child.node_id < len(objects):
-                seen.add(child.node_id)
-                queue.append((child.node_id, f"{path}.{child.local_name}"))
+    def children(node_id: int) -> Iterator[tuple[str, int]]:
+        return ((child.local_name, child.node_id) for child in objects[node_id].children)
+
+    for node_id, edges in breadth_first(children, len(objects)):
+        yield node_id, ".".join(("root", *edges))
 
 
 def _keras_node(node_path: str, identifier: str, metadata: bytes) -> _KerasNode | None:
@@ -209,99 +191,6 @@ def _varint(data: bytes, position: int, what: str) -> tuple[int, int]:
             return result, position
 
 
-# --- checkpoint ----------------------------------------------------------------------------
-
-
-STEP_COUNT_CHILDREN = ("_iterations", "iter", "iterations")
-
-
-class _CheckpointObjects:
-    """The checkpoint's object graph: walk it by local names, read a variable child's value."""
-
-    def __init__(self, reader: Any):
-        from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-        self._reader = reader
-        if not reader.has_tensor(OBJECT_GRAPH_KEY):
-            raise ConfigError("SavedModel checkpoint has no object graph")
-        graph = trackable_object_graph_pb2.TrackableObjectGraph()
-        serialized = self._tensor(OBJECT_GRAPH_KEY)
-        try:
-            graph.ParseFromString(serialized)
-        except Exception as error:  # protobuf's DecodeError has no stable import path
-            raise ConfigError(f"SavedModel checkpoint object graph is malformed ({_first_line(error)})") from None
-        self._nodes = graph.nodes
-        if not self._nodes:
-            raise ConfigError("SavedModel checkpoint object graph is empty")
-
-    def find(self, node_path: str) -> int | None:
-        """The node id at `root.a.b`, or None."""
-        node_id = 0
-        for local_name in node_path.split(".")[1:]:
-            children = {child.local_name: child.node_id for child in self._nodes[node_id].children}
-            node_id = children.get(local_name, -1)
-            if not 0 <= node_id < len(self._nodes):
-                return None
-        return node_id
-
-    def variable_children(self, node_id: int) -> dict[str, tuple[np.ndarray, str]]:
-        """The values of the node's children that are saved variables, by local name."""
-        values = {}
-        for child in self._nodes[node_id].children:
-            if child.local_name in BN_ARRAY_NAMES and 0 <= child.node_id < len(self._nodes):
-                key = self._variable_key(child.node_id)
-                if key is not None:
-                    values[child.local_name] = self.read(key, child.local_name)
-        return values
-
-    def variables(self) -> Iterator[tuple[str, str]]:
-        """(full variable name, checkpoint key) of every saved variable."""
-        for node in self._nodes:
-            for attribute in node.attributes:
-                if attribute.name == "VARIABLE_VALUE" and attribute.full_name:
-                    yield attribute.full_name, attribute.checkpoint_key
-
-    def read(self, key: str, what: str) -> tuple[np.ndarray, str]:
-        shape = self._reader.get_variable_to_shape_map().get(key)
-        if shape is None:
-            raise ConfigError(f"checkpoint has no tensor {key!r} for {what}")
-        if len(shape) != 1:
-            raise ConfigError(f"{what} has shape {tuple(shape)}, expected one value per channel")
-        if shape[0] > MAX_CHANNELS:
-            raise ConfigError(f"{what} has {shape[0]} channels, more than {MAX_CHANNELS}")
-        value = np.asarray(self._tensor(key))
-        if value.dtype.kind not in "fiu":
-            raise ConfigError(f"{what} has dtype {value.dtype}, expected floating point")
-        return value.astype(np.float64), str(value.dtype)
-
-    def step_count(self) -> int | None:
-        """The optimizer's step counter: tf.keras 2.11+ `optimizer._iterations`, the legacy
-        optimizers' `optimizer.iter`. None without an optimizer (`include_optimizer=False`)."""
-        for local_name in STEP_COUNT_CHILDREN:
-            node_id = self.find(f"root.optimizer.{local_name}")
-            key = None if node_id is None else self._variable_key(node_id)
-            if key is not None and self._reader.has_tensor(key):
-                try:
-                    return step_count_value(self._tensor(key))
-                except ConfigError:
-                    return None  # a damaged counter is no reason to refuse the model's BN layers
-        return None
-
-    def _tensor(self, key: str) -> Any:
-        try:
-            return self._reader.get_tensor(key)
-        except (IndexError, RuntimeError, ValueError) as error:
-            # TensorFlow translates a damaged data file (DataLoss: "Read less bytes than
-            # requested") to these; OpErrors reach read_savedmodel's handler.
-            raise ConfigError(f"SavedModel variables cannot be read ({_first_line(error)})") from None
-
-    def _variable_key(self, node_id: int) -> str | None:
-        for attribute in self._nodes[node_id].attributes:
-            if attribute.name == "VARIABLE_VALUE":
-                return attribute.checkpoint_key
-        return None
-
-
 # --- description ---------------------------------------------------------------------------
 
 
@@ -336,7 +225,7 @@ def _own_config(node: _KerasNode) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
-def _bn_from_node(path: str, node: _KerasNode, config: dict | None, checkpoint: _CheckpointObjects) -> BNLayer:
+def _bn_from_node(path: str, node: _KerasNode, config: dict | None, checkpoint: CheckpointObjects) -> BNLayer:
     node_id = checkpoint.find(node.node_path)
     if node_id is None:
         raise ConfigError(f"checkpoint has no object for BN layer {path!r} ({node.node_path})")
@@ -344,7 +233,7 @@ def _bn_from_node(path: str, node: _KerasNode, config: dict | None, checkpoint: 
     return bn_layer(path, class_name, config, checkpoint.variable_children(node_id))
 
 
-def _read_with_metadata(source: str, nodes: list[_KerasNode], checkpoint: _CheckpointObjects) -> ModelDescription:
+def _read_with_metadata(source: str, nodes: list[_KerasNode], checkpoint: CheckpointObjects) -> ModelDescription:
     root = next((node for node in nodes if node.node_path == "root"), None)
     if root is None:
         raise ConfigError("Keras metadata has no root object")
@@ -378,22 +267,17 @@ def _read_with_metadata(source: str, nodes: list[_KerasNode], checkpoint: _Check
     # A subclassed model: no graph, but every layer's own config is in its metadata.
     bn_layers = [_bn_from_node(path, node, _own_config(node), checkpoint)
                  for path, node in by_path.items() if node.metadata.get("class_name") in BN_CLASS_NAMES]
-    return ModelDescription(bn_layers=tuple(bn_layers), has_config=False,
-                            notes=("subclassed model: the SavedModel has layer configs but no layer graph",),
-                            **common)
+    architecture = code_architecture(root.metadata)
+    notes = (f"the architecture is code (class {architecture.qualified_name}): the SavedModel has the layer "
+             "configs but no layer graph",) + architecture_notes(architecture)
+    return ModelDescription(bn_layers=tuple(bn_layers), has_config=False, notes=notes, architecture=architecture,
+                            training_steps=checkpoint.step_count(), **common)
 
 
-def _read_without_metadata(source: str, checkpoint: _CheckpointObjects) -> ModelDescription:
-    owners: dict[str, dict[str, str]] = {}
-    for full_name, key in checkpoint.variables():
-        stripped = full_name[:-2] if full_name.endswith(":0") else full_name
-        owner, _, leaf = stripped.rpartition("/")
-        if owner and leaf in BN_ARRAY_NAMES:
-            owners.setdefault(owner, {}).setdefault(leaf, key)
-    bn_owners = {owner: keys for owner, keys in owners.items() if {"moving_mean", "moving_variance"} <= keys.keys()}
+def _read_without_metadata(source: str, checkpoint: CheckpointObjects) -> ModelDescription:
     bn_layers = [bn_layer(owner, "BatchNormalization", None,
                           {leaf: checkpoint.read(key, f"{owner}/{leaf}") for leaf, key in keys.items()})
-                 for owner, keys in sorted(bn_owners.items())]
+                 for owner, keys in bn_variable_groups(checkpoint.variables()).items()]
     return ModelDescription(
         source=source, format="savedmodel", bn_layers=tuple(bn_layers), has_config=False,
         notes=("SavedModel has no Keras metadata: BN layers found by variable name, paths are variable scopes",),

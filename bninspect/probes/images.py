@@ -16,7 +16,7 @@ def decode_images(paths: Sequence[str], height: int, width: int, channels: int) 
     """float32 array (n, height, width, channels) with the decoded pixel values (0-255), bilinear resize."""
     from bninspect.tf_runtime import import_tensorflow
 
-    tf = import_tensorflow(quiet=False, keras=False)
+    tf = import_tensorflow(quiet=False, keras=False, needed_for="decoding images")
     images = []
     for path in paths:
         try:

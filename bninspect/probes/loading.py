@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from bninspect.errors import UsageProblem
-from bninspect.model import CONTAINER_CLASS_NAMES, Layer, ModelDescription
+from bninspect.model import CODE, CONTAINER_CLASS_NAMES, NO_ARCHITECTURE, Layer, ModelDescription
 
 
 class ModelRefused(UsageProblem):
@@ -148,9 +148,15 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False,
 
     source = str(path)
     description = loaders.load(source)
-    import_tensorflow(quiet=False, keras=False)  # before keras / tf_keras: oneDNN on unless the user chose
-    if description.format in ("h5-weights", "weights-v3") or not description.has_config:
+    # Before keras / tf_keras: oneDNN on unless the user chose.
+    import_tensorflow(quiet=False, keras=False, needed_for=f"{source}: loading the model with Keras")
+    architecture = description.architecture
+    if architecture.kind == NO_ARCHITECTURE:
         raise ModelRefused(f"{source}: a weights-only file has no architecture to run; probe the full model file")
+    if architecture.kind == CODE:
+        # Building a class is a step of its own (loading runs its code): not done here yet.
+        raise ModelRefused(f"{source}: the architecture is code (class {architecture.qualified_name}); running "
+                           "it needs the class built with Keras, which bninspect does not do yet")
     custom_objects = _with_registered_names(description, custom_objects)
     tf_keras = _tf_keras() if _uses_tf_keras(description) else None
     if description.format == "savedmodel" and tf_keras is None:

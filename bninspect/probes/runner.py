@@ -87,7 +87,7 @@ def open_model_and_data(model: Any, data: Any, *, limit: int | None, rescale: fl
     """The model loaded (or taken as it is), the name to report it by, and the data matched to its inputs."""
     # Before Keras or tf-keras is imported for the model: oneDNN on unless the user chose (for an
     # in-memory model TensorFlow is imported already, and this changes nothing).
-    import_tensorflow(quiet=False, keras=False)
+    import_tensorflow(quiet=False, keras=False, needed_for="running a model on data")
     scale = parse_rescale(rescale) if isinstance(rescale, str) else rescale
     if isinstance(custom_objects, (str, os.PathLike)):
         custom_objects = load_custom_objects(custom_objects)

@@ -1,6 +1,7 @@
-"""The text output of `bninspect check`: one line per model file, its findings below it, and a
-summary line. Compact on purpose: a CI log over a model registry must stay readable.
-(`bninspect MODEL` shows the full table of one model.)
+"""The text output of `bninspect check`: one line per model file, its findings below it grouped
+by code (`--verbose`: one by one), and a summary line. Compact on purpose: a CI log over a model
+registry, or over one backbone with 100+ BN layers, must stay readable. (`bninspect MODEL` shows
+the full table of one model.)
 
 Layer: reporters (the layer order is written in tests/test_layers.py).
 """
@@ -13,8 +14,10 @@ from rich.console import Console
 from rich.text import Text
 
 from bninspect.findings import Severity
-from bninspect.report import ModelReport
-from bninspect.reporters.table import SEVERITY_STYLE, FittingText
+from bninspect.model import GRAPH
+from bninspect.report import ModelReport, architecture_label
+from bninspect.reporters.grouping import group_findings
+from bninspect.reporters.table import SEVERITY_STYLE, FittingText, group_lines
 
 _LABELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "info"}
 
@@ -29,7 +32,8 @@ def _counts(report: ModelReport) -> str:
     return ", ".join(parts)
 
 
-def _model_lines(report: ModelReport, fail_severity: Severity) -> Text:
+def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = False,
+                 statistics: bool = False) -> Text:
     text = Text()
     text.append(report.source, style="bold")
     if report.error is not None and report.description is None:
@@ -42,6 +46,10 @@ def _model_lines(report: ModelReport, fail_severity: Severity) -> Text:
         about.append(description.format)
         if description.keras_version:
             about.append(f"Keras {description.keras_version}")
+        if description.keras_hub_version:
+            about.append(f"KerasHub {description.keras_hub_version}")
+        if description.architecture.kind != GRAPH:
+            about.append(architecture_label(description))
         about.append(_plural(len(description.bn_layers), "BN layer"))
     failing = any(f.severity.rank >= fail_severity.rank for f in report.findings)
     status = _counts(report) or ("no static findings" if report.error else "ok")
@@ -51,12 +59,34 @@ def _model_lines(report: ModelReport, fail_severity: Severity) -> Text:
         # Read, but not checked to the end (with --data: could not be loaded or run on the data).
         text.append("  error: ", style="bold red")
         text.append(f"{report.error}\n")
-    for finding in sorted(report.findings, key=lambda f: (-f.severity.rank, f.code, f.layer or "")):
-        style = SEVERITY_STYLE[finding.severity]
-        text.append(f"  {finding.code} ", style=style)
-        text.append(f"{finding.severity.value:<7} ", style=style)
-        text.append(f"{finding.layer or '(model)'}: {finding.message}\n")
-        text.append(f"        {finding.name}; hint: {finding.hint}\n", style="dim")
+    if statistics:
+        return text
+    if verbose:
+        for finding in sorted(report.findings, key=lambda f: (-f.severity.rank, f.code, f.layer or "")):
+            style = SEVERITY_STYLE[finding.severity]
+            text.append(f"  {finding.code} ", style=style)
+            text.append(f"{finding.severity.value:<7} ", style=style)
+            text.append(f"{finding.layer or '(model)'}: {finding.message}\n")
+            text.append(f"        {finding.name}; hint: {finding.hint}\n", style="dim")
+        return text
+    for group in group_findings(report.findings):
+        group_lines(text, group, indent="  ", name=True)
+    return text
+
+
+def statistics_lines(reports: list[ModelReport]) -> Text:
+    """`--statistics`: the number of findings per code over all files, most frequent first."""
+    counts: dict[tuple[str, str, Severity], int] = {}
+    for report in reports:
+        for finding in report.findings:
+            key = (finding.code, finding.name, finding.severity)
+            counts[key] = counts.get(key, 0) + 1
+    text = Text()
+    width = len(str(max(counts.values(), default=0)))
+    for (code, name, severity), count in sorted(counts.items(), key=lambda item: (-item[1], item[0][0])):
+        text.append(f"{count:>{width}}  ")
+        text.append(f"{code}  {severity.value:<7}", style=SEVERITY_STYLE[severity])
+        text.append(f"  {name}\n")
     return text
 
 
@@ -77,16 +107,24 @@ def summary_line(reports: list[ModelReport], fail_severity: Severity, exit_code:
 
 
 def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR, exit_code: int = 0,
-           color: bool = False, width: int | None = None) -> str:
+           color: bool = False, width: int | None = None, verbose: bool = False,
+           statistics: bool = False) -> str:
+    """Per model a line, its findings grouped by code (`verbose`: one by one; `statistics`: none,
+    the counts per code over all models instead), and the verdict last."""
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color,
                       color_system="standard" if color else None, width=width or 200,
                       highlight=False, soft_wrap=True)
     for report in reports:
-        lines = _model_lines(report, fail_severity)
+        lines = _model_lines(report, fail_severity, verbose, statistics)
         lines.end = ""  # the lines end in a newline already
         console.print(FittingText(lines))
     if reports:
+        console.print()
+    if statistics and any(report.findings for report in reports):
+        counts = statistics_lines(reports)
+        counts.end = ""
+        console.print(FittingText(counts))
         console.print()
     console.print(summary_line(reports, fail_severity, exit_code))
     return buffer.getvalue()

@@ -1,5 +1,6 @@
-"""GitHub Actions workflow commands: one `::error` / `::warning` / `::notice` line per finding,
-so findings show up as annotations on the run and the pull request.
+"""GitHub Actions workflow commands: one `::error` / `::warning` line per finding and one
+`::notice` per model and code for the infos, so findings show up as annotations on the run and
+the pull request, the ones that matter first.
 
 Escaping follows the runner's rules: in the message `%`, CR and LF are escaped; in properties
 (`file=`, `title=`) also `:` and `,`.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from bninspect.findings import Severity
 from bninspect.report import ModelReport
+from bninspect.reporters.grouping import group_findings
 
 COMMANDS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -27,14 +29,29 @@ def _line(command: str, file: str, title: str, message: str) -> str:
     return f"::{command} file={escape_property(file)},title={escape_property(title)}::{escape_data(message)}"
 
 
-def render(reports: list[ModelReport]) -> str:
-    lines = []
+def render(reports: list[ModelReport], group_infos: bool = True) -> str:
+    """Unreadable models, errors and warnings first, one line each; then the infos, one notice per
+    model and code when `group_infos` (GitHub shows only the first annotations of a step, so 121
+    "frozen-bn" notices must not push a warning out of sight)."""
+    important: list[str] = []
+    notices: list[str] = []
     for report in reports:
         if report.error is not None:
-            lines.append(_line("error", report.source, "unreadable model", report.error))
+            important.append(_line("error", report.source, "unreadable model", report.error))
             continue
         for finding in report.findings:
+            if finding.severity is Severity.INFO and group_infos:
+                continue
+            lines = notices if finding.severity is Severity.INFO else important
             where = f"{finding.layer}: " if finding.layer else ""
             lines.append(_line(COMMANDS[finding.severity], report.source, f"{finding.code} {finding.name}",
                                f"{where}{finding.message} (hint: {finding.hint})"))
-    return "".join(line + "\n" for line in lines)
+        if group_infos:
+            for group in group_findings(f for f in report.findings if f.severity is Severity.INFO):
+                if group.count > 1:
+                    where = f"{group.count} layers ({group.layers_text()}): "
+                else:
+                    where = f"{group.findings[0].layer}: " if group.findings[0].layer else ""
+                notices.append(_line("notice", report.source, f"{group.code} {group.name}",
+                                     f"{where}{group.message()} (hint: {group.hint})"))
+    return "".join(line + "\n" for line in important + notices)

@@ -1,6 +1,7 @@
 """The figures of `bninspect report`, drawn with matplotlib: plain data in, SVG text or PNG bytes out.
 
-matplotlib is imported inside the functions only, so that the static commands never import it.
+matplotlib is imported inside the functions only, so that the static commands never import it; it
+is the `report` extra, not part of the light install (without it: MissingExtra, one line).
 Figures are made with `matplotlib.figure.Figure` (no pyplot, no GUI backend). The SVG is
 post-processed to stay small and to be inlined several times in one HTML page: no XML header or
 metadata, numbers rounded to 0.1 pt, element ids prefixed per figure so that they never clash.
@@ -20,6 +21,8 @@ import re
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
+
+from bninspect.errors import MissingExtra
 
 if TYPE_CHECKING:  # only for annotations: the reporters never import the probes at run time
     from bninspect.model import BNLayer
@@ -57,8 +60,21 @@ def _log_axis(axis, ticker, numticks: int) -> None:
     axis.set_minor_locator(ticker.NullLocator())
 
 
-def _matplotlib():
-    import matplotlib
+def require_matplotlib(needed_for: str = "drawing the report's figures") -> None:
+    """Raise MissingExtra when matplotlib (the `report` extra, not in the light install) is missing.
+
+    `bninspect report` calls it first, so it stops before reading or running any model.
+    """
+    _matplotlib(needed_for)
+
+
+def _matplotlib(needed_for: str = "drawing the report's figures"):
+    try:
+        import matplotlib
+    except ModuleNotFoundError as error:
+        if error.name != "matplotlib":  # a broken matplotlib install keeps its own error
+            raise
+        raise MissingExtra(needed_for, "matplotlib", "report") from None
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
@@ -83,7 +99,11 @@ _METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.S)
 _GLOBAL_STYLE = re.compile(r"\s*<style type=\"text/css\">[^<]*</style>")
 _FONT_FAMILY = re.compile(r"font-family: [^;\"]*;? ?")
 _ZERO_ROTATE = re.compile(r" transform=\"rotate\(-?0 [^)]*\)\"")
-_GROUP_ID = re.compile(r"<g id=\"[^\"]*\"")
+# matplotlib names every group; only the groups bninspect names itself (gid "bn-...") keep an id.
+_GROUP_ID = re.compile(r"<g id=\"(?!bn-)[^\"]*\"")
+# matplotlib names an embedded image by a hash of its pixels, so equal images (the gradients of
+# colour bars) share an id; nothing refers to it.
+_IMAGE_ID = re.compile(r"(<image [^>]*?) id=\"[^\"]*\"")
 _NUMERIC_ATTR = re.compile(r"\b(d|x|y|width|height|viewBox|transform|points)=\"([^\"]*)\"")
 _LONG_NUMBER = re.compile(r"(-?\d+\.\d)\d+")
 _PATH_SPACE = re.compile(r"\s*\n\s*")
@@ -115,8 +135,14 @@ def _compact_path(d: str) -> str:
     return "".join(out)
 
 
+_MATRIX_NUMBER = re.compile(r"(-?\d+\.\d{4})\d+")
+
+
 def _round_numbers(match: re.Match) -> str:
-    value = _LONG_NUMBER.sub(r"\1", match.group(2))
+    # A matrix scales: an embedded image's 0.7776 pt per pixel rounded to 0.8 would overflow its
+    # axes by 3% per 100 pixels. Its factors keep 4 decimals.
+    rounding = _MATRIX_NUMBER if match.group(2).startswith("matrix(") else _LONG_NUMBER
+    value = rounding.sub(r"\1", match.group(2))
     if match.group(1) == "d":
         value = _compact_path(value)
     return f'{match.group(1)}="{value}"'
@@ -175,6 +201,7 @@ def clean_svg(svg: str, prefix: str) -> str:
     svg = _FONT_FAMILY.sub("", svg)
     svg = _ZERO_ROTATE.sub("", svg)
     svg = _GROUP_ID.sub("<g", svg)
+    svg = _IMAGE_ID.sub(r"\1", svg)
     svg = _NUMERIC_ATTR.sub(_round_numbers, svg)
     svg = re.sub(r">\s+<", "><", svg)
     svg = _drop_bare_groups(svg)
@@ -295,8 +322,7 @@ def _overview_figure(figures: _Figures, report: "ModelReport"):
         else:
             ax.set_ylim(*limits)
         if marks.size:
-            ax.plot(marks, np.full(marks.size, 1.0), linestyle="none", marker="v", markersize=4, color=FLAGGED,
-                    transform=ax.get_xaxis_transform(), clip_on=False, label="layer with findings")
+            _layer_marks(ax, marks, "layer with findings")
         ax.set_ylabel(label)
         if log:
             _log_axis(ax.yaxis, figures.matplotlib.ticker, 4)
@@ -309,6 +335,23 @@ def _overview_figure(figures: _Figures, report: "ModelReport"):
                       loc="left")
     figure.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.13 if len(layers) <= 24 else 0.09, hspace=0.12)
     return figure
+
+
+# Up to this many marked layers get a ▼ each; more are drawn as one path of ticks (a marker is an
+# SVG element of its own: 2,000 of them per panel cost more than the rest of the figure).
+MARKERS_LIMIT = 40
+
+
+def _layer_marks(ax, marks: np.ndarray, label: str | None) -> None:
+    """Marks above the panel at the x positions `marks` (layers with findings, drifting layers)."""
+    transform = ax.get_xaxis_transform()
+    if marks.size <= MARKERS_LIMIT:
+        ax.plot(marks, np.full(marks.size, 1.0), linestyle="none", marker="v", markersize=4, color=FLAGGED,
+                transform=transform, clip_on=False, label=label)
+        return
+    x = np.repeat(marks, 3)
+    y = np.tile([0.94, 1.04, np.nan], marks.size)
+    ax.plot(x, y, color=FLAGGED, linewidth=0.6, transform=transform, clip_on=False, label=label)
 
 
 def _depth_axis(figures, axis, x, names: list[str], label: str) -> None:
@@ -556,9 +599,7 @@ def drift_svg(probe: "ProbeReport", drifting_paths: Sequence[str] = (), prefix: 
             bottom.set_ylim(*limits)
         for ax in (top, bottom):
             if marks.size:
-                ax.plot(marks, np.full(marks.size, 1.0), linestyle="none", marker="v", markersize=4,
-                        color=FLAGGED, transform=ax.get_xaxis_transform(), clip_on=False,
-                        label="BN101 (drifting)" if ax is top else None)
+                _layer_marks(ax, marks, "BN101 (drifting)" if ax is top else None)
             ax.grid(True, axis="y", linewidth=0.3, color="#dddddd")
         if marks.size:
             first = int(marks[0])

@@ -19,7 +19,8 @@ from rich.text import Span, Text
 
 from bninspect.findings import Finding, Severity
 from bninspect.model import BNLayer
-from bninspect.report import ModelReport
+from bninspect.report import ModelReport, architecture_label
+from bninspect.reporters.grouping import FindingGroup, group_findings
 from bninspect.summary import fmt_number, fmt_range, histogram
 
 SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -34,10 +35,9 @@ def _header(report: ModelReport) -> Text:
     parts = [description.format]
     if description.keras_version:
         parts.append(f"Keras {description.keras_version}")
-    if description.has_config:
-        parts.append(f"{description.layer_count} layers")
-    else:
-        parts.append("weights only, no config")
+    if description.keras_hub_version:
+        parts.append(f"KerasHub {description.keras_hub_version}")
+    parts.append(architecture_label(description))
     parts.append(f"{len(description.bn_layers)} BatchNormalization")
     if description.training_steps is not None:
         parts.append(f"{description.training_steps} training steps")
@@ -192,14 +192,36 @@ class _LayersTable:
         return Measurement.get(console, options, _rich_table(self.rows))
 
 
-def _finding_lines(findings: tuple[Finding, ...]) -> Text:
+def _finding_lines(findings: tuple[Finding, ...], verbose: bool) -> Text:
+    """The findings under the table: grouped by code, or with `verbose` one by one."""
     text = Text()
+    if not verbose:
+        for group in group_findings(findings):
+            group_lines(text, group, indent="", name=False)
+        return text
     for finding in sorted(findings, key=lambda f: (-f.severity.rank, f.code, f.layer or "")):
         text.append(f"{finding.code} ", style=SEVERITY_STYLE[finding.severity])
         text.append(f"{finding.severity.value:<7} ", style=SEVERITY_STYLE[finding.severity])
         text.append(f"{finding.layer or '(model)'}: {finding.message}\n")
         text.append(f"        hint: {finding.hint}\n", style="dim")
     return text
+
+
+def group_lines(text: Text, group: FindingGroup, indent: str, name: bool) -> None:
+    """A group as the text outputs show it: one finding as one line, more as the count and the
+    first layers, then the group's message; the hint below (with the rule name when `name`)."""
+    style = SEVERITY_STYLE[group.severity]
+    text.append(f"{indent}{group.code} ", style=style)
+    text.append(f"{group.severity.value:<7} ", style=style)
+    if group.count == 1:
+        text.append(f"{group.findings[0].layer or '(model)'}: {group.message()}\n")
+    else:
+        text.append(f"{group.count} layers: {group.layers_text()}\n")
+        text.append(f"{indent}      {group.message()}\n")
+    hint = f"{group.name}; hint: {group.hint}" if name else f"hint: {group.hint}"
+    text.append(f"{indent}      {hint}\n", style="dim")
+
+
 
 
 class FittingText:
@@ -220,7 +242,7 @@ class FittingText:
         return Measurement.get(console, options, self.text)
 
 
-def model_renderable(report: ModelReport):
+def model_renderable(report: ModelReport, verbose: bool = False):
     parts = [_header(report)]
     if report.error is not None:
         parts.append(Text(f"error: {report.error}", style="bold red"))
@@ -230,7 +252,7 @@ def model_renderable(report: ModelReport):
     else:
         parts.append(Text("no BatchNormalization layers found", style="dim"))
     if report.findings:
-        parts.append(FittingText(_finding_lines(report.findings)))
+        parts.append(FittingText(_finding_lines(report.findings, verbose)))
     else:
         parts.append(Text("no findings", style="green"))
     return Group(*parts)
@@ -280,13 +302,14 @@ def _console(buffer: io.StringIO, color: bool, width: int | None) -> Console:
 
 
 def render(reports: list[ModelReport], color: bool = False, width: int | None = None,
-           layer_pattern: str | None = None) -> str:
+           layer_pattern: str | None = None, verbose: bool = False) -> str:
     buffer = io.StringIO()
     console = _console(buffer, color, width)
     for index, report in enumerate(reports):
         if index:
             console.print()
-        console.print(channel_renderable(report, layer_pattern) if layer_pattern else model_renderable(report))
+        console.print(channel_renderable(report, layer_pattern) if layer_pattern
+                      else model_renderable(report, verbose))
     return buffer.getvalue()
 
 

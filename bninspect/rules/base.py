@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 STATIC = "static"
 DYNAMIC = "dynamic"
 
+# What a static rule reads besides the arrays (`Rule.needs`), so the engine runs it wherever that
+# is known and BN015 names what was skipped.
+NEEDS_LAYER_CONFIG = "layer config"  # each BN layer's own config (axis, momentum, trainable, ...)
+NEEDS_GRAPH = "graph"  # the layer graph: which layer feeds which, the model outputs
+NEEDS_ARCHITECTURE = "architecture"  # the model's config, a layer graph or a class
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -48,9 +54,14 @@ class Rule:
     fix: str  # How to fix
     hint: str  # the default one-line hint on every finding
     kind: str = STATIC
-    # Static rules that read the layer config or the graph cannot run on weights-only files.
-    needs_config: bool = False
+    # NEEDS_LAYER_CONFIG, NEEDS_GRAPH, NEEDS_ARCHITECTURE, or None for rules on the arrays alone.
+    needs: str | None = None
     check: Check | None = None  # None for dynamic rules: the probes report those
+
+    @property
+    def needs_config(self) -> bool:
+        """Whether the rule reads anything of the config (it cannot run on weights-only files)."""
+        return self.needs is not None
 
     def finding(self, source: str, hit: Hit) -> Finding:
         return Finding(code=self.code, name=self.name, severity=hit.severity or self.severity,

@@ -12,7 +12,7 @@ from textwrap import dedent
 
 from bninspect.findings import Severity
 from bninspect.rules import graph, stats
-from bninspect.rules.base import DYNAMIC, Rule
+from bninspect.rules.base import DYNAMIC, NEEDS_ARCHITECTURE, NEEDS_GRAPH, NEEDS_LAYER_CONFIG, Rule
 
 
 def _text(text: str) -> str:
@@ -267,7 +267,7 @@ RULES: tuple[Rule, ...] = (
             retrain or recalibrate the statistics.
             """),
         hint="Keras momentum is 1 - PyTorch momentum: use 0.9 for PyTorch's 0.1, or Keras' default 0.99",
-        needs_config=True,
+        needs=NEEDS_LAYER_CONFIG,
         check=stats.pytorch_momentum,
     ),
     Rule(
@@ -300,7 +300,7 @@ RULES: tuple[Rule, ...] = (
             channels_last ones, then retrain: the stored statistics have the wrong shape.
             """),
         hint="axis names the channel axis that is kept: axis=1 for channels_first, -1 for channels_last",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.axis_mismatch,
     ),
     Rule(
@@ -335,7 +335,7 @@ RULES: tuple[Rule, ...] = (
             training and inference alike.
             """),
         hint="end the model with the prediction layer; standardise targets or use LayerNormalization instead",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.bn_output_layer,
     ),
     Rule(
@@ -369,7 +369,7 @@ RULES: tuple[Rule, ...] = (
             offset. Do not do this where an activation sits between the layer and BatchNormalization.
             """),
         hint="build the layer feeding BN with use_bias=False (same results, fewer parameters)",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.redundant_bias,
     ),
     Rule(
@@ -398,7 +398,7 @@ RULES: tuple[Rule, ...] = (
             (`bninspect recalibrate`) removes the shift.
             """),
         hint="move Dropout after the last BatchNormalization layer, or recalibrate the statistics",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.dropout_before_bn,
     ),
     Rule(
@@ -425,7 +425,7 @@ RULES: tuple[Rule, ...] = (
             a low learning rate, or recompute the statistics on the new data (`bninspect recalibrate`).
             """),
         hint="intended for fine-tuning; to adapt the statistics to new data unfreeze it or recalibrate",
-        needs_config=True,
+        needs=NEEDS_LAYER_CONFIG,
         check=stats.frozen_bn,
     ),
     Rule(
@@ -458,26 +458,34 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         code="BN015", name="config-unavailable", severity=Severity.INFO,
-        summary="weights-only file: rules that need the layer config or the graph were skipped",
+        summary="the file lacks the layer configs or the graph (weights-only file, or an architecture that is "
+                "code): the rules that need them were skipped",
         what=_text("""
-            Reports, once per file, that the file holds weights only (`model.save_weights`: a
-            `.weights.h5` file or a legacy HDF5 weights file) and names the rules that were skipped because
-            they need the layer config or the graph.
+            Reports, once per file, what the file does not hold and the rules skipped for it. A weights-only
+            file (`model.save_weights`: a `.weights.h5` or legacy HDF5 weights file) has no config at all.
+            A model whose architecture is code (a subclassed model, a KerasHub backbone or task, in any
+            format including a KerasHub preset directory) stores its class and constructor arguments
+            instead of a layer graph: the graph rules (BN009-BN012) cannot run, and where the file also
+            lacks the BN layers' own configs (`.keras`, presets; a tf-keras SavedModel has them) neither
+            can the per-layer rules (BN008, BN013, BN016, BN018). Rules run wherever their inputs are
+            known, so the list names only what was really skipped.
             """),
         why=_text("""
             Without the config bninspect does not know axis, momentum, trainable, dtype policy or how the
             layers connect, and assumes the Keras default epsilon 1e-3. Axis mismatches, BN output layers,
-            dropout before BN and the like cannot be checked, so a clean report of a weights file says
-            less than one of a full model.
+            dropout before BN, a PyTorch momentum and the like cannot be checked, so a clean report of such
+            a file says less than one of a file with a layer graph.
             """),
         example=_text("""
             ```python
             model.save_weights("model.weights.h5")  # arrays only, no config
+            keras_hub.models.ResNetImageClassifier(...).save("task.keras")  # a class, not a layer graph
             ```
             """),
         fix=_text("""
-            Check the full model file (`model.save("model.keras")`) as well, or ignore BN015 for
-            weights-only files.
+            For a weights-only file, check the full model file (`model.save("model.keras")`) as well. For a
+            code architecture the configs are built by the class: building it with Keras gives the graph
+            and every layer's config. Or ignore BN015 for such files.
             """),
         hint="check the full model file (model.save) to run every rule",
         check=None,  # reported by run_static_rules, which knows which rules it skipped
@@ -510,7 +518,7 @@ RULES: tuple[Rule, ...] = (
             BatchNormalization in float32 (`dtype="float32"` on the layer).
             """),
         hint="use epsilon >= 1e-4 (Keras default 1e-3), or dtype='float32' for this layer",
-        needs_config=True,
+        needs=NEEDS_LAYER_CONFIG,
         check=stats.fp16_epsilon,
     ),
     Rule(
@@ -519,8 +527,11 @@ RULES: tuple[Rule, ...] = (
                 "code from the file",
         what=_text("""
             Finds Lambda layers, layer classes that are not Keras' own, and custom objects (activations,
-            initializers, ...) inside layer configs. Keras 3 configs are judged by the module and
-            registered name they record, Keras 2 configs by the class name.
+            initializers, ...) inside layer configs; for a model whose architecture is code (a subclassed
+            model), its class (`my_package>Net`) and the objects in its constructor arguments. Keras 3
+            configs are judged by the module and registered name they record, Keras 2 configs by the class
+            name. Classes of libraries that Keras loads by their registered names (keras_hub, keras_nlp,
+            keras_cv) are not reported: loading them needs the library installed, not your code.
             """),
         why=_text("""
             Loading such a model with Keras runs code. A Lambda layer stores marshalled Python bytecode in
@@ -541,7 +552,7 @@ RULES: tuple[Rule, ...] = (
             Load models from untrusted sources only with `safe_mode=True`.
             """),
         hint="use built-in layers (e.g. Rescaling) instead of Lambda; never load untrusted files with safe_mode=False",
-        needs_config=True,
+        needs=NEEDS_ARCHITECTURE,
         check=graph.code_in_model,
     ),
     Rule(
@@ -589,6 +600,7 @@ RULES: tuple[Rule, ...] = (
             """),
         hint="recalibrate the statistics (`bninspect recalibrate MODEL --data FILE -o OUT`), train longer, "
              "or use a lower momentum (0.9 needs ~30 steps for 5%)",
+        needs=NEEDS_LAYER_CONFIG,
         check=stats.unconverged_moving_stats,
     ),
     Rule(
@@ -635,7 +647,7 @@ RULES: tuple[Rule, ...] = (
             train. Replace a `Sequential([base, ...])` by a functional model that makes that call.
             """),
         hint="call the base with training=False (`x = base(inputs, training=False)`), also when you unfreeze it",
-        needs_config=True,
+        needs=NEEDS_GRAPH,
         check=graph.fine_tune_training_mode,
     ),
     Rule(

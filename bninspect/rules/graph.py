@@ -1,5 +1,6 @@
-"""Rules that follow the graph: BN009-BN012, BN017 and BN019. They need the config, so they are skipped
-for weights-only files (BN015 says so).
+"""Rules that follow the graph: BN009-BN012, BN019, and BN017 over the graph or the class of a code
+architecture. BN009-BN012 and BN019 need the graph, so they are skipped for weights-only files and
+code architectures (BN015 says so).
 
 `Layer.inbound` is already resolved through nested models, so walking producers never has to
 know about containers. Where the graph does not say enough (unknown rank, unknown data_format,
@@ -16,9 +17,9 @@ from typing import Any, Iterator, Mapping
 
 from bninspect.thresholds import Thresholds
 from bninspect.findings import Severity
-from bninspect.model import BN_CLASS_NAMES, BNLayer, Layer, ModelDescription
+from bninspect.model import BN_CLASS_NAMES, CODE, BNLayer, Layer, ModelDescription
 from bninspect.rules.base import Hit
-from bninspect.keras_classes import BUILTIN_LAYER_CLASSES, BUILTIN_MODULE_ROOTS, CODE_LAYER_CLASSES
+from bninspect.keras_classes import BUILTIN_LAYER_CLASSES, CODE_LAYER_CLASSES, providing_library
 
 DROPOUT_CLASSES = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
                              "GaussianDropout", "AlphaDropout"})
@@ -300,11 +301,10 @@ def fine_tune_training_mode(description: ModelDescription, thresholds: Threshold
 
 # --- BN017 code-in-model -----------------------------------------------------------------------
 
-_BUILTIN_MODULE_PREFIXES = tuple(root + "." for root in BUILTIN_MODULE_ROOTS)
-
-
-def _is_builtin_module(module: str) -> bool:
-    return module in BUILTIN_MODULE_ROOTS or module.startswith(_BUILTIN_MODULE_PREFIXES)
+def _provided(module: str, registered: Any) -> bool:
+    """Keras' own classes and those of libraries such as keras_hub, which Keras loads by their
+    registered names once the library is installed: no code from the user."""
+    return providing_library(module, registered if isinstance(registered, str) else None) is not None
 
 
 def _custom_objects(node: Any, depth: int = 0) -> list[str]:
@@ -323,7 +323,7 @@ def _custom_objects(node: Any, depth: int = 0) -> list[str]:
             module = node.get("module")
             if "class_name" in node and isinstance(module, str):
                 registered = node.get("registered_name")
-                if not _is_builtin_module(module) or (isinstance(registered, str) and ">" in registered):
+                if not _provided(module, registered):
                     config = node.get("config")
                     found.append(registered if isinstance(registered, str) and ">" in registered
                                  else config if node.get("class_name") == "function" and isinstance(config, str)
@@ -363,8 +363,9 @@ def code_reasons(layer: Layer) -> list[str]:
         return reasons  # the nested layers are checked on their own
     if layer.module is not None or layer.registered_name is not None:
         registered = layer.registered_name or ""
-        if ">" in registered or (layer.module is not None and not _is_builtin_module(layer.module)):
-            reasons.append(f"custom class {registered or layer.class_name} (module {layer.module})")
+        if providing_library(layer.module, layer.registered_name) is None:
+            module = f" (module {layer.module})" if layer.module else ""
+            reasons.append(f"custom class {registered or layer.class_name}{module}")
         nested = sorted(set(_custom_objects(dict(layer.config))))
     else:
         if layer.class_name not in BUILTIN_LAYER_CLASSES:
@@ -377,6 +378,17 @@ def code_reasons(layer: Layer) -> list[str]:
 
 
 def code_in_model(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
+    architecture = description.architecture
+    if architecture.kind == CODE:
+        # The model itself is a class; it is judged like a layer of that class, with its
+        # constructor arguments as the config (they may name more custom objects).
+        model = Layer(path="", name=architecture.class_name or "", class_name=architecture.class_name or "",
+                      config=architecture.config, module=architecture.module,
+                      registered_name=architecture.registered_name)
+        reasons = code_reasons(model)
+        if reasons:
+            yield Hit(None, f"the architecture is code: {'; '.join(reasons)}: loading the model with Keras needs "
+                            f"that code (custom_objects or the module that registers it) and runs it")
     for layer in description.layers:
         reasons = code_reasons(layer)
         if reasons:
