@@ -306,7 +306,7 @@ def test_fit_runs_the_base_in_training_mode_exactly_where_expected(fine_tune_fil
     """What the BN019 test above relies on, spelled out: a base called plainly and unfrozen has its
     statistics overwritten by fit, a frozen one does not, in both libraries. `training=False` keeps
     them in tf-keras; Keras 3 up to 3.15 lets fit's training=True override it (keras-team/keras
-    #20285, fixed by #23364 for 3.16), so there the statistics move too."""
+    pull request 23364, not in 3.15), so there the statistics move too."""
     moved = {variant: fine_tune_files[variant, "keras"].base_statistics_moved for variant in FINE_TUNE_VARIANTS}
     assert moved["called_plainly"] and not moved["frozen"]
     library = fine_tune_files["frozen", "keras"].library

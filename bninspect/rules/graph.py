@@ -310,7 +310,7 @@ def fine_tune_training_mode(description: ModelDescription, thresholds: Threshold
         if called_false:
             yield Hit(layer.path, f"the pretrained base {layer.path} ({what}) is called with training=False, but "
                                   f"Keras {description.keras_version} lets fit's training=True override an argument "
-                                  f"recorded in the graph: {len(training)} of its {len(inside)} trainable BN layers "
+                                  f"recorded in the graph: {len(training)} of its {len(inside)} BN layers are trainable and "
                                   f"still normalise with batch statistics and overwrite the pretrained moving "
                                   f"statistics during fit",
                       hint="freeze the base's BatchNormalization layers (`layer.trainable = False` for each): "
