@@ -19,7 +19,21 @@ had just written the 10N file reported that file as the child's "peak" (2,000 ->
 own peak was 652 and 651 MB). For the same reason the model and the data files are made in a child
 process, which keeps this process small.
 
+With --real, real architectures instead (`keras.applications`, built offline with weights=None,
+224x224x3, random pixels 0-255): for each model, three commands, each in a fresh process that
+loads the model file itself (load time included, TF start-up excluded):
+
+  predict      keras.saving.load_model + model.predict (batch 32)
+  probe        bninspect.probes.run_probe(model file, data file) (batch 32)
+  recalibrate  bninspect.probes.recalibrate.recompute(model file, data file) (batch 32)
+
+with time and the child's peak RSS (VmHWM). Targets (issue 20): probe and recalibrate at most
+1.5x the time and 1.5x the peak memory of load + predict at 144 samples; at most 1.2x the time at
+1,000 samples (--large-models, DenseNet121 by default: one 1,000-sample run of each command takes
+minutes on 2 cores).
+
 Usage: python benchmarks/bench_probe.py [--samples N] [--repeat R] [--work DIR]
+       python benchmarks/bench_probe.py --real [--models A,B] [--large-models A] [--repeat R]
 """
 
 from __future__ import annotations
@@ -113,6 +127,113 @@ for samples, path in zip(sys.argv[3::2], sys.argv[4::2]):
 """
 
 
+REAL_CHILD = r"""
+import json, os, sys, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+sys.path.insert(0, sys.argv[4])
+from bninspect.tf_runtime import import_tensorflow
+import_tensorflow(quiet=True)  # as bninspect does (oneDNN on), for both sides; not timed
+import numpy as np
+import keras
+
+
+def peak_mb():
+    with open("/proc/self/status") as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    return int(fields["VmHWM"].split()[0]) / 1024
+
+
+mode, model_path, data_path = sys.argv[1:4]
+started = time.perf_counter()
+cpu_started = sum(os.times()[:2])
+if mode == "predict":
+    model = keras.saving.load_model(model_path, compile=False)
+    model.predict(np.load(data_path, mmap_mode="r"), batch_size=32, verbose=0)
+elif mode == "probe":
+    from bninspect.probes import run_probe
+    run_probe(model_path, data_path, batch_size=32, progress=False, thresholds={})
+else:
+    from bninspect.probes.recalibrate import recompute
+    recompute(model_path, data_path, batch_size=32, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": sum(os.times()[:2]) - cpu_started,
+                  "peak_rss_mb": peak_mb()}))
+"""
+
+REAL_PREPARE = r"""
+import os, sys
+from pathlib import Path
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+sys.path.insert(0, sys.argv[1])
+import bench_probe
+bench_probe.build_application(sys.argv[2], Path(sys.argv[3]))
+"""
+
+
+def build_application(name: str, path: Path) -> None:
+    if path.exists():
+        return
+    import keras
+
+    keras.utils.set_random_seed(0)
+    getattr(keras.applications, name)(weights=None, input_shape=(224, 224, 3)).save(path)
+
+
+def write_images(path: Path, samples: int) -> None:
+    """Random pixels 0-255, float32 (n, 224, 224, 3), written in slices: the parent stays small."""
+    if path.exists():
+        return
+    import numpy as np
+
+    rng = np.random.default_rng(samples)
+    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(samples, 224, 224, 3))
+    for start in range(0, samples, 64):
+        stop = min(start + 64, samples)
+        data[start:stop] = rng.uniform(0, 255, (stop - start, 224, 224, 3))
+    data.flush()
+
+
+def measure_real(mode: str, model: Path, data: Path) -> dict:
+    completed = subprocess.run([sys.executable, "-c", REAL_CHILD, mode, str(model), str(data), str(ROOT)],
+                               capture_output=True, text=True)
+    if completed.returncode != 0:
+        sys.exit(f"{mode} {model.name} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main_real(options: argparse.Namespace) -> None:
+    here = str(Path(__file__).resolve().parent)
+    cases = [(name, options.real_samples) for name in options.models]
+    cases += [(name, options.large_samples) for name in options.large_models]
+    for samples in sorted({samples for _, samples in cases}):
+        # In a child: this process stays small (see the module docstring on inherited peaks).
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import bench_probe; "
+                        f"from pathlib import Path; bench_probe.write_images(Path({str(options.work)!r}) / "
+                        f"'images_{samples}.npy', {samples})"], check=True)
+    print(f"{'model':>15} {'samples':>7} {'command':>11} {'seconds':>8} {'cpu s':>7} {'peak MB':>8} "
+          f"{'time x':>7} {'mem x':>6}", flush=True)
+    verdicts = []
+    for name, samples in cases:
+        model = options.work / f"{name}.keras"
+        subprocess.run([sys.executable, "-c", REAL_PREPARE, here, name, str(model)], check=True)
+        data = options.work / f"images_{samples}.npy"
+        results = {}
+        for mode in ("predict", "probe", "recalibrate"):
+            runs = [measure_real(mode, model, data) for _ in range(options.repeat)]
+            results[mode] = min(runs, key=lambda run: run["seconds"])
+            result, base = results[mode], results["predict"]
+            time_ratio, memory_ratio = result["seconds"] / base["seconds"], result["peak_rss_mb"] / base["peak_rss_mb"]
+            print(f"{name:>15} {samples:>7} {mode:>11} {result['seconds']:>8.1f} {result['cpu_seconds']:>7.1f} "
+                  f"{result['peak_rss_mb']:>8.0f} {time_ratio:>7.2f} {memory_ratio:>6.2f}", flush=True)
+            if mode != "predict":
+                time_target = 1.5 if samples <= options.real_samples else 1.2
+                memory_target = 1.5 if samples <= options.real_samples else None
+                ok = time_ratio <= time_target and (memory_target is None or memory_ratio <= memory_target)
+                verdicts.append(f"{name} {samples} {mode}: time {time_ratio:.2f}x (<= {time_target}x)"
+                                + (f", memory {memory_ratio:.2f}x (<= {memory_target}x)" if memory_target else "")
+                                + f" -> {'ok' if ok else 'MISSED'}")
+    print("\n".join(verdicts))
+
+
 def build_model(path: Path) -> None:
     if path.exists():
         return
@@ -168,8 +289,18 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000, help="N (the second size is 10N)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; the fastest counts")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
+    parser.add_argument("--real", action="store_true", help="keras.applications models at 224x224 instead")
+    parser.add_argument("--models", type=lambda text: text.split(","),
+                        default=["DenseNet121", "ResNet50", "EfficientNetB0"], help="with --real, comma-separated")
+    parser.add_argument("--large-models", type=lambda text: [name for name in text.split(",") if name],
+                        default=["DenseNet121"], help="with --real: models also run on --large-samples")
+    parser.add_argument("--real-samples", type=int, default=144)
+    parser.add_argument("--large-samples", type=int, default=1000)
     options = parser.parse_args()
     options.work.mkdir(parents=True, exist_ok=True)
+    if options.real:
+        main_real(options)
+        return
     model = options.work / "probe_cnn.keras"
     sizes = (options.samples, options.samples * 10)
     files = {samples: options.work / f"probe_samples_{samples}.npy" for samples in sizes}

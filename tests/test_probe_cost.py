@@ -1,0 +1,90 @@
+"""What keeps the probe near the cost of `predict` (issue 20), checked for correctness: the
+summaries of a concatenation come from its parts, the gap runs through the pass's own trace, and
+that trace serves every batch size. Speed itself is measured by benchmarks/bench_probe.py."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _probe(model, data, **options):
+    from bninspect.probes import run_probe
+
+    return run_probe(model, data, progress=False, thresholds={}, **options)
+
+
+def _dense_block():
+    """Two BN layers on growing channel-axis concatenations, DenseNet style."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((6, 6, 3))
+    first = keras.layers.Conv2D(4, 3, padding="same", name="first")(inputs)
+    second = keras.layers.Conv2D(5, 1, name="second")(inputs)
+    joined = keras.layers.Concatenate(name="joined")([first, second])
+    bn_a = keras.layers.BatchNormalization(name="bn_a")(joined)
+    third = keras.layers.Conv2D(3, 1, name="third")(keras.layers.ReLU()(bn_a))
+    grown = keras.layers.Concatenate(name="grown")([joined, third])
+    bn_b = keras.layers.BatchNormalization(name="bn_b")(grown)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(bn_b))
+    return keras.Model(inputs, outputs)
+
+
+def test_bn_statistics_of_concatenations_equal_numpy():
+    import keras
+
+    model = _dense_block()
+    x = np.random.default_rng(6).normal(3.0, 2.0, (70, 6, 6, 3)).astype(np.float32)
+    report = _probe(model, x, batch_size=16)  # 70 = 4 x 16 + 6: an uneven last batch
+    for name, concat in (("bn_a", "joined"), ("bn_b", "grown")):
+        seen = keras.Model(model.input, model.get_layer(concat).output)(x).numpy().astype(np.float64)
+        flat = seen.reshape(-1, seen.shape[-1])
+        layer = report.layer(name)
+        np.testing.assert_array_equal(layer.input.count, np.full(flat.shape[1], flat.shape[0]))
+        np.testing.assert_allclose(layer.input.mean, flat.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.input.variance, flat.var(axis=0), rtol=1e-4)
+
+
+def test_the_gap_through_the_switched_trace_equals_keras_on_batch_statistics():
+    import keras
+
+    model = _dense_block()
+    x = np.random.default_rng(7).normal(0.0, 1.0, (96, 6, 6, 3)).astype(np.float32)
+    report = _probe(model, x, batch_size=16)
+    assert report.gap is not None and report.gap.batches == 3  # at most half of the 6 batches
+    difference = reference = 0.0
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    for start in range(0, 3 * 16, 16):
+        batch = x[start:start + 16]
+        inference = model(batch, training=False).numpy().astype(np.float64)
+        with_batch_stats = clone(batch, training=True).numpy().astype(np.float64)  # no Dropout here
+        difference += float(np.sum((with_batch_stats - inference) ** 2))
+        reference += float(np.sum(inference ** 2))
+    assert report.gap.relative_difference == pytest.approx(np.sqrt(difference / reference), rel=1e-3)
+
+
+def test_one_trace_serves_every_batch_the_gap_and_the_single_samples(monkeypatch):
+    from bninspect.probes import runner
+
+    steps = []
+    first_call = runner._first_call
+
+    def recording_first_call(*args, **kwargs):
+        step, result = first_call(*args, **kwargs)
+        steps.append(step)
+        return step, result
+
+    monkeypatch.setattr(runner, "_first_call", recording_first_call)
+    x = np.random.default_rng(8).normal(0.0, 1.0, (70, 6, 6, 3)).astype(np.float32)
+    report = _probe(_dense_block(), x, batch_size=16)
+    assert report.gap is not None and report.consistency is not None
+    (step,) = steps
+    assert step.experimental_get_tracing_count() == 1
