@@ -29,6 +29,18 @@ def live_bn(layers, prefix: str = "") -> dict[str, dict[str, np.ndarray]]:
             for layer in layers if any(cls.__name__ == "BatchNormalization" for cls in type(layer).__mro__)}
 
 
+def _fitted(K, net_class, seed: int):
+    """A subclassed `net_class` (Keras 3 or tf-keras, `K`) fit SUBCLASSED_STEPS steps with Adam,
+    and the inputs it was fit on."""
+    K.utils.set_random_seed(seed)
+    model = net_class()
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 3.0, size=(SUBCLASSED_STEPS * 8, 8, 8, 3)).astype("float32")
+    model.fit(x, rng.normal(size=(len(x), 1)).astype("float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return model, x
+
+
 # --- a Keras 3 subclassed model with a registered class --------------------------------------
 
 @pytest.fixture(scope="session")
@@ -36,12 +48,7 @@ def subclassed_files(tmp_path_factory):
     import keras
     from subclassed_keras_net import Net
 
-    keras.utils.set_random_seed(1)
-    model = Net()
-    model.compile(optimizer="adam", loss="mse")
-    rng = np.random.default_rng(1)
-    x = rng.normal(2.0, 3.0, size=(SUBCLASSED_STEPS * 8, 8, 8, 3)).astype("float32")
-    model.fit(x, rng.normal(size=(len(x), 1)).astype("float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    model, x = _fitted(keras, Net, seed=1)
     assert int(model.optimizer.iterations.numpy()) == SUBCLASSED_STEPS
     directory = tmp_path_factory.mktemp("subclassed")
     model.save(directory / "net.keras")
@@ -125,12 +132,7 @@ def tf_keras_subclassed_savedmodel(tmp_path_factory):
     import tf_keras
     from subclassed_tf_keras_net import Net
 
-    tf_keras.utils.set_random_seed(3)
-    model = Net()
-    model.compile(optimizer="adam", loss="mse")
-    rng = np.random.default_rng(3)
-    x = rng.normal(2.0, 3.0, size=(SUBCLASSED_STEPS * 8, 8, 8, 3)).astype("float32")
-    model.fit(x, rng.normal(size=(len(x), 1)).astype("float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    model, _ = _fitted(tf_keras, Net, seed=3)
     path = tmp_path_factory.mktemp("tf_keras_subclassed") / "net_savedmodel"
     model.save(str(path), save_format="tf")
     return path, live_bn([model.bn])
