@@ -16,7 +16,7 @@ from rich.text import Text
 from bninspect.findings import Severity
 from bninspect.model import GRAPH
 from bninspect.report import ModelReport, architecture_label
-from bninspect.reporters.grouping import group_findings
+from bninspect.reporters.grouping import group_findings, one_by_one
 from bninspect.reporters.table import SEVERITY_STYLE, FittingText, group_lines
 
 _LABELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "info"}
@@ -61,15 +61,7 @@ def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = F
         text.append(f"{report.error}\n")
     if statistics:
         return text
-    if verbose:
-        for finding in sorted(report.findings, key=lambda f: (-f.severity.rank, f.code, f.layer or "")):
-            style = SEVERITY_STYLE[finding.severity]
-            text.append(f"  {finding.code} ", style=style)
-            text.append(f"{finding.severity.value:<7} ", style=style)
-            text.append(f"{finding.layer or '(model)'}: {finding.message}\n")
-            text.append(f"        {finding.name}; hint: {finding.hint}\n", style="dim")
-        return text
-    for group in group_findings(report.findings):
+    for group in (one_by_one if verbose else group_findings)(report.findings):
         group_lines(text, group, indent="  ", name=True)
     return text
 

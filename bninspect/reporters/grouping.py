@@ -93,3 +93,10 @@ def group_findings(findings: Iterable[Finding]) -> list[FindingGroup]:
     groups = [FindingGroup(code, members[0].name, severity, tuple(members))
               for (code, severity), members in by_key.items()]
     return sorted(groups, key=lambda group: (-group.severity.rank, group.code))
+
+
+def one_by_one(findings: Iterable[Finding]) -> list[FindingGroup]:
+    """Every finding as a group of its own (`--verbose`), in the same order: errors first, then
+    by code and layer."""
+    ordered = sorted(findings, key=lambda f: (-f.severity.rank, f.code, f.layer or ""))
+    return [FindingGroup(f.code, f.name, f.severity, (f,)) for f in ordered]

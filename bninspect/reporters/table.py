@@ -20,7 +20,7 @@ from rich.text import Span, Text
 from bninspect.findings import Finding, Severity
 from bninspect.model import BNLayer
 from bninspect.report import ModelReport, architecture_label
-from bninspect.reporters.grouping import FindingGroup, group_findings
+from bninspect.reporters.grouping import FindingGroup, group_findings, one_by_one
 from bninspect.summary import fmt_number, fmt_range, histogram
 
 SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -195,15 +195,8 @@ class _LayersTable:
 def _finding_lines(findings: tuple[Finding, ...], verbose: bool) -> Text:
     """The findings under the table: grouped by code, or with `verbose` one by one."""
     text = Text()
-    if not verbose:
-        for group in group_findings(findings):
-            group_lines(text, group, indent="", name=False)
-        return text
-    for finding in sorted(findings, key=lambda f: (-f.severity.rank, f.code, f.layer or "")):
-        text.append(f"{finding.code} ", style=SEVERITY_STYLE[finding.severity])
-        text.append(f"{finding.severity.value:<7} ", style=SEVERITY_STYLE[finding.severity])
-        text.append(f"{finding.layer or '(model)'}: {finding.message}\n")
-        text.append(f"        hint: {finding.hint}\n", style="dim")
+    for group in (one_by_one if verbose else group_findings)(findings):
+        group_lines(text, group, indent="", name=False)
     return text
 
 
