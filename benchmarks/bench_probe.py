@@ -180,15 +180,21 @@ def build_application(name: str, path: Path) -> None:
 
 def write_images(path: Path, samples: int) -> None:
     """Random pixels 0-255, float32 (n, 224, 224, 3), written in slices: the parent stays small."""
+    write_uniform(path, samples, (224, 224, 3), high=255.0, chunk=64)
+
+
+def write_uniform(path: Path, samples: int, shape: tuple[int, ...], high: float, chunk: int) -> None:
+    """Uniform [0, high) float32 samples of `shape` in a .npy file, written `chunk` samples at a time
+    through a memory map (kept when the file exists already: the seed is the sample count)."""
     if path.exists():
         return
     import numpy as np
 
     rng = np.random.default_rng(samples)
-    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(samples, 224, 224, 3))
-    for start in range(0, samples, 64):
-        stop = min(start + 64, samples)
-        data[start:stop] = rng.uniform(0, 255, (stop - start, 224, 224, 3))
+    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(samples, *shape))
+    for start in range(0, samples, chunk):
+        stop = min(start + chunk, samples)
+        data[start:stop] = rng.uniform(0, high, (stop - start, *shape))
     data.flush()
 
 
@@ -266,16 +272,7 @@ def build_model(path: Path) -> None:
 
 
 def write_samples(path: Path, samples: int) -> None:
-    if path.exists():
-        return
-    import numpy as np
-
-    rng = np.random.default_rng(samples)
-    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(samples, 32, 32, 3))
-    for start in range(0, samples, 4096):
-        stop = min(start + 4096, samples)
-        data[start:stop] = rng.uniform(0, 1, (stop - start, 32, 32, 3))
-    data.flush()
+    write_uniform(path, samples, (32, 32, 3), high=1.0, chunk=4096)
 
 
 def measure(mode: str, model: Path, data: Path) -> dict:
