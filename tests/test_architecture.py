@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bninspect.cli import app
-from code_models import ARRAYS, RESNET_STEPS, SUBCLASSED_STEPS, live_bn
+from code_models import ARRAYS, RESNET_STEPS, SUBCLASSED_STEPS
 
 pytestmark = pytest.mark.slow
 
