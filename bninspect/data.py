@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from bninspect.errors import UsageProblem
+from bninspect.errors import UsageProblem, one_line
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -107,9 +107,9 @@ class _NpyInput(_ArrayInput):
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as error:
-            raise DataError(f"{path}: not a readable .npy array ({_first_line(error)})") from None
+            raise DataError(f"{path}: not a readable .npy array ({one_line(error, 200)})") from None
         except OSError as error:
-            raise DataError(f"{path}: cannot read ({error.strerror or _first_line(error)})") from None
+            raise DataError(f"{path}: cannot read ({error.strerror or one_line(error, 200)})") from None
         super().__init__(None, tuple(array.shape), array.dtype)
         self._array = array
 
@@ -208,11 +208,7 @@ def _read_npy_header(stream, where: str) -> tuple[tuple[int, ...], bool, np.dtyp
             return np.lib.format.read_array_header_1_0(stream)
         return np.lib.format.read_array_header_2_0(stream)
     except ValueError as error:
-        raise DataError(f"{where}: not a readable .npy array ({_first_line(error)})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:200] or type(error).__name__
+        raise DataError(f"{where}: not a readable .npy array ({one_line(error, 200)})") from None
 
 
 @dataclass(frozen=True)
@@ -285,7 +281,7 @@ def _magic(path: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read(8)
     except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or _first_line(error)})") from None
+        raise DataError(f"{path}: cannot read ({error.strerror or one_line(error, 200)})") from None
 
 
 def _npz_inputs(path: str, specs: tuple[InputSpec, ...]) -> tuple[_ArrayInput, ...]:
@@ -293,7 +289,7 @@ def _npz_inputs(path: str, specs: tuple[InputSpec, ...]) -> tuple[_ArrayInput, .
         with zipfile.ZipFile(path) as archive:
             members = [name for name in archive.namelist() if name.endswith(".npy")]
     except (zipfile.BadZipFile, OSError) as error:
-        raise DataError(f"{path}: not a readable .npz archive ({_first_line(error)})") from None
+        raise DataError(f"{path}: not a readable .npz archive ({one_line(error, 200)})") from None
     if not members:
         raise DataError(f"{path}: the .npz archive holds no arrays")
     by_name = {member[:-4]: member for member in members}
@@ -309,7 +305,7 @@ def _npz_inputs(path: str, specs: tuple[InputSpec, ...]) -> tuple[_ArrayInput, .
     try:
         return tuple(_NpzMemberInput(path, member) for member in chosen)
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable .npz archive ({_first_line(error)})") from None
+        raise DataError(f"{path}: not a readable .npz archive ({one_line(error, 200)})") from None
 
 
 def _image_files(path: str) -> tuple[str, ...]:

@@ -9,6 +9,12 @@ Layer: foundation (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, at most `limit` characters (its class name when empty):
+    what a one-line error shows of the library error behind it."""
+    return (" ".join(str(error).split()) or type(error).__name__)[:limit]
+
+
 class ModelReadError(Exception):
     """A model file could not be read. `str()` is the one-line reason shown to the user."""
 

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from bninspect.errors import one_line
 from bninspect.loaders.common import (MAX_CONFIG_BYTES, architecture_notes, bn_layer, code_architecture,
                                       parse_json_config)
 from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
-from bninspect.loaders.tf_objects import (CheckpointObjects, breadth_first, bn_variable_groups, first_line,
+from bninspect.loaders.tf_objects import (CheckpointObjects, breadth_first, bn_variable_groups,
                                           open_reader)
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
 
@@ -106,7 +107,7 @@ def _nodes_from_saved_model_pb(saved_model_file: Path) -> list[_KerasNode]:
     try:
         saved_model.ParseFromString(_read_bounded(saved_model_file, MAX_SAVED_MODEL_BYTES))
     except Exception as error:  # protobuf's DecodeError has no stable import path across versions
-        raise ConfigError(f"saved_model.pb is not a SavedModel protobuf ({first_line(error)})") from None
+        raise ConfigError(f"saved_model.pb is not a SavedModel protobuf ({one_line(error)})") from None
     if not saved_model.meta_graphs:
         raise ConfigError("saved_model.pb holds no meta graph")
     objects = saved_model.meta_graphs[0].object_graph_def.nodes

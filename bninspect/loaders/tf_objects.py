@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from bninspect.errors import one_line
 from bninspect.loaders.common import BN_ARRAY_NAMES, MAX_CHANNELS, step_count_value
 from bninspect.loaders.graph import ConfigError
 
@@ -42,11 +43,6 @@ def import_tensorflow(what: str) -> Any:
     return _import(quiet=True, keras=False, needed_for=f"reading {what}")
 
 
-def first_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:300]
-
-
 @contextmanager
 def checkpoint_errors(what: str) -> Iterator[None]:
     """Missing, truncated or corrupt checkpoint files as one ConfigError naming `what`.
@@ -59,7 +55,7 @@ def checkpoint_errors(what: str) -> Iterator[None]:
     try:
         yield
     except (tf.errors.OpError, IndexError, RuntimeError, ValueError) as error:
-        raise ConfigError(f"{what} cannot be read ({first_line(error)})") from None
+        raise ConfigError(f"{what} cannot be read ({one_line(error)})") from None
 
 
 def open_reader(prefix: str, what: str) -> Any:
@@ -136,7 +132,7 @@ class CheckpointObjects:
         try:
             graph.ParseFromString(serialized)
         except Exception as error:  # protobuf's DecodeError has no stable import path
-            raise ConfigError(f"{what}: object graph is malformed ({first_line(error)})") from None
+            raise ConfigError(f"{what}: object graph is malformed ({one_line(error)})") from None
         self._nodes = graph.nodes
         if not self._nodes:
             raise ConfigError(f"{what}: object graph is empty")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from bninspect.data import InputSpec
-from bninspect.errors import UsageProblem
+from bninspect.errors import UsageProblem, one_line
 from bninspect.model import CODE, CONTAINER_CLASS_NAMES, NO_ARCHITECTURE, Layer, ModelDescription
 
 
@@ -272,14 +272,12 @@ def load_weights(loaded: LoadedModel, path: str) -> Any:
     try:
         loaded.model.load_weights(path)
     except _KERAS_LOAD_ERRORS as error:
-        text = " ".join(str(error).split())[:300] or type(error).__name__
-        raise ModelRefused(f"{path}: the weights do not fit the --architecture model ({text})") from error
+        raise ModelRefused(f"{path}: the weights do not fit the --architecture model ({one_line(error)})") from error
     return loaded.model
 
 
 def _load_error(source: str, error: BaseException) -> ModelRefused:
-    text = " ".join(str(error).split())[:300] or type(error).__name__
-    return ModelRefused(f"{source}: Keras cannot load the model ({text})")
+    return ModelRefused(f"{source}: Keras cannot load the model ({one_line(error)})")
 
 
 def _load_with_keras(keras: Any, source: str, description: ModelDescription, unsafe: bool,
