@@ -1,6 +1,7 @@
 """What keeps the probe near the cost of `predict` (issue 20), checked for correctness: the
-summaries of a concatenation come from its parts, the gap runs through the pass's own trace, and
-that trace serves every batch size. Speed itself is measured by benchmarks/bench_probe.py."""
+summaries of a concatenation come from its parts, the gap runs through the pass's own trace, that
+trace serves every batch size, and BN inputs are summarised in one pass unless one pass is not
+precise enough. Speed itself is measured by benchmarks/bench_probe.py."""
 
 from __future__ import annotations
 
@@ -58,11 +59,11 @@ def test_the_gap_through_the_switched_trace_equals_keras_on_batch_statistics():
     model = _dense_block()
     x = np.random.default_rng(7).normal(0.0, 1.0, (96, 6, 6, 3)).astype(np.float32)
     report = _probe(model, x, batch_size=16)
-    assert report.gap is not None and report.gap.batches == 3  # at most half of the 6 batches
+    assert report.gap is not None and report.gap.batches == 2  # 32 samples (runner.GAP_SAMPLES) in batches of 16
     difference = reference = 0.0
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    for start in range(0, 3 * 16, 16):
+    for start in range(0, 2 * 16, 16):
         batch = x[start:start + 16]
         inference = model(batch, training=False).numpy().astype(np.float64)
         with_batch_stats = clone(batch, training=True).numpy().astype(np.float64)  # no Dropout here
@@ -88,3 +89,54 @@ def test_one_trace_serves_every_batch_the_gap_and_the_single_samples(monkeypatch
     assert report.gap is not None and report.consistency is not None
     (step,) = steps
     assert step.experimental_get_tracing_count() == 1
+
+
+def _bn_on_the_input(channels_first: bool = False):
+    import keras
+
+    keras.utils.set_random_seed(9)
+    inputs = keras.Input((3, 6, 6) if channels_first else (6, 6, 3))
+    x = keras.layers.BatchNormalization(axis=1 if channels_first else -1, name="bn")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+
+
+def _traced_reductions(monkeypatch):
+    from bninspect.probes import runner
+
+    reductions = []
+    first_call = runner._first_call
+
+    def recording_first_call(model, instrumentation, batch, reduction, layouts):
+        reductions.append(reduction.value)
+        return first_call(model, instrumentation, batch, reduction, layouts)
+
+    monkeypatch.setattr(runner, "_first_call", recording_first_call)
+    return reductions
+
+
+@pytest.mark.parametrize("offset, expected", [(30.0, ["one-pass"]), (1e4, ["one-pass", "two-pass"])])
+def test_one_pass_summaries_are_redone_in_two_passes_where_they_would_lose_the_variance(monkeypatch, offset, expected):
+    """|mean| = 30 std is inside the one-pass bound (mean^2 / variance 900 < 1,000); 1e4 std is not:
+    float32 squares of values around 1e4 keep no digit of a variance of 1, so the batch is
+    summarised again in two passes, and so is every later batch."""
+    reductions = _traced_reductions(monkeypatch)
+    rng = np.random.default_rng(10)
+    x = rng.normal(0.0, 1.0, (80, 6, 6, 3)).astype(np.float32)
+    x[..., 1] += offset
+    report = _probe(_bn_on_the_input(), x, batch_size=16)
+    assert reductions == expected
+    flat = x.reshape(-1, 3).astype(np.float64)
+    layer = report.layer("bn")
+    np.testing.assert_allclose(layer.input.mean, flat.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(layer.input.variance, flat.var(axis=0), rtol=1e-4)
+
+
+def test_channels_first_inputs_are_summarised_per_channel_as_numpy_does(monkeypatch):
+    reductions = _traced_reductions(monkeypatch)
+    x = np.random.default_rng(11).normal(5.0, 2.0, (40, 3, 6, 6)).astype(np.float32) * np.array([1, 10, 100]).reshape(1, 3, 1, 1)
+    report = _probe(_bn_on_the_input(channels_first=True), x, batch_size=16)
+    assert reductions == ["one-pass"]
+    flat = np.moveaxis(x, 1, -1).reshape(-1, 3).astype(np.float64)
+    layer = report.layer("bn")
+    np.testing.assert_allclose(layer.input.mean, flat.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(layer.input.variance, flat.var(axis=0), rtol=1e-5)

@@ -436,6 +436,20 @@ def test_the_gap_names_the_first_mismatched_layer_in_graph_order():
     assert "moving statistics of early disagree" in gap.message
 
 
+@pytest.mark.parametrize("batch_count, batch_size, expected", [
+    (5, 32, 1),      # 144 samples in batches of 32: one batch, not four (the cost of a second pass)
+    (32, 32, 1),     # 1,000 samples: still one
+    (40, 8, 4),      # small batches: 32 samples need 4
+    (100, 1, 4),     # at most 4 batches however small they are
+    (3, 4, 2),       # at most half of the data's batches
+    (1, 32, 1),      # at least one
+])
+def test_the_gap_costs_a_bounded_number_of_samples_whatever_the_data_size(batch_count, batch_size, expected):
+    from bninspect.probes.runner import gap_batches
+
+    assert gap_batches(batch_count, batch_size) == expected
+
+
 def test_probe_report_dict_is_json_ready():
     import json
 

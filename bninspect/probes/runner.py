@@ -17,7 +17,7 @@ from bninspect.errors import UsageProblem
 from bninspect.data import Batch, DataSource, InputSpec, open_data, parse_rescale
 from bninspect.probes import rules
 from bninspect.probes.images import decode_images
-from bninspect.probes.instrument import BNTap, Entry, Instrumentation, find_bn_layers
+from bninspect.probes.instrument import BNTap, Entry, Instrumentation, Reduction, find_bn_layers
 from bninspect.probes.loading import (LoadedModel, ModelRefused, built_input_specs, describe_in_memory,
                                       load_custom_objects, load_model)
 from bninspect.probes.moments import ChannelMoments, RunningMoments, merge
@@ -28,9 +28,16 @@ from bninspect.tf_runtime import import_tensorflow
 
 # Samples of the first batch that are also predicted one by one for the batch-consistency check.
 CONSISTENCY_SAMPLES = 4
-# Batches compared with BN on batch statistics vs moving statistics (BN102): enough to average out
-# one unlucky batch, few enough to cost little next to the full pass.
+# BN102's train/inference gap is measured on the first batches holding at least GAP_SAMPLES samples,
+# and on at most GAP_BATCHES batches: each costs a second forward pass, so the gap costs about
+# one batch of 32 whatever the data's size (4 batches on 144 samples had made the probe of ResNet50
+# 1.98x `predict`).
+GAP_SAMPLES = 32
 GAP_BATCHES = 4
+# A batch is summarised in one pass (sums and sums of squares), whose variance is exact to about
+# 1e-7 * (1 + mean^2 / variance). Where some channel's mean^2 / variance exceeds this, that is not
+# good enough: the batch is summarised again in two passes, and so is every later batch.
+ONE_PASS_MAX_RATIO = 1e3
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     stored = snapshot(taps)
     try:
         with model_run(source, loaded.model), Instrumentation(taps) as instrumentation:
-            keep = gap_batches(samples.batch_count(batch_size))
+            keep = gap_batches(samples.batch_count(batch_size), batch_size)
             result = one_pass(loaded.model, instrumentation, samples, batch_size, keep, progress)
             gap = _train_inference_gap(loaded.model, instrumentation, result.kept, result.step)
             restore(stored)  # the consistency check runs on the moving statistics
@@ -170,7 +177,7 @@ def _batch_signature(first: Batch) -> list[Any]:
     return [tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype)) for array in first.arrays]
 
 
-def _traced_step(model: Any, instrumentation: Instrumentation, first: Batch, masked: bool,
+def _traced_step(model: Any, instrumentation: Instrumentation, first: Batch, reduction: Reduction,
                  layouts: list[tuple[Entry, ...]], autograph: bool = False) -> Any:
     """The model in inference mode plus the BN summaries, traced once for any batch size.
 
@@ -184,7 +191,7 @@ def _traced_step(model: Any, instrumentation: Instrumentation, first: Batch, mas
     import tensorflow as tf
 
     def step(batch_statistics, *arrays):
-        instrumentation.start_recording(masked, batch_statistics)
+        instrumentation.start_recording(reduction, batch_statistics)
         try:
             outputs = model(_model_inputs(arrays), training=False)
         finally:
@@ -196,50 +203,73 @@ def _traced_step(model: Any, instrumentation: Instrumentation, first: Batch, mas
     return tf.function(step, input_signature=signature, autograph=autograph)
 
 
-def _first_call(model: Any, instrumentation: Instrumentation, first: Batch, masked: bool,
+def _first_call(model: Any, instrumentation: Instrumentation, first: Batch, reduction: Reduction,
                 layouts: list[tuple[Entry, ...]]) -> tuple[Any, Any]:
     """Trace and run the step on the first batch: (step, its result)."""
     import tensorflow as tf
 
-    step = _traced_step(model, instrumentation, first, masked, layouts)
+    step = _traced_step(model, instrumentation, first, reduction, layouts)
     try:
         return step, step(False, *first.arrays)
     except tf.errors.OperatorNotAllowedInGraphError:
-        step = _traced_step(model, instrumentation, first, masked, layouts, autograph=True)
+        step = _traced_step(model, instrumentation, first, reduction, layouts, autograph=True)
         return step, step(False, *first.arrays)
 
 
-def gap_batches(batch_count: int) -> int:
-    """How many of the first batches BN102's gap is measured on.
+def gap_batches(batch_count: int, batch_size: int) -> int:
+    """How many of the first batches BN102's gap is measured on: enough for GAP_SAMPLES samples,
+    at most GAP_BATCHES, and at most half of the data's batches (at least one)."""
+    wanted = min(GAP_BATCHES, -(-GAP_SAMPLES // batch_size))
+    return max(1, min(wanted, (batch_count + 1) // 2))
 
-    Each costs a second forward pass of its batch, so the gap takes at most GAP_BATCHES and at
-    most half of the pass's batches: on 144 samples (5 batches) the gap alone would otherwise
-    nearly double the cost of the probe.
-    """
-    return max(1, min(GAP_BATCHES, (batch_count + 1) // 2))
+
+class _Steps:
+    """The traced steps of one pass, one per reduction, each traced when first needed."""
+
+    def __init__(self, model: Any, instrumentation: Instrumentation):
+        self._model = model
+        self._instrumentation = instrumentation
+        self._traced: dict[Reduction, Any] = {}
+        self.layouts: list[tuple[Entry, ...]] = []
+
+    def run(self, reduction: Reduction, batch: Batch) -> tuple[Any, Any]:
+        step = self._traced.get(reduction)
+        if step is None:
+            self._traced[reduction], result = _first_call(self._model, self._instrumentation, batch, reduction,
+                                                          self.layouts)
+            return result
+        return step(False, *batch.arrays)
+
+    def step(self, reduction: Reduction) -> Any:
+        return self._traced[reduction]
+
+
+def one_pass_imprecise(count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> bool:
+    """Whether some channel's one-pass summary is not precise enough (`ONE_PASS_MAX_RATIO`)."""
+    with np.errstate(all="ignore"):
+        return bool(np.any((m2 < 0) | ((mean != 0) & (count * mean * mean > ONE_PASS_MAX_RATIO * m2))))
 
 
 def one_pass(model: Any, instrumentation: Instrumentation, samples: DataSource, batch_size: int, keep: int,
               progress: bool) -> _PassResult:
-    batches = samples.batches(batch_size)
-    first = next(batches)
-    layouts: list[tuple[Entry, ...]] = []
-    step, first_result = _first_call(model, instrumentation, first, False, layouts)
-    masked_step = None
+    steps = _Steps(model, instrumentation)
+    reduction = Reduction.ONE_PASS
     moments: RunningMoments | None = None
     kept = []
     count = 0
     with _progress_bar(progress) as bar:
         task = bar.add_task("probe", total=samples.batch_count(batch_size))
-        for batch in _chain(first, batches):
-            outputs, packed = first_result if batch is first else step(False, *batch.arrays)
+        for batch in samples.batches(batch_size):
+            outputs, packed = steps.run(reduction, batch)
             total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
-            if not (np.isfinite(mean).all() and np.isfinite(m2).all()):
+            finite = np.isfinite(mean).all() and np.isfinite(m2).all()
+            if finite and reduction is Reduction.ONE_PASS and one_pass_imprecise(total, mean, m2):
+                reduction = Reduction.TWO_PASS
+                outputs, packed = steps.run(reduction, batch)
+                total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
+            if not finite:
                 # NaN/Inf somewhere in this batch: summarise it again without them, and count them.
-                if masked_step is None:
-                    masked_step, (_, packed) = _first_call(model, instrumentation, batch, True, [])
-                else:
-                    _, packed = masked_step(False, *batch.arrays)
+                _, packed = steps.run(Reduction.MASKED, batch)
                 total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
             if moments is None:
                 moments = RunningMoments(total.size)
@@ -248,12 +278,7 @@ def one_pass(model: Any, instrumentation: Instrumentation, samples: DataSource, 
                 kept.append((batch, tuple(output.numpy() for output in outputs)))
             count += 1
             bar.advance(task)
-    return _PassResult(layouts[-1], moments, count, tuple(kept), step)
-
-
-def _chain(first: Batch, rest):
-    yield first
-    yield from rest
+    return _PassResult(steps.layouts[-1], moments, count, tuple(kept), steps.step(reduction))
 
 
 def _batch_statistics_step(model: Any, instrumentation: Instrumentation, first: Batch) -> Any:

@@ -701,9 +701,10 @@ RULES: tuple[Rule, ...] = (
             when some BN layer's moving statistics also disagree with the data (BN101's test), and names
             that layer. On a healthy model the gap is batch-to-batch noise of the batch statistics (14%
             at batch 32 on the sample CNN, 9% at batch 128), which no single threshold separates from a
-            real mismatch; pooled over all the data, the per-layer statistics do. Also checks that in
-            inference mode one sample predicted alone equals the same sample predicted inside a batch
-            (within `batch-consistency`).
+            real mismatch; pooled over all the data, the per-layer statistics do. The gap is measured on
+            the first batches until they hold 32 samples (one batch at the default `--batch-size`, at
+            most 4), so it costs about one batch whatever the size of the data. Also checks that in inference mode one sample predicted alone
+            equals the same sample predicted inside a batch (within `batch-consistency`).
             """),
         why=_text("""
             With trained statistics and reasonable batches the two modes agree closely. A large gap means
