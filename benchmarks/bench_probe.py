@@ -29,8 +29,7 @@ loads the model file itself (load time included, TF start-up excluded):
 
 with time and the child's peak RSS (VmHWM). Targets (issue 20): probe and recalibrate at most
 1.5x the time and 1.5x the peak memory of load + predict at 144 samples; at most 1.2x the time at
-1,000 samples (--large-models, DenseNet121 by default: one 1,000-sample run of each command takes
-minutes on 2 cores).
+1,000 samples (--large-models, the same three by default; all of it takes ~30 min on 2 cores).
 
 Usage: python benchmarks/bench_probe.py [--samples N] [--repeat R] [--work DIR]
        python benchmarks/bench_probe.py --real [--models A,B] [--large-models A] [--repeat R]
@@ -290,7 +289,8 @@ def main() -> None:
     parser.add_argument("--models", type=lambda text: text.split(","),
                         default=["DenseNet121", "ResNet50", "EfficientNetB0"], help="with --real, comma-separated")
     parser.add_argument("--large-models", type=lambda text: [name for name in text.split(",") if name],
-                        default=["DenseNet121"], help="with --real: models also run on --large-samples")
+                        default=["DenseNet121", "ResNet50", "EfficientNetB0"],
+                        help="with --real: models also run on --large-samples (comma-separated, may be empty)")
     parser.add_argument("--real-samples", type=int, default=144)
     parser.add_argument("--large-samples", type=int, default=1000)
     options = parser.parse_args()

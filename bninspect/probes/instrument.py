@@ -12,9 +12,11 @@ cost ~30% of the model's run time on the benchmark CNN (it keeps TF from fusing 
 follows), so the output is only measured where that map is not guaranteed: BN subclasses and
 layers that run with training=True although the model was called in inference mode.
 
-Two things keep the pass near the cost of `predict` on real backbones. A concatenation along the
-channel axis is summarised from the summaries of its parts, so DenseNet's ever-growing
-concatenations are not reduced again at every BN layer (`_concat_parts`). And Keras 3's own BN
+Three things keep the pass near the cost of `predict` on real backbones. Each input is reduced in
+one pass, one axis at a time (`_moments`; the caller redoes a batch in two passes where one pass
+is not precise enough). A concatenation along the channel axis is summarised from the summaries
+of its parts, so DenseNet's ever-growing concatenations are not reduced again at every BN layer
+(`_concat_parts`). And Keras 3's own BN
 layers are switched between moving and batch statistics by a boolean tensor of the traced step
 (`start_recording`), so BN102's train/inference gap runs through the same trace as the pass: no
 second trace, and no eager call (an eager Keras 3 functional call keeps every intermediate tensor
