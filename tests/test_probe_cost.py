@@ -140,3 +140,19 @@ def test_channels_first_inputs_are_summarised_per_channel_as_numpy_does(monkeypa
     layer = report.layer("bn")
     np.testing.assert_allclose(layer.input.mean, flat.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(layer.input.variance, flat.var(axis=0), rtol=1e-5)
+
+
+def test_a_dense_head_far_from_zero_stays_one_pass_and_exact(monkeypatch):
+    """(batch, channels) inputs are squared in float64: one pass loses nothing there, even for the
+    Dense head after global pooling, whose features sit far from zero relative to their spread."""
+    import keras
+
+    reductions = _traced_reductions(monkeypatch)
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2)(keras.layers.BatchNormalization(name="bn")(inputs))
+    x = np.random.default_rng(12).normal(0.0, 1.0, (80, 3)).astype(np.float32) + np.float32(1e4)
+    report = _probe(keras.Model(inputs, outputs), x, batch_size=16)
+    assert reductions == ["one-pass"]
+    flat = x.astype(np.float64)
+    np.testing.assert_allclose(report.layer("bn").input.mean, flat.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(report.layer("bn").input.variance, flat.var(axis=0), rtol=1e-6)

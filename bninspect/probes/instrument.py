@@ -55,6 +55,13 @@ class Entry:
     side: str  # "input" or "output"
     channels: int
     axes: tuple[int, ...]
+    rank: int
+
+    @property
+    def squares_in_float32(self) -> bool:
+        """Whether one pass over this tensor sums float32 squares (`_moments`): it reduces axes
+        besides the batch axis. Only those sums lose the variance when |mean| >> std."""
+        return self.rank - len(self.axes) > 1
 
 
 class Reduction(enum.Enum):
@@ -223,7 +230,10 @@ def _moments(x: Any, reduce_axes: list[int], per_channel: Any, two_pass: bool) -
 
     One pass: the sums and the sums of squares, read from `x` together. Two passes: the mean, then
     the squared deviations from it, which needs a temporary copy of `x`. The variance of one pass
-    is exact to about 1e-7 * (1 + mean^2 / variance) (float32 squares), of two passes to ~1e-7.
+    is exact to about 1e-7 * (1 + mean^2 / variance) where it sums float32 squares (any axis but
+    the batch axis to reduce), of two passes to ~1e-7; a (batch, channels) input is squared in
+    float64, which one pass leaves exact (a Dense head after global pooling often has
+    |mean| > 30 std).
     Each sum reduces one axis at a time, the innermost first, and the batch axis last in float64:
     Eigen reduces one inner axis near memory speed, but several outer axes at once ~3x slower, and
     short partial sums keep float32's rounding small. For 32x112x112x96 values around 3 +- 2, one
@@ -234,15 +244,16 @@ def _moments(x: Any, reduce_axes: list[int], per_channel: Any, two_pass: bool) -
 
     def total(values: Any, squared: bool = False) -> Any:
         inner = sorted((a for a in reduce_axes if a != 0), reverse=True)
+        square_in_float64 = squared and not inner
         if squared and inner:
             # The Euclidean norm squares as it reads: no temporary tensor of squares.
             values = tf.square(tf.math.reduce_euclidean_norm(values, inner[0], keepdims=True))
             inner = inner[1:]
-        elif squared:
-            values = tf.square(values)
         for axis in inner:
             values = tf.reduce_sum(values, axis, keepdims=True)
         values = tf.cast(values, tf.float64)
+        if square_in_float64:
+            values = tf.square(values)
         if 0 in reduce_axes:
             values = tf.reduce_sum(values, 0, keepdims=True)
         return values
@@ -374,7 +385,7 @@ class Instrumentation:
             channels = 1
             for a in axes:
                 channels *= int(tensor.shape[a])
-            self._records.append((Entry(tap.index, side, channels, axes), summary))
+            self._records.append((Entry(tap.index, side, channels, axes, rank), summary))
             recorded.append(summary)
         return recorded[0]
 

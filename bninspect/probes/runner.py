@@ -35,8 +35,9 @@ CONSISTENCY_SAMPLES = 4
 GAP_SAMPLES = 32
 GAP_BATCHES = 4
 # A batch is summarised in one pass (sums and sums of squares), whose variance is exact to about
-# 1e-7 * (1 + mean^2 / variance). Where some channel's mean^2 / variance exceeds this, that is not
-# good enough: the batch is summarised again in two passes, and so is every later batch.
+# 1e-7 * (1 + mean^2 / variance) where it sums float32 squares. Where some such channel's
+# mean^2 / variance exceeds this, that is not good enough: the batch is summarised again in two
+# passes, and so is every later batch.
 ONE_PASS_MAX_RATIO = 1e3
 
 
@@ -244,10 +245,13 @@ class _Steps:
         return self._traced[reduction]
 
 
-def one_pass_imprecise(count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> bool:
+def one_pass_imprecise(layout: tuple[Entry, ...], count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> bool:
     """Whether some channel's one-pass summary is not precise enough (`ONE_PASS_MAX_RATIO`)."""
+    float32_squares = np.repeat([entry.squares_in_float32 for entry in layout],
+                                [entry.channels for entry in layout])
     with np.errstate(all="ignore"):
-        return bool(np.any((m2 < 0) | ((mean != 0) & (count * mean * mean > ONE_PASS_MAX_RATIO * m2))))
+        doubtful = (m2 < 0) | ((mean != 0) & (count * mean * mean > ONE_PASS_MAX_RATIO * m2))
+    return bool(np.any(doubtful & float32_squares))
 
 
 def one_pass(model: Any, instrumentation: Instrumentation, samples: DataSource, batch_size: int, keep: int,
@@ -263,7 +267,8 @@ def one_pass(model: Any, instrumentation: Instrumentation, samples: DataSource, 
             outputs, packed = steps.run(reduction, batch)
             total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
             finite = np.isfinite(mean).all() and np.isfinite(m2).all()
-            if finite and reduction is Reduction.ONE_PASS and one_pass_imprecise(total, mean, m2):
+            if (finite and reduction is Reduction.ONE_PASS
+                    and one_pass_imprecise(steps.layouts[-1], total, mean, m2)):
                 reduction = Reduction.TWO_PASS
                 outputs, packed = steps.run(reduction, batch)
                 total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
