@@ -68,7 +68,7 @@ class Reduction(enum.Enum):
     """How a traced step reduces each BN input to its per-channel summaries."""
 
     ONE_PASS = "one-pass"  # sums and sums of squares: fast; the variance loses precision when |mean| >> std
-    TWO_PASS = "two-pass"  # the mean, then the squared deviations from it: exact, a third slower
+    TWO_PASS = "two-pass"  # the mean, then the squared deviations from it: exact, needs a copy of the input
     MASKED = "masked"  # two passes leaving NaN/Inf out, and counting them
 
 

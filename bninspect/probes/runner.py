@@ -247,7 +247,7 @@ class _Steps:
 
 def one_pass_imprecise(layout: tuple[Entry, ...], count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> bool:
     """Whether some channel's one-pass summary is not precise enough (`ONE_PASS_MAX_RATIO`)."""
-    float32_squares = np.repeat([entry.squares_in_float32 for entry in layout],
+    float32_squares = np.repeat(np.array([entry.squares_in_float32 for entry in layout], dtype=bool),
                                 [entry.channels for entry in layout])
     with np.errstate(all="ignore"):
         doubtful = (m2 < 0) | ((mean != 0) & (count * mean * mean > ONE_PASS_MAX_RATIO * m2))
