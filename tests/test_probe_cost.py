@@ -72,22 +72,28 @@ def test_the_gap_through_the_switched_trace_equals_keras_on_batch_statistics():
     assert report.gap.relative_difference == pytest.approx(np.sqrt(difference / reference), rel=1e-3)
 
 
-def test_one_trace_serves_every_batch_the_gap_and_the_single_samples(monkeypatch):
+def _traced_steps(monkeypatch):
+    """Every step the probe traces, in order, as (its reduction's name, the step)."""
     from bninspect.probes import runner
 
-    steps = []
+    traced = []
     first_call = runner._first_call
 
-    def recording_first_call(*args, **kwargs):
-        step, result = first_call(*args, **kwargs)
-        steps.append(step)
+    def recording_first_call(model, instrumentation, batch, reduction, layouts):
+        step, result = first_call(model, instrumentation, batch, reduction, layouts)
+        traced.append((reduction.value, step))
         return step, result
 
     monkeypatch.setattr(runner, "_first_call", recording_first_call)
+    return traced
+
+
+def test_one_trace_serves_every_batch_the_gap_and_the_single_samples(monkeypatch):
+    traced = _traced_steps(monkeypatch)
     x = np.random.default_rng(8).normal(0.0, 1.0, (70, 6, 6, 3)).astype(np.float32)
     report = _probe(_dense_block(), x, batch_size=16)
     assert report.gap is not None and report.consistency is not None
-    (step,) = steps
+    ((_, step),) = traced
     assert step.experimental_get_tracing_count() == 1
 
 
@@ -100,31 +106,17 @@ def _bn_on_the_input(channels_first: bool = False):
     return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
 
 
-def _traced_reductions(monkeypatch):
-    from bninspect.probes import runner
-
-    reductions = []
-    first_call = runner._first_call
-
-    def recording_first_call(model, instrumentation, batch, reduction, layouts):
-        reductions.append(reduction.value)
-        return first_call(model, instrumentation, batch, reduction, layouts)
-
-    monkeypatch.setattr(runner, "_first_call", recording_first_call)
-    return reductions
-
-
 @pytest.mark.parametrize("offset, expected", [(30.0, ["one-pass"]), (1e4, ["one-pass", "two-pass"])])
 def test_one_pass_summaries_are_redone_in_two_passes_where_they_would_lose_the_variance(monkeypatch, offset, expected):
     """|mean| = 30 std is inside the one-pass bound (mean^2 / variance 900 < 1,000); 1e4 std is not:
     float32 squares of values around 1e4 keep no digit of a variance of 1, so the batch is
     summarised again in two passes, and so is every later batch."""
-    reductions = _traced_reductions(monkeypatch)
+    traced = _traced_steps(monkeypatch)
     rng = np.random.default_rng(10)
     x = rng.normal(0.0, 1.0, (80, 6, 6, 3)).astype(np.float32)
     x[..., 1] += offset
     report = _probe(_bn_on_the_input(), x, batch_size=16)
-    assert reductions == expected
+    assert [name for name, _ in traced] == expected
     flat = x.reshape(-1, 3).astype(np.float64)
     layer = report.layer("bn")
     np.testing.assert_allclose(layer.input.mean, flat.mean(axis=0), rtol=1e-6)
@@ -132,10 +124,10 @@ def test_one_pass_summaries_are_redone_in_two_passes_where_they_would_lose_the_v
 
 
 def test_channels_first_inputs_are_summarised_per_channel_as_numpy_does(monkeypatch):
-    reductions = _traced_reductions(monkeypatch)
+    traced = _traced_steps(monkeypatch)
     x = np.random.default_rng(11).normal(5.0, 2.0, (40, 3, 6, 6)).astype(np.float32) * np.array([1, 10, 100]).reshape(1, 3, 1, 1)
     report = _probe(_bn_on_the_input(channels_first=True), x, batch_size=16)
-    assert reductions == ["one-pass"]
+    assert [name for name, _ in traced] == ["one-pass"]
     flat = np.moveaxis(x, 1, -1).reshape(-1, 3).astype(np.float64)
     layer = report.layer("bn")
     np.testing.assert_allclose(layer.input.mean, flat.mean(axis=0), rtol=1e-6)
@@ -147,12 +139,12 @@ def test_a_dense_head_far_from_zero_stays_one_pass_and_exact(monkeypatch):
     Dense head after global pooling, whose features sit far from zero relative to their spread."""
     import keras
 
-    reductions = _traced_reductions(monkeypatch)
+    traced = _traced_steps(monkeypatch)
     inputs = keras.Input((3,))
     outputs = keras.layers.Dense(2)(keras.layers.BatchNormalization(name="bn")(inputs))
     x = np.random.default_rng(12).normal(0.0, 1.0, (80, 3)).astype(np.float32) + np.float32(1e4)
     report = _probe(keras.Model(inputs, outputs), x, batch_size=16)
-    assert reductions == ["one-pass"]
+    assert [name for name, _ in traced] == ["one-pass"]
     flat = x.astype(np.float64)
     np.testing.assert_allclose(report.layer("bn").input.mean, flat.mean(axis=0), rtol=1e-9)
     np.testing.assert_allclose(report.layer("bn").input.variance, flat.var(axis=0), rtol=1e-6)
