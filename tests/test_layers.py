@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bninspect"
 # "bninspect" alone is the facade `bninspect/__init__.py`. Each module's docstring names its layer.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # what every layer shares: version, exceptions, findings, thresholds, the model description
-    ("foundation", ("bninspect._version", "bninspect.errors", "bninspect.findings", "bninspect.thresholds",
+    ("foundation", ("bninspect._version", "bninspect.errors", "bninspect.untrusted", "bninspect.findings", "bninspect.thresholds",
                     "bninspect.tf_runtime",
                     "bninspect.keras_classes", "bninspect.summary", "bninspect.model")),
     # file -> model description; input data; writing and comparing model files
