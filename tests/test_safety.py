@@ -3,7 +3,6 @@ gets a one-line reason, exit code 2 and no traceback."""
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import json
 import os
@@ -127,14 +126,14 @@ def test_file_that_cannot_be_opened(tmp_path, monkeypatch):
     # Tests run as root here, where chmod 000 does not stop reading; refuse the open instead.
     path = tmp_path / "locked.h5"
     shutil.copy(SAMPLES / "cnn_trained.h5", path)
-    real_open = builtins.open
+    real_open = os.open
 
     def refusing_open(file, *args, **kwargs):
         if Path(str(file)) == path:
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", refusing_open)
+    monkeypatch.setattr(os, "open", refusing_open)
     with pytest.raises(ModelReadError, match="permission denied"):
         loaders.load(path)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bninspect.errors import MissingExtra
 from bninspect.loaders.graph import ConfigError
+from bninspect.loaders.hdf5_input import open_regular
 from bninspect.loaders.remote import NO_OPTIONS, RemoteOptions, is_url
 from bninspect.model import ModelDescription, ModelReadError
 
@@ -40,6 +41,10 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, MemoryError):
         return "structure too large to read"
     text = " ".join(str(error).split()) or type(error).__name__
+    if "too many links" in text:
+        # HDF5's words for a link that leads out of the file and back (an external link, which
+        # the reader opens on this same file) or a chain of soft links that never ends.
+        return "an HDF5 external link or a cycle of soft links: refusing to follow it"
     if "truncated file" in text:
         return f"truncated HDF5 file ({text})"
     if isinstance(error, OSError) and "Unable to" in text:
@@ -75,6 +80,13 @@ def _read_hdf5(source: str, opened=None) -> ModelDescription:
 def load(path: str | os.PathLike, remote: RemoteOptions | None = None) -> ModelDescription:
     """Read one model file, SavedModel directory or TF checkpoint, on disk or at a URL (`remote`:
     how to reach it). Raises ModelReadError with a one-line reason."""
+    from bninspect.loaders.common import read_budget
+
+    with read_budget():
+        return _load(path, remote)
+
+
+def _load(path: str | os.PathLike, remote: RemoteOptions | None) -> ModelDescription:
     from bninspect.loaders import tf_checkpoint
 
     source = str(path)
@@ -102,7 +114,7 @@ def load(path: str | os.PathLike, remote: RemoteOptions | None = None) -> ModelD
             return tf_checkpoint.read_tf_checkpoint(source)
         if not target.exists():
             raise ConfigError("no such file or directory")
-        with open(target, "rb") as handle:
+        with open_regular(source) as handle:
             head = handle.read(2056)
         if not head:
             raise ConfigError("file is empty")

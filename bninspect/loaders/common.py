@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, BinaryIO, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 
@@ -20,6 +22,14 @@ from bninspect.model import CODE, Architecture, BNLayer
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 # One BN layer with more channels than this is not a real model: refuse rather than allocate.
 MAX_CHANNELS = 1 << 24
+# What one model's BN arrays may declare in all, counted from their shapes before a byte is read:
+# a file of a few KB can declare 2^24 channels in every layer and be all fill value. The largest
+# real CNNs hold well under 10^6 BN values and under 2,000 BN layers; a hostile file within these
+# bounds reads in seconds and under 1 GiB.
+MAX_BN_VALUES = 1 << 25
+MAX_BN_ARRAYS = 40_000
+# An HDF5 chunk is read whole, whatever part of it the dataset covers.
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
 
 BN_ARRAY_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -79,6 +89,85 @@ def _dataset_dtype(dataset: Any) -> tuple[np.dtype, str]:
     return known
 
 
+class ReadBudget:
+    """What is left for one model's BN arrays (see MAX_BN_VALUES); charged before each read."""
+
+    def __init__(self, values: int = MAX_BN_VALUES, arrays: int = MAX_BN_ARRAYS):
+        self.values = values
+        self.arrays = arrays
+
+    def charge(self, values: int, what: str) -> None:
+        self.values -= values
+        self.arrays -= 1
+        if self.values < 0:
+            raise ConfigError(f"{what}: the BN arrays declare more than {MAX_BN_VALUES:,} values in all, "
+                              "more than any real model: refusing to read them")
+        if self.arrays < 0:
+            raise ConfigError(f"{what}: the file holds more than {MAX_BN_ARRAYS:,} BN arrays, more than any real "
+                              "model: refusing to read them")
+
+
+_BUDGET: ContextVar[ReadBudget | None] = ContextVar("bninspect_read_budget", default=None)
+
+
+@contextmanager
+def read_budget() -> Iterator[ReadBudget]:
+    """One budget for the BN arrays read inside the block (one model), whatever reader reads them."""
+    budget = ReadBudget()
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+def _charge(values: int, what: str) -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.charge(values, what)
+
+
+def _refuse_storage_outside(dataset: Any, what: str) -> int:
+    """Refuse a dataset whose bytes are not in the file (external raw storage, a virtual dataset
+    over other files): HDF5 would open those files, /etc/passwd or a FIFO as readily as any.
+    Returns the bytes one read of it costs (a chunk is read whole)."""
+    import h5py
+
+    plist = dataset.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        raise ConfigError(f"{what} is a virtual dataset (its values live in other files): refusing to read it")
+    if plist.get_external_count() > 0:
+        name = plist.get_external(0)[0].decode("utf-8", errors="replace")
+        raise ConfigError(f"{what} keeps its values in an external file ({name!r}), not in the model file: "
+                          "refusing to read it")
+    if layout == h5py.h5d.CHUNKED:
+        chunk_values = 1
+        for size in plist.get_chunk():
+            chunk_values *= size
+        return chunk_values * dataset.get_type().get_size()
+    return 0
+
+
+def refuse_link_leaving(group: Any, name: str, what: str) -> None:
+    """Refuse `name` (a path below `group`) when a link on the way is an external link: its target
+    is another file. Soft links stay inside the file and are followed."""
+    import h5py
+
+    links = group.id.links
+    parts = name.split("/")
+    for depth in range(len(parts)):
+        path = "/".join(parts[:depth + 1]).encode("utf-8")
+        try:
+            kind = links.get_info(path).type
+        except (KeyError, RuntimeError):  # h5py: "Unable to get link info (name doesn't exist)"
+            return  # missing: the caller says so in its own words
+        if kind == h5py.h5l.TYPE_EXTERNAL:
+            raise ConfigError(f"{what} is an HDF5 external link to another file: refusing to follow it")
+        if kind != h5py.h5l.TYPE_HARD and kind != h5py.h5l.TYPE_SOFT:
+            raise ConfigError(f"{what} is a user-defined HDF5 link: refusing to follow it")
+
+
 def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
                 group_path: str | None = None) -> tuple[np.ndarray, str, str]:
     """A 1-D float array from dataset `name` of an HDF5 group, as float64, its stored dtype and
@@ -93,6 +182,7 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
     """
     import h5py
 
+    refuse_link_leaving(group, name, what)
     try:
         dataset = h5py.h5d.open(group.id, name.encode("utf-8"))
     except KeyError:
@@ -105,7 +195,11 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
         raise ConfigError(f"{what} has {shape[0]} channels, more than {MAX_CHANNELS}")
     if dtype.kind not in "fiu":
         raise ConfigError(f"{what} has dtype {dtype}, expected floating point")
+    _charge(shape[0], what)
     nbytes = shape[0] * dtype.itemsize
+    # A contiguous dataset with an offset has its bytes in this file (external storage and virtual
+    # datasets have none): read in place. Anything else is read by HDF5, once it is known to be
+    # in the file and of a bounded size.
     offset = dataset.get_offset() if raw is not None else None
     if offset is not None and type(raw) is LaterVectors:  # a remote file: fetched with the others
         values = raw.vector(offset, shape[0], dtype, what)
@@ -118,6 +212,8 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
             raise ConfigError(f"{what} points past the end of the file")
         values = np.frombuffer(data, dtype=dtype)
     else:
+        if _refuse_storage_outside(dataset, what) > MAX_CHUNK_BYTES:
+            raise ConfigError(f"{what} is stored in chunks of more than {MAX_CHUNK_BYTES:,} bytes: refusing to read it")
         values = np.empty(shape, dtype=dtype)
         dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
     if group_path is None:
@@ -241,9 +337,14 @@ def step_count_value(value: Any) -> int | None:
 def read_step_count(root: Any, path: str) -> int | None:
     """The integer scalar dataset at `path` of an h5py group, or None. A missing or odd counter
     never makes a file unreadable: the step count is extra information, not the model."""
+    import h5py
+
     try:
+        refuse_link_leaving(root, path.strip("/"), path)
         item = root.get(path)
-        if item is None or not hasattr(item, "shape") or item.shape not in ((), (1,)):
+        if not isinstance(item, h5py.Dataset) or item.shape not in ((), (1,)):
+            return None
+        if _refuse_storage_outside(item.id, path) > MAX_CHUNK_BYTES:
             return None
         return step_count_value(item[()])
     except (OSError, KeyError, ValueError, TypeError, RuntimeError):  # what h5py raises on damaged files

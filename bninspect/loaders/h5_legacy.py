@@ -12,12 +12,13 @@ Layer: readers (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from bninspect.loaders.common import (BN_ARRAY_NAMES, architecture_notes, attr_text, attr_text_list, bn_layer,
                                       code_architecture, is_step_count_name, may_hold_unlisted_bn, parse_json_config,
-                                      read_step_count, read_vector)
+                                      read_step_count, read_vector, refuse_link_leaving)
 from bninspect.loaders.graph import ConfigError, NoGraphError, container_config, dtype_policy_name, parse_model_config
 from bninspect.model import BN_CLASS_NAMES, Architecture, BNLayer, ModelDescription
 
@@ -84,32 +85,56 @@ def _match_nested(bn_paths: list[str], top: str, weights: list[_Weight]) -> dict
     """
     owners = _by_owner(weights)
     candidates = [owner for owner, owned in owners.items() if _is_bn_owner(owned)]
+    # Each rule looks owners up by key in an index (owners in candidate order), so matching is
+    # linear in the layers: a nested model of thousands of BN layers is read in seconds.
+    by_first_scope: dict[str, deque[str]] = {}
+    by_suffix: dict[str, deque[str]] = {}
+    for owner in candidates:
+        by_first_scope.setdefault(owner.split("/", 1)[0], deque()).append(owner)
+        parts = owner.split("/")
+        for start in range(1, len(parts)):
+            by_suffix.setdefault("/".join(parts[start:]), deque()).append(owner)
+    exact = {owner: deque((owner,)) for owner in candidates}
     rules = (
-        lambda owner, relative, name: owner in (top + "/" + relative, relative),
-        lambda owner, relative, name: owner == name,
-        lambda owner, relative, name: owner.split("/", 1)[0] == name,
-        lambda owner, relative, name: owner.endswith("/" + relative),
+        (exact, lambda relative, name: (top + "/" + relative, relative)),
+        (exact, lambda relative, name: (name,)),
+        (by_first_scope, lambda relative, name: (name,)),
+        (by_suffix, lambda relative, name: (relative,)),
     )
+    order = {owner: position for position, owner in enumerate(candidates)}
     matched: dict[str, str] = {}
-    for rule in rules:
+    taken: set[str] = set()
+    for index, keys_of in rules:
         for path in bn_paths:
             if path in matched:
                 continue
             relative = path[len(top) + 1:]
-            name = path.rsplit("/", 1)[-1]
-            owner = next((o for o in candidates if o not in matched.values() and rule(o, relative, name)), None)
-            if owner is not None:
+            free = [_first_free(index.get(key), taken) for key in keys_of(relative, path.rsplit("/", 1)[-1])]
+            free = [owner for owner in free if owner is not None]
+            if free:
+                owner = min(free, key=order.__getitem__)
                 matched[path] = owner
+                taken.add(owner)
     first_moving_mean = {}
     for position, weight in enumerate(weights):
         if weight.leaf == "moving_mean":
             first_moving_mean.setdefault(weight.owner, position)
-    leftover = sorted((owner for owner in candidates if owner not in matched.values()),
+    leftover = sorted((owner for owner in candidates if owner not in taken),
                       key=lambda owner: first_moving_mean[owner])
+    leftover.reverse()  # popped from the end: the first in moving-mean order first
     for path in bn_paths:
         if path not in matched and leftover:
-            matched[path] = leftover.pop(0)
+            matched[path] = leftover.pop()
     return matched
+
+
+def _first_free(owners: deque[str] | None, taken: set[str]) -> str | None:
+    """The first owner of `owners` not yet taken; taken ones at its front are dropped for good."""
+    if not owners:
+        return None
+    while owners and owners[0] in taken:
+        owners.popleft()
+    return owners[0] if owners else None
 
 
 def _version(*attr_sources: Any) -> tuple[str | None, str | None]:
@@ -124,6 +149,7 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
     config = parse_json_config(handle.attrs["model_config"], "model_config attribute")
     if "model_weights" not in handle:
         raise ConfigError("has a model_config but no model_weights group")
+    refuse_link_leaving(handle, "model_weights", "model_weights")
     root = handle["model_weights"]
     try:
         graph = parse_model_config(config, attr_text_list(root.attrs.get("layer_names")))
@@ -147,6 +173,7 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
         if inner:
             if top not in root:
                 raise ConfigError(f"no weights group for nested model {top!r}")
+            refuse_link_leaving(root, top, f"model_weights/{top}")
             matched = _match_nested(inner, top, _group_weights(root[top]))
             for path in inner:
                 if path not in matched:
@@ -157,6 +184,7 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
     bn_layers: list[BNLayer] = []
     for path in bn_paths:
         top, owner = owner_of[path]
+        refuse_link_leaving(root, top, f"model_weights/{top}")
         group = root.get(top)  # one lookup instead of `in` and `[]`: it adds up over thousands of layers
         if group is None:
             raise ConfigError(f"no weights group for BN layer {path!r}")
@@ -205,6 +233,7 @@ def _bn_inside_other_layers(root: Any, graph: Any, claimed: set, raw: BinaryIO |
         nested = layer.path != layer.name
         if nested or not (layer.is_container or may_hold_unlisted_bn(layer)) or layer.path not in root:
             continue
+        refuse_link_leaving(root, layer.path, f"model_weights/{layer.path}")
         group = root[layer.path]
         if not hasattr(group, "attrs"):
             continue
@@ -239,6 +268,7 @@ def read_weights_only(source: str, handle: Any, raw: BinaryIO | None = None, fmt
     for layer_name in attr_text_list(handle.attrs.get("layer_names")):
         if layer_name not in handle:
             raise ConfigError(f"layer {layer_name!r} is listed in layer_names but has no group")
+        refuse_link_leaving(handle, layer_name, layer_name)
         group = handle[layer_name]
         owners = _by_owner(_group_weights(group))
         bn_owners = [owner for owner, weights in owners.items() if _is_bn_owner(weights)]

@@ -18,9 +18,10 @@ from typing import Any, BinaryIO
 import h5py
 
 from bninspect.loaders.common import (MAX_CONFIG_BYTES, architecture_notes, attr_text, bn_layer, code_architecture,
-                                      may_hold_unlisted_bn, parse_json_config, read_step_count, read_vector)
+                                      may_hold_unlisted_bn, parse_json_config, read_step_count, read_vector,
+                                      refuse_link_leaving)
 from bninspect.loaders.graph import ConfigError, NoGraphError, ParsedGraph, dtype_policy_name, parse_model_config
-from bninspect.loaders.hdf5_input import RangeFile, data_offset, open_member, stored_member
+from bninspect.loaders.hdf5_input import RangeFile, archive_reader, data_offset, expand_member, open_member, stored_member
 from bninspect.model import BN_CLASS_NAMES, Architecture, BNLayer, ModelDescription
 
 WEIGHTS_MEMBER = "model.weights.h5"
@@ -94,6 +95,7 @@ def _child_named(layers: Any, name: str, children: tuple[tuple[str, str], ...], 
 
 def _name_and_vars(layer_group: Any) -> tuple[str | None, Any]:
     """The `name` attribute of a layer group's `vars` group, and that group (None, None without)."""
+    refuse_link_leaving(layer_group, "vars", f"{layer_group.name}/vars")
     vars_group = layer_group.get("vars")
     if isinstance(vars_group, h5py.Group):
         return attr_text(vars_group.attrs.get("name")), vars_group
@@ -116,9 +118,8 @@ def _vars_group_for(root: Any, graph: ParsedGraph, path: str, cache: dict) -> An
 
 def _keys_by_name_attr(layers: Any) -> dict[str, str]:
     keys: dict[str, str] = {}
-    for key in layers:
-        child = layers[key]
-        name = _name_attr(child) if isinstance(child, h5py.Group) else None
+    for key, child in _child_groups(layers):
+        name = _name_attr(child)
         if name is not None:
             keys.setdefault(name, key)
     return keys
@@ -220,16 +221,24 @@ NOT_LAYER_GROUPS = frozenset({"vars", "layers", "optimizer"})
 MAX_NESTING = 64
 
 
-def _walk_bn_groups(group: Any, prefix: str, depth: int = 0):
+def _walk_bn_groups(group: Any, prefix: str, depth: int = 0, visited: set | None = None):
     """Without a config, a BN layer under `layers` is recognised by its key (`batch_normalization[_N]`).
 
     A subclassed model keeps its layers in groups named after its attributes (`bn`, `block`) instead,
     with no class information anywhere: those count as BN layers when their name says so and their
     variables look like BN's (2 to 4 vectors of one length).
+
+    Each group is visited once (`visited`): hard links can make a tiny file a chain of diamonds
+    with 2^40 paths through it.
     """
     if depth > MAX_NESTING:
         raise ConfigError(f"weights file nests layers more than {MAX_NESTING} deep")
+    visited = set() if visited is None else visited
     for key, child, keyed_by_class in _layer_groups(group):
+        if child.id in visited:
+            continue
+        visited.add(child.id)
+        refuse_link_leaving(child, "vars", f"{child.name}/vars")
         vars_group = child.get("vars")
         vars_group = vars_group if isinstance(vars_group, h5py.Group) else None
         name = (attr_text(vars_group.attrs.get("name")) if vars_group is not None else None) or key
@@ -237,23 +246,34 @@ def _walk_bn_groups(group: Any, prefix: str, depth: int = 0):
                                        else BN_NAME.search(name) and _bn_shaped(vars_group)):
             yield prefix + name, vars_group
         else:
-            yield from _walk_bn_groups(child, prefix + name + "/", depth + 1)
+            yield from _walk_bn_groups(child, prefix + name + "/", depth + 1, visited)
 
 
 def _layer_groups(group: Any):
     """(key, group, keyed by class name) of the layers directly inside `group`."""
+    refuse_link_leaving(group, "layers", f"{group.name}/layers")
     layers = group.get("layers")
     if isinstance(layers, h5py.Group):
-        for key in layers:
-            if isinstance(layers[key], h5py.Group):
-                yield key, layers[key], True
+        for key, child in _child_groups(layers):
+            yield key, child, True
+    for key, child in _child_groups(group):
+        if key not in NOT_LAYER_GROUPS:
+            yield key, child, False
+
+
+def _child_groups(group: Any):
+    """(key, group) of the groups directly inside `group`, refusing external links among them."""
     for key in group:
-        if key not in NOT_LAYER_GROUPS and isinstance(group[key], h5py.Group):
-            yield key, group[key], False
+        refuse_link_leaving(group, key, f"{group.name.rstrip('/')}/{key}")
+        child = group.get(key)
+        if isinstance(child, h5py.Group):
+            yield key, child
 
 
 def _bn_shaped(vars_group: Any) -> bool:
-    shapes = [getattr(vars_group[key], "shape", None) for key in vars_group]
+    if len(vars_group) > 4:
+        return False
+    shapes = [getattr(vars_group.get(key), "shape", None) for key in vars_group]
     return 2 <= len(shapes) <= 4 and all(shape is not None and len(shape) == 1 for shape in shapes) \
         and len({shape[0] for shape in shapes}) == 1
 
@@ -317,9 +337,12 @@ def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
     info = archive.getinfo(name)
     if info.file_size > MAX_CONFIG_BYTES:
         raise ConfigError(f"{name} is {info.file_size} bytes, more than the {MAX_CONFIG_BYTES} bytes a model config may have")
-    with archive.open(name) as member:
-        # Read one byte past the limit: the size in the zip directory can lie.
-        data = member.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{name} is larger than the {MAX_CONFIG_BYTES} bytes a model config may have")
-    return data
+    pieces: list[bytes] = []
+    try:
+        # One byte past the limit is refused: the size in the zip directory can lie.
+        expand_member(archive_reader(archive), info, MAX_CONFIG_BYTES, pieces.append)
+    except ConfigError as error:
+        if "refusing a zip bomb" in str(error):
+            raise ConfigError(f"{name} is larger than the {MAX_CONFIG_BYTES} bytes a model config may have") from None
+        raise
+    return b"".join(pieces)
