@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -309,12 +310,47 @@ def check_targets(items: list[Target], settings: Settings, jobs: int = 1,
     # in a locked state.
     context = multiprocessing.get_context("spawn")
     chunk = max(1, min(16, len(items) // (jobs * 4)))
-    with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=context) as pool:
-        return _collect(pool.map(_check_star, [(item, settings) for item in items], chunksize=chunk), on_done)
+    reports: list[ModelReport] = []
+    try:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=context) as pool:
+            _collect(pool.map(_check_star, [(item, settings) for item in items], chunksize=chunk), on_done,
+                     into=reports)
+    except BrokenProcessPool:
+        # A worker died (a signal, the out-of-memory killer) reading one of the files still to
+        # come; which one is found by halving, so the others are still checked.
+        rest = _check_isolating_crashes(items[len(reports):], settings, jobs, context)
+        reports.extend(_collect(rest, on_done))
+    return reports
 
 
-def _collect(results: Iterable[ModelReport], on_done) -> list[ModelReport]:
-    reports = []
+def _check_isolating_crashes(items: list[Target], settings: Settings, jobs: int, context: Any) -> list[ModelReport]:
+    """`check_one` for every item in worker processes; an item whose worker dies alone in its
+    pool gets a report with that error. Results in input order."""
+    done: dict[int, ModelReport] = {}
+    batches = [list(range(len(items)))]
+    while batches:
+        batch = batches.pop()
+        unfinished = []
+        with ProcessPoolExecutor(max_workers=min(jobs, len(batch)), mp_context=context) as pool:
+            futures = {index: pool.submit(check_one, items[index], settings) for index in batch}
+            for index, future in futures.items():
+                try:
+                    done[index] = future.result()
+                except BrokenProcessPool:
+                    unfinished.append(index)
+        if len(unfinished) == 1 and len(batch) == 1:
+            done[batch[0]] = ModelReport(source=items[batch[0]].path, description=None,
+                                         error="the reading process died on this file (a crash in a reading library)")
+        elif unfinished:
+            half = len(unfinished) // 2 or 1
+            batches.extend(part for part in (unfinished[half:], unfinished[:half]) if part)
+    return [done[index] for index in range(len(items))]
+
+
+def _collect(results: Iterable[ModelReport], on_done, into: list[ModelReport] | None = None) -> list[ModelReport]:
+    """The reports of `results`, each passed to `on_done` as it comes; appended to `into` as they
+    come when given (what came before a failure of the iteration is kept)."""
+    reports = [] if into is None else into
     for report in results:
         reports.append(report)
         if on_done is not None:

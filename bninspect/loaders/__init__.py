@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bninspect.errors import MissingExtra
 from bninspect.loaders.graph import ConfigError
-from bninspect.loaders.hdf5_input import open_regular
+from bninspect.loaders.hdf5_input import open_regular, refuse_irregular_tree
 from bninspect.loaders.remote import NO_OPTIONS, RemoteOptions, is_url
 from bninspect.model import ModelDescription, ModelReadError
 
@@ -98,6 +98,7 @@ def _load(path: str | os.PathLike, remote: RemoteOptions | None) -> ModelDescrip
     try:
         target = Path(source)
         if target.is_dir():
+            refuse_irregular_tree(target)
             if (target / "saved_model.pb").is_file():
                 from bninspect.loaders import savedmodel
 

@@ -156,6 +156,38 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         raise
 
 
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of a regular file (one past the limit tells the caller it is over)."""
+    with open_regular(path) as handle:
+        return handle.read(limit + 1)
+
+
+# A model directory (SavedModel, TF checkpoint, KerasHub preset) holds a few dozen files.
+MAX_DIRECTORY_ENTRIES = 100_000
+
+
+def refuse_irregular_tree(directory: str | os.PathLike) -> None:
+    """Refuse a model directory holding anything but regular files and directories inside it: a
+    FIFO or device hangs whatever reads it (TensorFlow included), and a symbolic link may lead
+    out of the model to any file on the machine."""
+    root = os.path.realpath(directory)
+    seen = 0
+    for current, dirs, files in os.walk(root):
+        for name in dirs + files:
+            seen += 1
+            if seen > MAX_DIRECTORY_ENTRIES:
+                raise ConfigError(f"holds more than {MAX_DIRECTORY_ENTRIES:,} files and directories: not a model directory")
+            path = os.path.join(current, name)
+            relative = os.path.relpath(path, root)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if os.path.commonpath([root, target]) != root:
+                    raise ConfigError(f"{relative} is a symbolic link out of the model directory: refusing to read it")
+            mode = os.stat(path).st_mode if os.path.exists(path) else 0
+            if name in files and not stat.S_ISREG(mode):
+                raise ConfigError(f"{relative} {not_regular_reason(mode) if mode else 'is a broken link'}")
+
+
 @contextmanager
 def open_hdf5(path: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
     """(file object for h5py, the plain file for direct reads of contiguous datasets)."""

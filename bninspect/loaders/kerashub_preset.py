@@ -30,7 +30,7 @@ import h5py
 from bninspect.loaders.common import (MAX_CONFIG_BYTES, architecture_notes, attr_text, code_architecture,
                                       parse_json_config, read_step_count)
 from bninspect.loaders.graph import ConfigError, dtype_policy_name
-from bninspect.loaders.hdf5_input import open_hdf5
+from bninspect.loaders.hdf5_input import open_hdf5, read_regular
 from bninspect.loaders.keras_v3 import OPTIMIZER_ITERATIONS, bn_layers_without_config
 from bninspect.model import BNLayer, ModelDescription
 
@@ -57,8 +57,7 @@ class _LocalFiles:
         return (self.directory / name).is_file()
 
     def read(self, name: str, limit: int) -> bytes:
-        with open(self.directory / name, "rb") as handle:
-            return handle.read(limit + 1)
+        return read_regular(self.directory / name, limit)
 
     def hdf5(self, name: str):
         return open_hdf5(str(self.directory / name))

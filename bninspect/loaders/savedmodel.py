@@ -34,6 +34,7 @@ from bninspect.errors import one_line
 from bninspect.loaders.common import (MAX_CONFIG_BYTES, architecture_notes, bn_layer, code_architecture,
                                       parse_json_config)
 from bninspect.loaders.graph import ConfigError, NoGraphError, dtype_policy_name, parse_model_config
+from bninspect.loaders.hdf5_input import read_regular
 from bninspect.loaders.tf_objects import (CheckpointObjects, breadth_first, bn_variable_groups,
                                           open_reader)
 from bninspect.model import BN_CLASS_NAMES, BNLayer, ModelDescription
@@ -78,9 +79,10 @@ def _keras_nodes(directory: Path) -> list[_KerasNode]:
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:
-    if path.stat().st_size > limit:
-        raise ConfigError(f"{path.name} is {path.stat().st_size} bytes, more than the {limit} bytes it may have")
-    return path.read_bytes()
+    raw = read_regular(path, limit)
+    if len(raw) > limit:
+        raise ConfigError(f"{path.name} is more than the {limit} bytes it may have")
+    return raw
 
 
 def _nodes_from_saved_metadata(raw: bytes) -> list[_KerasNode]:

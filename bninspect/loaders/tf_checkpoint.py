@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import codecs
 import glob
+import os
 import re
 from pathlib import Path
 
 from bninspect.loaders.common import bn_layer, step_count_value
 from bninspect.loaders.graph import ConfigError
+from bninspect.loaders.hdf5_input import read_regular
 from bninspect.loaders.tf_objects import (OPTIMIZER_EDGE, CheckpointObjects, bn_variable_groups, checkpoint_errors,
                                           has_object_graph, open_reader, read_channels)
 from bninspect.model import BNLayer, ModelDescription
@@ -84,8 +86,12 @@ def read_tf_checkpoint(source: str) -> ModelDescription:
     index = Path(prefix + INDEX_SUFFIX)
     if not index.is_file():
         raise ConfigError(f"no checkpoint index {index.name} for prefix {prefix}")
-    if not any(index.parent.glob(f"{glob.escape(Path(prefix).name)}.data-*")):
+    shards = list(index.parent.glob(f"{glob.escape(Path(prefix).name)}.data-*"))
+    if not shards:
         raise ConfigError(f"checkpoint data file {Path(prefix).name}.data-00000-of-00001 is missing")
+    for shard in shards:
+        if not shard.is_file():  # TensorFlow would block on a FIFO and read a device forever
+            raise ConfigError(f"checkpoint data file {shard.name} is not a regular file: refusing to read it")
     reader = open_reader(prefix, WHAT)
     with checkpoint_errors(WHAT):
         objects = has_object_graph(reader)
@@ -116,12 +122,17 @@ def _prefix_in_directory(directory: Path) -> str:
         if latest is None:
             raise ConfigError(f"{STATE_FILE} file names no model_checkpoint_path")
         named = Path(latest) if Path(latest).is_absolute() else directory / latest
-        if named.with_name(named.name + INDEX_SUFFIX).is_file():
+        # Only a checkpoint inside the directory is read: the state file comes with the model and
+        # may name any path on this machine (`/home/.../other`, `../../x`).
+        if _inside(directory, named) and named.with_name(named.name + INDEX_SUFFIX).is_file():
             return str(named)
         # A directory copied or moved after saving keeps the absolute paths of where it was.
         moved = directory / named.name
-        if named.is_absolute() and moved.with_name(moved.name + INDEX_SUFFIX).is_file():
+        if named.name not in ("", ".", "..") and moved.with_name(moved.name + INDEX_SUFFIX).is_file():
             return str(moved)
+        if not _inside(directory, named):
+            raise ConfigError(f"{STATE_FILE} file names {latest!r}, outside the checkpoint directory, and "
+                              f"{named.name}{INDEX_SUFFIX} is not in the directory")
         raise ConfigError(f"{STATE_FILE} file names {latest!r}, but {named.name}{INDEX_SUFFIX} does not exist")
     indexes = sorted(_index_files(directory), key=lambda path: (path.stat().st_mtime, path.name))
     if not indexes:
@@ -129,14 +140,20 @@ def _prefix_in_directory(directory: Path) -> str:
     return str(indexes[-1])[:-len(INDEX_SUFFIX)]
 
 
+def _inside(directory: Path, path: Path) -> bool:
+    root = os.path.realpath(directory)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
 def _index_files(directory: Path):
     return (path for path in directory.iterdir() if path.name.endswith(INDEX_SUFFIX) and path.is_file())
 
 
 def _latest_in_state_file(state: Path) -> str | None:
-    if state.stat().st_size > MAX_STATE_BYTES:
-        raise ConfigError(f"{STATE_FILE} file is {state.stat().st_size} bytes, not a checkpoint state")
-    text = state.read_bytes().decode("utf-8", errors="replace")
+    raw = read_regular(state, MAX_STATE_BYTES)
+    if len(raw) > MAX_STATE_BYTES:
+        raise ConfigError(f"{STATE_FILE} file is more than {MAX_STATE_BYTES} bytes, not a checkpoint state")
+    text = raw.decode("utf-8", errors="replace")
     found = _LATEST_LINE.search(text)
     if found is None:
         return None
