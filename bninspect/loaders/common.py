@@ -24,10 +24,10 @@ MAX_CONFIG_BYTES = 64 * 1024 * 1024
 MAX_CHANNELS = 1 << 24
 # What one model's BN arrays may declare in all, counted from their shapes before a byte is read:
 # a file of a few KB can declare 2^24 channels in every layer and be all fill value. The largest
-# real CNNs hold well under 10^6 BN values and under 2,000 BN layers; a hostile file within these
-# bounds reads in seconds and under 1 GiB.
-MAX_BN_VALUES = 1 << 25
-MAX_BN_ARRAYS = 40_000
+# real CNNs hold well under 10^6 BN values and under 1,000 BN layers (4 arrays each); a hostile
+# file within these bounds is read in seconds and under 1 GiB.
+MAX_BN_VALUES = 1 << 24
+MAX_BN_ARRAYS = 16_000
 # An HDF5 chunk is read whole, whatever part of it the dataset covers.
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
 
@@ -155,17 +155,22 @@ def refuse_link_leaving(group: Any, name: str, what: str) -> None:
     import h5py
 
     links = group.id.links
-    parts = name.split("/")
-    for depth in range(len(parts)):
-        path = "/".join(parts[:depth + 1]).encode("utf-8")
+    # Most names are one component ("0", "vars"): one look-up, no splitting.
+    paths = (name,) if "/" not in name else _prefixes(name)
+    for path in paths:
         try:
-            kind = links.get_info(path).type
+            kind = links.get_info(path.encode("utf-8")).type
         except (KeyError, RuntimeError):  # h5py: "Unable to get link info (name doesn't exist)"
             return  # missing: the caller says so in its own words
         if kind == h5py.h5l.TYPE_EXTERNAL:
             raise ConfigError(f"{what} is an HDF5 external link to another file: refusing to follow it")
         if kind != h5py.h5l.TYPE_HARD and kind != h5py.h5l.TYPE_SOFT:
             raise ConfigError(f"{what} is a user-defined HDF5 link: refusing to follow it")
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:depth + 1]) for depth in range(len(parts)) if parts[depth]]
 
 
 def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
