@@ -71,9 +71,10 @@ def _result(finding: Finding, rule_index: dict[str, int]) -> dict:
         "message": {"text": f"{finding.message} (hint: {finding.hint})"},
         "locations": [_location(finding.source, finding.layer)],
         # A stable identity across runs, so code scanning can track a finding; binary files have no
-        # line contents for it to hash.
+        # line contents for it to hash. surrogatepass: a name that is not UTF-8 (a file name's raw
+        # bytes, a lone surrogate in a JSON config) hashes instead of raising.
         "partialFingerprints": {"bninspectFinding/v1": hashlib.sha256(
-            f"{finding.code}|{finding.source}|{finding.layer}".encode()).hexdigest()},
+            f"{finding.code}|{finding.source}|{finding.layer}".encode("utf-8", "surrogatepass")).hexdigest()},
     }
     if finding.code in rule_index:
         result["ruleIndex"] = rule_index[finding.code]
