@@ -55,6 +55,12 @@ def test_sarif_relative_path_stays_relative():
     assert sarif.artifact_uri(str(Path("models") / "m 1.h5")) == "models/m%201.h5"
 
 
+def test_sarif_uri_of_a_model_read_from_a_url_is_that_url_without_its_secrets():
+    assert sarif.artifact_uri("s3://bucket/models/m.keras") == "s3://bucket/models/m.keras"
+    assert (sarif.artifact_uri("https://user:pw@host/models/m 1.h5?X-Amz-Signature=abc&v=2")
+            == "https://user:***@host/models/m%201.h5?X-Amz-Signature=***&v=2")
+
+
 def test_junit_counts_and_xml_escaping():
     reports = [_report(_finding(severity=Severity.ERROR, message="a < b & c"), source="x.h5"),
                _report(source="ok.h5"), _report(source="bad.h5", error="truncated <file>")]
