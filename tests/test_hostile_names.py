@@ -331,3 +331,22 @@ def test_recalibrate_text_shows_names_escaped_and_not_as_markup():
         assert RAW_CONTROL.search(re.sub("\x1b\\[[0-9;]*m", "", text)) is None
         assert text.count("[/][bold]") == 5  # table, kept (path and reason), note, check finding
         assert FILE_STEM_SHOWN in text
+
+
+def test_coloured_outputs_hold_only_our_own_colour_escapes(hostile):
+    """What a terminal gets (colours on): the names escaped, no escape but the styles' own."""
+    from bninspect import inspect, loaders
+    from bninspect.diff import diff_models
+    from bninspect.reporters import check_text, diff_report, table
+
+    report = inspect(hostile["untrained"])
+    model_diff = diff_models(loaders.load(hostile["untrained"]), loaders.load(hostile["trained"]))
+    outputs = {"inspect": table.render([report], color=True),
+               "inspect --layer": table.render([report], color=True, layer_pattern="*pwned*"),
+               "check": check_text.render([report], color=True),
+               "diff": diff_report.render_text(model_diff, color=True),
+               "notebook html": table.render_html([report])}
+    for name, text in outputs.items():
+        styles_removed = re.sub("\x1b\\[[0-9;]*m", "", text)
+        assert RAW_CONTROL.search(styles_removed) is None, name
+        assert "\\x1b[31m" in text and "[/][bold]" in text, name
