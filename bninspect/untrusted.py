@@ -29,7 +29,11 @@ from __future__ import annotations
 
 import html
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 REDACTED = "***"
 
@@ -103,7 +107,7 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def printable(text: str) -> str:
+def printable(text: object) -> str:
     """`text` on one line with every control or direction-changing character as a visible escape,
     and every URL redacted."""
     text = redact(str(text))
@@ -130,14 +134,14 @@ def rich_text(text: str) -> str:
     return escape(printable(text))
 
 
-def rich_literal(text: str, style: str = ""):
+def rich_literal(text: str, style: str = "") -> "Text":
     """A rich `Text` holding `printable(text)`: shown as it is, never parsed as markup or emoji."""
     from rich.text import Text
 
     return Text(printable(text), style=style)
 
 
-def html_text(text: str) -> str:
+def html_text(text: object) -> str:
     """`printable(text)` HTML-escaped, quotes included: safe in element text and attribute values."""
     return html.escape(printable(text), quote=True)
 

@@ -58,7 +58,7 @@ figure{margin:6px 0}figure.observed svg.plot{max-width:600px}figure.overview svg
 def _e(value: object) -> str:
     """Any text on the page: file and layer names, messages, numbers. Through `printable` first,
     since HTML escaping leaves control characters (and bidirectional overrides) as they are."""
-    return html_text(str(value))
+    return html_text(value)
 
 
 def _id(text: str) -> str:

@@ -28,9 +28,8 @@ SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severi
 
 
 def _header(report: ModelReport) -> Text:
-    """The file, its format and what wrote it. Names, versions and classes come from the file: each
-    cell of the text outputs shows them through `printable`, and rich gets them as Text, never
-    as markup."""
+    """The file, its format and what wrote it. Names, versions and classes come from the file: here
+    and in every cell below they go through `printable`, and reach rich as Text, never as markup."""
     description = report.description
     text = Text()
     text.append(printable(report.source), style="bold")
