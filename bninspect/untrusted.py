@@ -8,20 +8,32 @@ goes through one function here:
 - `redact(text)`: URL passwords (userinfo) and the values of signing and credential query
   parameters become `***`, in a URL or in any text holding URLs (pip's `redact_auth_from_url`
   is the anchor; here a user name alone is redacted too, since tokens travel as user names).
-- `printable(text)`: control characters (C0, DEL, C1), and the bidirectional overrides that make
-  text read differently from what it is, shown as escapes (`\\x1b`, `\\u202e`): for the
-  terminal, stderr, plain-text and JSON-free text outputs, JUnit and HTML.
+- `printable(text)`: control characters (C0, DEL, C1), the bidirectional overrides that make
+  text read differently from what it is, and what cannot be written as UTF-8 or XML 1.0 (lone
+  surrogates, U+FFFE, U+FFFF), shown as escapes (`\\x1b`, `\\u202e`): for the terminal, stderr,
+  plain-text and JSON-free text outputs, JUnit and HTML.
 - `github_data(text)` / `github_property(text)`: GitHub workflow-command escaping on top of
   `printable` (`%`, `\\r`, `\\n`; also `:` and `,` in properties).
-- `rich_text(text)`: `printable`, then rich markup escaped, for strings rich parses as markup.
+- `rich_text(text)`: `printable`, then rich markup escaped, for strings rich parses as markup;
+  `rich_literal(text, style)`: `printable` in a rich `Text`, which rich never parses.
+- `html_text(text)`: `printable`, then HTML-escaped (quotes too), for text and attribute values.
+- `plot_text(text)`: `printable` with `$` escaped, for matplotlib, which reads text between two
+  `$` as mathtext (and raises on what it cannot parse).
+
+JSON outputs need none of these: `json.dumps` escapes control characters itself.
 
 Layer: foundation (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
 
+import html
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 REDACTED = "***"
 
@@ -36,8 +48,10 @@ SECRET_PARAMETER_PARTS = ("token", "secret", "sig", "credential", "pass", "pwd",
 URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
 
 # C0 controls, DEL, C1 controls; the Unicode bidirectional embeddings, overrides and isolates
-# (U+202A-U+202E, U+2066-U+2069) and the line/paragraph separators some terminals break lines at.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+# (U+202A-U+202E, U+2066-U+2069) and the line/paragraph separators some terminals break lines at;
+# lone surrogates (a file name that is not UTF-8 arrives as U+DC80-U+DCFF, a JSON config can hold
+# any) and U+FFFE/U+FFFF: UTF-8 cannot encode the first and XML 1.0 forbids both.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff\ufffe\uffff]")
 
 
 def _is_secret_parameter(name: str) -> bool:
@@ -93,10 +107,14 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def printable(text: str) -> str:
+def printable(text: object) -> str:
     """`text` on one line with every control or direction-changing character as a visible escape,
     and every URL redacted."""
-    return _UNPRINTABLE.sub(_escape, redact(str(text)))
+    text = redact(str(text))
+    # The fast path: most names have nothing to escape, and `search` costs less than `sub`.
+    if _UNPRINTABLE.search(text) is None:
+        return text
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 def github_data(text: str) -> str:
@@ -115,3 +133,21 @@ def rich_text(text: str) -> str:
 
     return escape(printable(text))
 
+
+def rich_literal(text: str, style: str = "") -> "Text":
+    """A rich `Text` holding `printable(text)`: shown as it is, never parsed as markup or emoji."""
+    from rich.text import Text
+
+    return Text(printable(text), style=style)
+
+
+def html_text(text: object) -> str:
+    """`printable(text)` HTML-escaped, quotes included: safe in element text and attribute values."""
+    return html.escape(printable(text), quote=True)
+
+
+def plot_text(text: str) -> str:
+    """`printable(text)` for a matplotlib text: an even number of `$` would start mathtext, whose
+    parser raises on what it cannot read; `\\$` is matplotlib's literal dollar."""
+    text = printable(text)
+    return text.replace("$", "\\$") if "$" in text else text

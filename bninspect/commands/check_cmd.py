@@ -22,6 +22,7 @@ from bninspect.commands.data_options import (BuildOption, CustomObjectsOption, L
                                              RescaleOption, UnsafeOption, refuse_data_options_without_data)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
+from bninspect.untrusted import printable
 
 
 def check(
@@ -113,7 +114,8 @@ def _errors_to_stderr(reports) -> None:
     its entry."""
     for report in reports:
         if report.error is not None:
-            typer.echo(f"bninspect: error: {report.source}: {' '.join(str(report.error).split())}", err=True)
+            reason = " ".join(str(report.error).split())
+            typer.echo(f"bninspect: error: {printable(report.source)}: {printable(reason)}", err=True)
 
 
 def _check_with_data(paths: List[str], settings, data: Path, batch_size: int, limit: Optional[int],

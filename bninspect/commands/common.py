@@ -14,6 +14,7 @@ from typing import Iterator, NoReturn, Optional
 import typer
 
 from bninspect.errors import MissingExtra, ModelReadError, UsageProblem
+from bninspect.untrusted import printable
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -37,7 +38,9 @@ OutputOption = typer.Option(None, "--output", "-o", help="Write the report to FI
 
 
 def fail(message: str) -> NoReturn:
-    typer.echo(f"bninspect: error: {message}", err=True)
+    """`message` as one line on stderr, exit 2. The message names files and layers, so a newline or
+    a terminal escape in a name is shown as an escape: the error stays one line, and inert."""
+    typer.echo(f"bninspect: error: {printable(message)}", err=True)
     raise typer.Exit(EXIT_FAILURE)
 
 

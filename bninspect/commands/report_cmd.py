@@ -20,6 +20,7 @@ from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageO
 from bninspect.commands.data_options import (DATA_HELP, BuildOption, CustomObjectsOption, LimitOption,
                                              OptionalBatchSizeOption, RescaleOption, UnsafeOption,
                                              refuse_data_options_without_data)
+from bninspect.untrusted import printable
 
 DEFAULT_OUTPUT = Path("bninspect-report.html")
 
@@ -100,7 +101,7 @@ def report(
         from bninspect.reporters.html_report import render_html
 
         _write(output, render_html(reports, layers=layers).encode("utf-8"))
-    typer.echo(f"bninspect: wrote {output}", err=True)
+    typer.echo(f"bninspect: wrote {printable(output)}", err=True)
     raise typer.Exit(EXIT_OK)
 
 

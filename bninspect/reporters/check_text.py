@@ -18,6 +18,7 @@ from bninspect.model import GRAPH
 from bninspect.report import ModelReport, architecture_label
 from bninspect.reporters.grouping import group_findings, one_by_one
 from bninspect.reporters.table import SEVERITY_STYLE, FittingText, group_lines
+from bninspect.untrusted import printable
 
 _LABELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "info"}
 
@@ -35,10 +36,10 @@ def _counts(report: ModelReport) -> str:
 def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = False,
                  statistics: bool = False) -> Text:
     text = Text()
-    text.append(report.source, style="bold")
+    text.append(printable(report.source), style="bold")
     if report.error is not None and report.description is None:
         text.append("  unreadable: ", style="bold red")
-        text.append(f"{report.error}\n")
+        text.append(f"{printable(report.error)}\n")
         return text
     description = report.description
     about = []
@@ -54,11 +55,11 @@ def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = F
     failing = any(f.severity.rank >= fail_severity.rank for f in report.findings)
     status = _counts(report) or ("no static findings" if report.error else "ok")
     text.append(f"  {status}", style="bold red" if failing else ("yellow" if report.findings else "green"))
-    text.append(f"  ({', '.join(about)})\n" if about else "\n", style="dim")
+    text.append(f"  ({printable(', '.join(about))})\n" if about else "\n", style="dim")
     if report.error is not None:
         # Read, but not checked to the end (with --data: could not be loaded or run on the data).
         text.append("  error: ", style="bold red")
-        text.append(f"{report.error}\n")
+        text.append(f"{printable(report.error)}\n")
     if statistics:
         return text
     for group in (one_by_one if verbose else group_findings)(report.findings):

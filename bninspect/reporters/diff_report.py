@@ -17,6 +17,7 @@ from bninspect.diff import ARRAY_NAMES, ModelDiff
 from bninspect.model import ModelDescription
 from bninspect.reporters.json_report import _finite_or_text
 from bninspect.summary import fmt_number
+from bninspect.untrusted import printable, rich_literal
 
 STATUS_STYLE = {"changed": "yellow", "unchanged": "dim", "only_in_a": "red", "only_in_b": "green"}
 
@@ -26,7 +27,7 @@ def _side(description: ModelDescription) -> str:
     details = description.format
     if description.training_steps is not None:
         details += f", {description.training_steps} training steps"
-    return f"{description.source} ({details})"
+    return f"{printable(description.source)} ({details})"
 
 
 def render_json(model_diff: ModelDiff) -> str:
@@ -35,6 +36,8 @@ def render_json(model_diff: ModelDiff) -> str:
 
 
 def render_text(model_diff: ModelDiff, color: bool = False, width: int | None = None) -> str:
+    """The two files, a table row per BN layer, the counts per status. Every name reaches rich as a
+    Text (through printable): a str would be parsed as markup, and `[/]` in a name raises."""
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color,
                       color_system="standard" if color else None, width=width or 200, highlight=False)
@@ -52,11 +55,11 @@ def render_text(model_diff: ModelDiff, color: bool = False, width: int | None = 
         status = Text(layer.status, style=STATUS_STYLE[layer.status])
         if layer.note:
             status.append(f" {layer.note}")
-        table.add_row(layer.path, status, *cells)
+        table.add_row(rich_literal(layer.path), status, *cells)
     console.print(table)
     summary = model_diff.to_dict()["summary"]
     unchanged = [layer.path for layer in model_diff.layers if layer.status == "unchanged"]
     console.print(", ".join(f"{count} {status.replace('_', ' ')}" for status, count in summary.items()))
     if unchanged:
-        console.print(f"did not move at all: {', '.join(unchanged)}")
+        console.print(rich_literal(f"did not move at all: {', '.join(unchanged)}"))
     return buffer.getvalue()

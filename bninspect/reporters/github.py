@@ -2,8 +2,10 @@
 `::notice` per model and code for the infos, so findings show up as annotations on the run and
 the pull request, the ones that matter first.
 
-Escaping follows the runner's rules: in the message `%`, CR and LF are escaped; in properties
-(`file=`, `title=`) also `:` and `,`.
+Escaping follows the runner's rules (`bninspect.untrusted.github_data` / `github_property`): in
+the message `%`, CR and LF are escaped; in properties (`file=`, `title=`) also `:` and `,`; and
+control characters in file and layer names are shown as escapes (`\\x1b`), so every line this
+writes is exactly one workflow command.
 
 Layer: reporters (the layer order is written in tests/test_layers.py).
 """
@@ -13,20 +15,13 @@ from __future__ import annotations
 from bninspect.findings import Severity
 from bninspect.report import ModelReport
 from bninspect.reporters.grouping import group_findings
+from bninspect.untrusted import github_data, github_property
 
 COMMANDS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
 
-def escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def escape_property(text: str) -> str:
-    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
 def _line(command: str, file: str, title: str, message: str) -> str:
-    return f"::{command} file={escape_property(file)},title={escape_property(title)}::{escape_data(message)}"
+    return f"::{command} file={github_property(file)},title={github_property(title)}::{github_data(message)}"
 
 
 def render(reports: list[ModelReport], group_infos: bool = True) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from bninspect.reporters.plots import FLAGGED, _Figures, _svg, effective_scale
+from bninspect.untrusted import plot_text
 
 if TYPE_CHECKING:
     from bninspect.model import BNLayer
@@ -149,7 +150,7 @@ def _findings_strip(figures: _Figures, ax, layers: Sequence["BNLayer"], severiti
     count = len(layers)
     if 0 < count <= NAMED_ROWS:
         ax.set_yticks(np.arange(count))
-        ax.set_yticklabels([_short(layer.path) for layer in layers], fontsize=5.5)
+        ax.set_yticklabels([plot_text(_short(layer.path)) for layer in layers], fontsize=5.5)
     else:
         ax.yaxis.set_major_locator(figures.matplotlib.ticker.MaxNLocator(8, integer=True))
         ax.yaxis.set_major_formatter(figures.matplotlib.ticker.FuncFormatter(lambda value, _: f"#{value:.0f}"))

@@ -25,6 +25,7 @@ from bninspect._version import __version__
 from bninspect.findings import Finding, Severity
 from bninspect.report import architecture_label
 from bninspect.reporters.grouping import LAYERS_SHOWN, group_findings
+from bninspect.untrusted import html_text
 
 if TYPE_CHECKING:
     from bninspect.probes.results import ProbeReport
@@ -55,7 +56,9 @@ figure{margin:6px 0}figure.observed svg.plot{max-width:600px}figure.overview svg
 
 
 def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    """Any text on the page: file and layer names, messages, numbers. Through `printable` first,
+    since HTML escaping leaves control characters (and bidirectional overrides) as they are."""
+    return html_text(value)
 
 
 def _id(text: str) -> str:
@@ -99,7 +102,8 @@ def markdown_html(markdown: str) -> str:
     pieces = re.split(r"^```[a-z]*\n(.*?)^```$", markdown, flags=re.M | re.S)
     for index, piece in enumerate(pieces):
         if index % 2:
-            out.append(f"<pre><code>{_e(piece.rstrip())}</code></pre>")
+            # The catalogue's own example code: its newlines and indentation are kept.
+            out.append(f"<pre><code>{html.escape(piece.rstrip())}</code></pre>")
             continue
         for paragraph in re.split(r"\n\s*\n", piece.strip()):
             if paragraph.strip():

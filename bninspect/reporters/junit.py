@@ -3,6 +3,10 @@
 A model with findings at the failing severity gets a <failure> listing them; an unreadable model
 gets an <error>; other findings go to <system-out> so they stay visible without failing.
 
+File names, layer names and reasons pass through `printable`: XML 1.0 cannot hold most control
+characters even as character references, so escaping `<` and `&` (ElementTree's part) is not
+enough for the document to stay XML.
+
 Layer: reporters (the layer order is written in tests/test_layers.py).
 """
 
@@ -12,11 +16,12 @@ import xml.etree.ElementTree as ElementTree
 
 from bninspect.findings import Finding, Severity
 from bninspect.report import ModelReport
+from bninspect.untrusted import printable
 
 
 def _finding_line(finding: Finding) -> str:
-    return (f"{finding.code} {finding.name} [{finding.severity.value}] {finding.layer or '(model)'}: "
-            f"{finding.message} (hint: {finding.hint})")
+    return printable(f"{finding.code} {finding.name} [{finding.severity.value}] {finding.layer or '(model)'}: "
+                     f"{finding.message} (hint: {finding.hint})")
 
 
 def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR) -> str:
@@ -24,12 +29,13 @@ def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR)
     suites = ElementTree.Element("testsuites", name="bninspect")
     suite = ElementTree.SubElement(suites, "testsuite", name="bninspect check")
     for report in reports:
-        case = ElementTree.SubElement(suite, "testcase", classname="bninspect", name=report.source,
-                                      file=report.source)
+        source = printable(report.source)
+        case = ElementTree.SubElement(suite, "testcase", classname="bninspect", name=source, file=source)
         if report.error is not None:
             errors += 1
-            element = ElementTree.SubElement(case, "error", message=report.error, type="unreadable")
-            element.text = f"{report.source}: {report.error}"
+            reason = printable(report.error)
+            element = ElementTree.SubElement(case, "error", message=reason, type="unreadable")
+            element.text = f"{source}: {reason}"
             continue
         failing = [f for f in report.findings if f.severity.rank >= fail_severity.rank]
         passing = [f for f in report.findings if f.severity.rank < fail_severity.rank]

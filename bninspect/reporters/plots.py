@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from bninspect.errors import MissingExtra
+from bninspect.untrusted import plot_text
 
 if TYPE_CHECKING:  # only for annotations: the reporters never import the probes at run time
     from bninspect.model import BNLayer
@@ -358,7 +359,7 @@ def _depth_axis(figures, axis, x, names: list[str], label: str) -> None:
     """The x axis of a plot along the depth: the layer names when they fit, else numbered ticks."""
     if 0 < len(names) <= 24:
         axis.set_xticks(x)
-        axis.set_xticklabels(names, rotation=30, ha="right")
+        axis.set_xticklabels([plot_text(name) for name in names], rotation=30, ha="right")
     else:
         axis.xaxis.set_major_locator(figures.matplotlib.ticker.MaxNLocator(10, integer=True))
         axis.set_xlabel(label)
@@ -603,8 +604,9 @@ def drift_svg(probe: "ProbeReport", drifting_paths: Sequence[str] = (), prefix: 
             ax.grid(True, axis="y", linewidth=0.3, color="#dddddd")
         if marks.size:
             first = int(marks[0])
-            top.annotate(f"first drifting: {layers[first].path}", (first, 1.0), xycoords=top.get_xaxis_transform(),
-                         xytext=(4, 6), textcoords="offset points", color=FLAGGED, fontsize=6.5)
+            top.annotate(f"first drifting: {plot_text(layers[first].path)}", (first, 1.0),
+                         xycoords=top.get_xaxis_transform(), xytext=(4, 6), textcoords="offset points",
+                         color=FLAGGED, fontsize=6.5)
         _depth_axis(figures, bottom, x, [layer.path for layer in layers], "BN layer (order the data reaches it)")
         top.legend(loc="upper right", fontsize=6, ncols=4, frameon=False, bbox_to_anchor=(1.0, 1.3))
         figure.subplots_adjust(left=0.09, right=0.98, top=0.88, bottom=0.27 if len(layers) <= 24 else 0.15,

@@ -15,6 +15,7 @@ from rich.text import Text
 from bninspect.findings import Finding, Severity
 from bninspect.probes.results import LayerProbe, ProbeReport, drifting_channels
 from bninspect.summary import fmt_number, fmt_range
+from bninspect.untrusted import printable, rich_literal
 
 SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -31,7 +32,7 @@ def _maximum(values: np.ndarray) -> float | None:
 
 def _header(report: ProbeReport) -> Text:
     text = Text()
-    text.append(report.source, style="bold")
+    text.append(printable(report.source), style="bold")
     text.append(f"  {report.keras} · {report.samples} samples in {report.batches} batches of {report.batch_size}"
                 f" · {report.seconds:.1f} s")
     return text
@@ -48,13 +49,14 @@ def _codes(findings: tuple[Finding, ...]) -> Text:
 
 def _row(layer: LayerProbe, report: ProbeReport) -> list:
     codes = _codes(report.findings_for(layer.path))
+    path = rich_literal(layer.path)  # a Text: rich parses a str cell as markup
     if not layer.reached:
-        return [layer.path, str(layer.channels), "not reached by the data", "", "", "", "", codes]
+        return [path, str(layer.channels), "not reached by the data", "", "", "", "", codes]
     shift, ratio = layer.mean_shift, layer.variance_ratio
     ratio_text = f"{fmt_number(_median(ratio))} ({fmt_range(ratio[np.isfinite(ratio)])})"
     drifting = int(drifting_channels(layer, report.thresholds).sum())
     derived = "" if layer.output_measured else "*"
-    return [layer.path, str(layer.channels),
+    return [path, str(layer.channels),
             f"{fmt_number(_median(shift))} / {fmt_number(_maximum(shift))}", ratio_text, f"{drifting}/{layer.channels}",
             fmt_range(layer.output.mean) + derived, fmt_range(layer.output.std) + derived, codes]
 
@@ -88,8 +90,8 @@ def _finding_lines(findings: tuple[Finding, ...]) -> Text:
     for finding in findings:
         text.append(f"{finding.code} ", style=SEVERITY_STYLE[finding.severity])
         text.append(f"{finding.severity.value:<7} ", style=SEVERITY_STYLE[finding.severity])
-        text.append(f"{finding.layer or '(model)'}: {finding.message}\n")
-        text.append(f"        hint: {finding.hint}\n", style="dim")
+        text.append(printable(f"{finding.layer or '(model)'}: {finding.message}") + "\n")
+        text.append(f"        hint: {printable(finding.hint)}\n", style="dim")
     return text
 
 

@@ -20,6 +20,7 @@ from bninspect.report import ModelReport
 from bninspect.reporters import check_text
 from bninspect.reporters.json_report import _finite_or_text
 from bninspect.summary import array_stats, fmt_number, fmt_range
+from bninspect.untrusted import printable, rich_literal
 
 
 def _median(values: np.ndarray) -> float | None:
@@ -40,8 +41,8 @@ def render_text(summary: RecalibrationSummary, color: bool = False, width: int |
     console = Console(file=buffer, force_terminal=color, no_color=not color,
                       color_system="standard" if color else None, width=width or 200, highlight=False)
     header = Text()
-    header.append(summary.source, style="bold")
-    header.append(f" → {summary.output}", style="bold")
+    header.append(printable(summary.source), style="bold")
+    header.append(f" → {printable(summary.output)}", style="bold")
     header.append(f"  {summary.keras} · {summary.samples} samples in {summary.batches} batches of "
                   f"{summary.batch_size} · {len(summary.layers)} BN layers recalibrated")
     console.print(header)
@@ -50,20 +51,23 @@ def render_text(summary: RecalibrationSummary, color: bool = False, width: int |
                    "moving_variance after", "largest mean shift (new std)"):
         table.add_column(column, overflow="fold")
     for layer in summary.layers:
-        table.add_row(layer.path, str(layer.before_mean.size), fmt_range(layer.before_mean),
+        table.add_row(rich_literal(layer.path), str(layer.before_mean.size), fmt_range(layer.before_mean),
                       fmt_range(layer.after_mean),
                       f"{fmt_number(_median(layer.before_variance))} ({fmt_range(layer.before_variance)})",
                       f"{fmt_number(_median(layer.after_variance))} ({fmt_range(layer.after_variance)})",
                       fmt_number(_largest_shift(layer)))
     console.print(table)
     for path, reason in summary.kept:
-        console.print(Text(f"kept {path}: {reason}", style="dim"))
+        console.print(rich_literal(f"kept {path}: {reason}", style="dim"))
     for note in summary.notes:
-        console.print(Text(f"note: {note}", style="dim"))
+        console.print(rich_literal(f"note: {note}", style="dim"))
     console.print()
-    console.print(Text(f"check {summary.output}:", style="bold"))
-    console.print(check_text.render([summary.check], Severity.ERROR, exit_code=_check_exit(summary.check),
-                                    color=color, width=width), end="")
+    console.print(rich_literal(f"check {summary.output}:", style="bold"))
+    checked = check_text.render([summary.check], Severity.ERROR, exit_code=_check_exit(summary.check),
+                                color=color, width=width)
+    # Already rendered (names escaped, colours as ANSI codes): a Text, so that rich does not read
+    # a `[bold]` in a layer name as markup.
+    console.print(Text(checked), end="")
     return buffer.getvalue()
 
 

@@ -16,19 +16,31 @@ from urllib.parse import quote
 
 from bninspect._version import __version__
 from bninspect.findings import Finding, Severity
+from bninspect.loaders.remote import is_url
 from bninspect.report import ModelReport
+from bninspect.untrusted import redact_url
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 LEVELS = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
 
 
+# The characters RFC 3986 allows unencoded besides the unreserved ones (which `quote` never
+# encodes), `%` included for the escapes a URL already holds.
+_URI_RESERVED = ":/?#[]@!$&'()*+,;=%"
+
+
 def artifact_uri(path: str) -> str:
-    """A relative path stays relative (code scanning resolves it against the repository root);
-    an absolute one becomes a file:// URI."""
+    """A valid URI for the model file, whatever its name holds (spaces, control characters,
+    bytes that are not UTF-8: percent-encoded). A relative path stays relative (code scanning
+    resolves it against the repository root); an absolute one becomes a file:// URI; a URL stays
+    a URL, its secrets redacted."""
+    if is_url(path):
+        return quote(redact_url(path), safe=_URI_RESERVED, errors="surrogateescape")
     target = Path(path)
     if target.is_absolute():
         return target.as_uri()
-    return quote(target.as_posix(), safe="/")
+    # surrogateescape: a file name that is not UTF-8 gets its own bytes back, as os.fsencode does.
+    return quote(target.as_posix(), safe="/", errors="surrogateescape")
 
 
 def _rule_descriptor(rule) -> dict:
@@ -59,9 +71,10 @@ def _result(finding: Finding, rule_index: dict[str, int]) -> dict:
         "message": {"text": f"{finding.message} (hint: {finding.hint})"},
         "locations": [_location(finding.source, finding.layer)],
         # A stable identity across runs, so code scanning can track a finding; binary files have no
-        # line contents for it to hash.
+        # line contents for it to hash. surrogatepass: a name that is not UTF-8 (a file name's raw
+        # bytes, a lone surrogate in a JSON config) hashes instead of raising.
         "partialFingerprints": {"bninspectFinding/v1": hashlib.sha256(
-            f"{finding.code}|{finding.source}|{finding.layer}".encode()).hexdigest()},
+            f"{finding.code}|{finding.source}|{finding.layer}".encode("utf-8", "surrogatepass")).hexdigest()},
     }
     if finding.code in rule_index:
         result["ruleIndex"] = rule_index[finding.code]

@@ -22,14 +22,17 @@ from bninspect.model import BNLayer
 from bninspect.report import ModelReport, architecture_label
 from bninspect.reporters.grouping import FindingGroup, group_findings, one_by_one
 from bninspect.summary import fmt_number, fmt_range, histogram
+from bninspect.untrusted import printable
 
 SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
 def _header(report: ModelReport) -> Text:
+    """The file, its format and what wrote it. Names, versions and classes come from the file: here
+    and in every cell below they go through `printable`, and reach rich as Text, never as markup."""
     description = report.description
     text = Text()
-    text.append(report.source, style="bold")
+    text.append(printable(report.source), style="bold")
     if description is None:
         return text
     parts = [description.format]
@@ -41,7 +44,7 @@ def _header(report: ModelReport) -> Text:
     parts.append(f"{len(description.bn_layers)} BatchNormalization")
     if description.training_steps is not None:
         parts.append(f"{description.training_steps} training steps")
-    text.append("  " + " · ".join(parts))
+    text.append(printable("  " + " · ".join(parts)))
     return text
 
 
@@ -60,7 +63,7 @@ def _layer_rows(report: ModelReport) -> list[tuple[list[str], list[Finding]]]:
     for layer in report.bn_layers:
         findings = sorted(by_layer.get(layer.path, ()), key=lambda f: (-f.severity.rank, f.code))
         rows.append(([
-            layer.path,
+            printable(layer.path),
             "?" if layer.axis is None else ",".join(str(a) for a in layer.axis),
             str(layer.channels), fmt_number(layer.epsilon), fmt_number(layer.momentum),
             fmt_range(layer.gamma), fmt_range(layer.beta), fmt_range(layer.moving_mean),
@@ -207,12 +210,12 @@ def group_lines(text: Text, group: FindingGroup, indent: str, name: bool) -> Non
     text.append(f"{indent}{group.code} ", style=style)
     text.append(f"{group.severity.value:<7} ", style=style)
     if group.count == 1:
-        text.append(f"{group.findings[0].layer or '(model)'}: {group.message()}\n")
+        text.append(printable(f"{group.findings[0].layer or '(model)'}: {group.message()}") + "\n")
     else:
-        text.append(f"{group.count} layers: {group.layers_text()}\n")
-        text.append(f"{indent}      {group.message()}\n")
+        text.append(printable(f"{group.count} layers: {group.layers_text()}") + "\n")
+        text.append(f"{indent}      {printable(group.message())}\n")
     hint = f"{group.name}; hint: {group.hint}" if name else f"hint: {group.hint}"
-    text.append(f"{indent}      {hint}\n", style="dim")
+    text.append(f"{indent}      {printable(hint)}\n", style="dim")
 
 
 
@@ -238,7 +241,7 @@ class FittingText:
 def model_renderable(report: ModelReport, verbose: bool = False):
     parts = [_header(report)]
     if report.error is not None:
-        parts.append(Text(f"error: {report.error}", style="bold red"))
+        parts.append(Text(f"error: {printable(report.error)}", style="bold red"))
         return Group(*parts)
     if report.bn_layers:
         parts.append(_LayersTable(report))
@@ -261,11 +264,13 @@ def channel_renderable(report: ModelReport, pattern: str):
     layers = [layer for layer in report.bn_layers if _matches(layer, pattern)]
     if not layers:
         names = ", ".join(layer.path for layer in report.bn_layers) or "none"
-        parts.append(Text(f"no BN layer matches {pattern!r} (BN layers: {names})", style="bold red"))
+        parts.append(Text(printable(f"no BN layer matches {pattern!r} (BN layers: {names})"), style="bold red"))
         return Group(*parts)
     for layer in layers:
         eps = layer.epsilon if layer.epsilon is not None else 0.0
-        table = Table(title=f"{layer.path}  ({layer.channels} channels)", show_edge=False, header_style="bold")
+        # A Text title: a str would be parsed as markup, and `[/]` in a layer name raises.
+        table = Table(title=Text(printable(f"{layer.path}  ({layer.channels} channels)"), style="table.title"),
+                      show_edge=False, header_style="bold")
         for column in ("channel", "gamma", "beta", "moving mean", "moving variance", "effective scale"):
             table.add_column(column, justify="right")
         gamma = layer.gamma if layer.gamma is not None else np.ones(layer.channels)

@@ -9,6 +9,7 @@ from pathlib import Path
 from bninspect.findings import Finding, Severity
 from bninspect.report import ModelReport
 from bninspect.reporters import check_text, github, junit, sarif
+from bninspect.untrusted import github_data, github_property
 
 
 def _finding(code="BN005", name="collapsed-variance", severity=Severity.WARNING, layer="block/bn",
@@ -22,12 +23,13 @@ def _report(*findings, source="m.h5", error=None):
 
 
 def test_github_escapes_data_and_properties():
-    assert github.escape_data("100% done\r\nnext") == "100%25 done%0D%0Anext"
-    assert github.escape_property("a:b,c%\n") == "a%3Ab%2Cc%25%0A"
+    # A CR or LF can only come from a name in the file: shown as an escape, like every control character.
+    assert github_data("100% done\r\nnext") == "100%25 done\\x0d\\x0anext"
+    assert github_property("a:b,c%\n") == "a%3Ab%2Cc%25\\x0a"
     finding = _finding(message="line one\nline: two, 50%", source="dir,1/m:odel.h5")
     (line,) = github.render([_report(finding, source="dir,1/m:odel.h5")]).splitlines()
     assert line.startswith("::warning file=dir%2C1/m%3Aodel.h5,title=BN005 collapsed-variance::")
-    assert "line one%0Aline: two, 50%25" in line
+    assert "line one\\x0aline: two, 50%25" in line
 
 
 def test_github_severity_commands_and_model_level_finding():
@@ -51,6 +53,12 @@ def test_sarif_model_level_finding_has_no_logical_location_and_absolute_paths_ar
 
 def test_sarif_relative_path_stays_relative():
     assert sarif.artifact_uri(str(Path("models") / "m 1.h5")) == "models/m%201.h5"
+
+
+def test_sarif_uri_of_a_model_read_from_a_url_is_that_url_without_its_secrets():
+    assert sarif.artifact_uri("s3://bucket/models/m.keras") == "s3://bucket/models/m.keras"
+    assert (sarif.artifact_uri("https://user:pw@host/models/m 1.h5?X-Amz-Signature=abc&v=2")
+            == "https://user:***@host/models/m%201.h5?X-Amz-Signature=***&v=2")
 
 
 def test_junit_counts_and_xml_escaping():
