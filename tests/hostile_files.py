@@ -282,3 +282,37 @@ def fifo_model(directory: Path, name: str = "z.h5") -> Path:
     path = directory / name
     os.mkfifo(path)
     return path
+
+
+def nested_unmatched_names(directory: Path, layers: int = 2000) -> Path:
+    """A legacy .h5 whose nested model holds `layers` BN layers whose weights are stored under
+    names that match none of them: they are paired in order, a quadratic search before."""
+    import json
+
+    bn_config = {"axis": -1, "momentum": 0.99, "epsilon": 0.001, "center": True, "scale": True, "trainable": True}
+    inner_layers = [{"class_name": "InputLayer", "config": {"batch_shape": [None, 4], "name": "inner_input"}}]
+    inner_layers += [{"class_name": "BatchNormalization", "config": {**bn_config, "name": f"bn_{index}"}}
+                     for index in range(layers)]
+    config = {"class_name": "Functional", "config": {"name": "outer", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_shape": [None, 4], "name": "input"}, "name": "input",
+         "inbound_nodes": []},
+        {"class_name": "Sequential", "config": {"name": "inner", "layers": inner_layers}, "name": "inner",
+         "inbound_nodes": [[["input", 0, 0, {}]]]}],
+        "input_layers": [["input", 0, 0]], "output_layers": [["inner", 0, 0]]}}
+    path = directory / "nested_unmatched.h5"
+    # The newest format stores attributes of any size (the weight_names list is large).
+    with h5py.File(path, "w", libver="latest") as handle:
+        handle.attrs["model_config"] = json.dumps(config)
+        handle.attrs["keras_version"] = "3.15.1"
+        weights = handle.create_group("model_weights")
+        weights.attrs["layer_names"] = np.array([b"input", b"inner"])
+        weights.create_group("input").attrs["weight_names"] = np.array([], dtype="S1")
+        inner = weights.create_group("inner")
+        names = []
+        for index in range(layers):
+            owner = inner.create_group(f"inner/other_{index}")
+            for leaf, value in (("gamma", 1.5), ("beta", 0.5), ("moving_mean", 0.25), ("moving_variance", 2.0)):
+                owner.create_dataset(leaf, data=np.full(4, value, "float32"))
+                names.append(f"inner/other_{index}/{leaf}".encode())
+        inner.attrs["weight_names"] = np.array(names)
+    return path

@@ -28,8 +28,9 @@ MAX_CHANNELS = 1 << 24
 # file within these bounds is read in seconds and under 1 GiB.
 MAX_BN_VALUES = 1 << 24
 MAX_BN_ARRAYS = 16_000
-# An HDF5 chunk is read whole, whatever part of it the dataset covers.
+# An HDF5 chunk is read whole, whatever part of it the dataset covers; each chunk costs a look-up.
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
+MAX_CHUNKS = 65_536
 
 BN_ARRAY_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -149,6 +150,49 @@ def _refuse_storage_outside(dataset: Any, what: str) -> int:
     return 0
 
 
+# HDF5 filters read here, by their ids: deflate (gzip), shuffle, fletcher32. HDF5's own deflate
+# filter grows its output buffer for as long as the stream goes on: a chunk of a few hundred KB
+# inflates to gigabytes. So filtered chunks are read raw and expanded here, with a limit.
+FILTER_DEFLATE, FILTER_SHUFFLE, FILTER_FLETCHER32 = 1, 2, 3
+
+
+def _read_filtered_chunks(dataset: Any, count: int, dtype: np.dtype, chunk_bytes: int, what: str) -> np.ndarray:
+    """The values of a 1-D chunked dataset with filters, each chunk expanded to at most its size."""
+    import zlib
+
+    plist = dataset.get_create_plist()
+    filters = [plist.get_filter(index)[0] for index in range(plist.get_nfilters())]
+    unknown = [code for code in filters if code not in (FILTER_DEFLATE, FILTER_SHUFFLE, FILTER_FLETCHER32)]
+    if unknown:
+        raise ConfigError(f"{what} is stored with HDF5 filter {unknown[0]}, which bninspect does not read")
+    chunk_values = chunk_bytes // dtype.itemsize
+    out = np.empty(count, dtype=dtype)
+    for start in range(0, count, chunk_values):
+        mask, raw = dataset.read_direct_chunk((start,))
+        for position in reversed(range(len(filters))):
+            if mask & (1 << position):
+                continue  # the filter was skipped for this chunk
+            code = filters[position]
+            if code == FILTER_FLETCHER32:
+                raw = raw[:-4]
+            elif code == FILTER_DEFLATE:
+                inflater = zlib.decompressobj()
+                expanded = inflater.decompress(raw, chunk_bytes)
+                if inflater.unconsumed_tail or len(expanded) > chunk_bytes:
+                    raise ConfigError(f"{what} has a compressed chunk that expands past its {chunk_bytes:,} bytes: "
+                                      "refusing it")
+                raw = expanded
+            else:  # shuffle: the bytes of each value were grouped by position
+                size = dtype.itemsize
+                whole = len(raw) // size * size
+                raw = np.frombuffer(raw[:whole], np.uint8).reshape(size, -1).T.tobytes() + raw[whole:]
+        piece = np.frombuffer(raw[:min(chunk_values, count - start) * dtype.itemsize], dtype=dtype)
+        if piece.size != min(chunk_values, count - start):
+            raise ConfigError(f"{what} has a chunk of {len(raw)} bytes, too short for its values")
+        out[start:start + piece.size] = piece
+    return out
+
+
 def refuse_link_leaving(group: Any, name: str, what: str) -> None:
     """Refuse `name` (a path below `group`) when a link on the way is an external link: its target
     is another file. Soft links stay inside the file and are followed."""
@@ -217,10 +261,16 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
             raise ConfigError(f"{what} points past the end of the file")
         values = np.frombuffer(data, dtype=dtype)
     else:
-        if _refuse_storage_outside(dataset, what) > MAX_CHUNK_BYTES:
+        chunk_bytes = _refuse_storage_outside(dataset, what)
+        if chunk_bytes > MAX_CHUNK_BYTES:
             raise ConfigError(f"{what} is stored in chunks of more than {MAX_CHUNK_BYTES:,} bytes: refusing to read it")
-        values = np.empty(shape, dtype=dtype)
-        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
+        if chunk_bytes and -(-nbytes // chunk_bytes) > MAX_CHUNKS:
+            raise ConfigError(f"{what} is stored in more than {MAX_CHUNKS:,} chunks: refusing to read it")
+        if chunk_bytes and dataset.get_create_plist().get_nfilters():
+            values = _read_filtered_chunks(dataset, shape[0], dtype, chunk_bytes, what)
+        else:
+            values = np.empty(shape, dtype=dtype)
+            dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
     if group_path is None:
         group_path = group.name
     return values.astype(np.float64), dtype_name, f"{group_path.rstrip('/')}/{name}"

@@ -182,13 +182,20 @@ def read_full_model(source: str, handle: Any, raw: BinaryIO | None = None) -> Mo
     claimed = {(top, owner) for top, owner in owner_of.values()}
 
     bn_layers: list[BNLayer] = []
+    # A nested model's group lists the weights of all its layers: parsed once, not once per layer.
+    owners_in: dict[str, dict[str, list[_Weight]]] = {}
     for path in bn_paths:
         top, owner = owner_of[path]
         refuse_link_leaving(root, top, f"model_weights/{top}")
         group = root.get(top)  # one lookup instead of `in` and `[]`: it adds up over thousands of layers
         if group is None:
             raise ConfigError(f"no weights group for BN layer {path!r}")
-        weights = [w for w in _group_weights(group) if owner is None or w.owner == owner]
+        if owner is None:
+            weights = _group_weights(group)
+        else:
+            if top not in owners_in:
+                owners_in[top] = _by_owner(_group_weights(group))
+            weights = owners_in[top].get(owner, [])
         layer = layers_by_path[path]
         bn_layers.append(bn_layer(path, layer.class_name, layer.config,
                                   _arrays(group, weights, f"model_weights/{top}", raw)))
