@@ -1,0 +1,207 @@
+"""Hostile servers and careless command lines (issue 25, "Safe on hostile models"):
+
+- a server whose directory listing names files outside the listed directory (`..`, absolute
+  links, backslashes) never makes bninspect write outside its temporary directory, and a download
+  is bounded in files and bytes;
+- a password or a signed URL's secrets never appear in any output (stdout, stderr, every report
+  format, the HTML page), whatever the server answers;
+- no option that writes a file (`--output`/`-o`, recalibrate's `--report`) may name an input model,
+  however spelled (symlink, hard link, `./x`), a file inside an input model directory, or a file
+  of an input TF checkpoint: one line, exit 2, the input unchanged.
+
+Every server is a stdlib `http.server` on 127.0.0.1 (tests/remote_servers.py) started here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fsspec")
+pytest.importorskip("aiohttp")
+
+from remote_servers import RangeHTTPServer  # noqa: E402
+
+from bninspect import loaders  # noqa: E402
+from bninspect.errors import ModelReadError  # noqa: E402
+from bninspect.loaders import remote  # noqa: E402
+from bninspect.loaders.graph import ConfigError  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bninspect", *args], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=cwd)
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+# --- downloads stay in their temporary directory -------------------------------------------------
+
+# Links a hostile listing holds, relative to the listed directory: each would leave it.
+ESCAPING_LINKS = ("a/../../../../escaped.txt", "../escaped.txt", "sub\\..\\..\\escaped.txt")
+HOSTILE_BODY = b"written by a hostile server"
+
+
+class Sandbox:
+    """A directory holding the temporary directory (TMPDIR), HOME and the working directory of
+    the command under test: whatever a download writes outside its own temporary directory lands
+    in here, where `snapshot` sees it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.tmp, self.home, self.cwd = root / "tmp", root / "home", root / "work"
+        for directory in (self.tmp, self.home, self.cwd):
+            directory.mkdir(parents=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "TMPDIR": str(self.tmp), "HOME": str(self.home),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+
+    def snapshot(self) -> set[str]:
+        return {str(path.relative_to(self.root)) for path in self.root.rglob("*")}
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    return Sandbox(tmp_path / "sandbox")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A server with a SavedModel-like directory `/savedmodel/` and a TF checkpoint directory
+    `/checkpoint/`, each listed with the escaping links of the test (set per test), and any path
+    outside them answered with HOSTILE_BODY."""
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "savedmodel").mkdir()
+    (root / "savedmodel" / "saved_model.pb").write_bytes(b"not a real graph")
+    (root / "checkpoint").mkdir()
+    (root / "checkpoint" / "checkpoint").write_text('model_checkpoint_path: "ckpt"\n')
+    (root / "checkpoint" / "ckpt.index").write_bytes(b"not a real index")
+    (root / "checkpoint" / "ckpt.data-00000-of-00001").write_bytes(b"not real data")
+    with RangeHTTPServer(root) as server:
+        server.fallback = HOSTILE_BODY
+        yield server, root
+
+
+def _list(server, root: Path, directory: str, *extra: str) -> str:
+    """Serve `/directory/`'s real files plus `extra` links as its listing; its URL."""
+    names = sorted(path.name for path in (root / directory).iterdir())
+    server.listings = {f"/{directory}/": [*names, *extra]}
+    return f"{server.url}/{directory}/"
+
+
+@pytest.mark.parametrize("directory", ["savedmodel", "checkpoint"])
+@pytest.mark.parametrize("link", ESCAPING_LINKS)
+def test_a_listing_that_leaves_the_directory_writes_nothing_outside(hostile, sandbox, directory, link):
+    server, root = hostile
+    url = _list(server, root, directory, link)
+    before = sandbox.snapshot()
+    result = run_cli("inspect", url, env=sandbox.env, cwd=sandbox.cwd)
+    assert_one_line_failure(result, url, repr(link), "outside")
+    assert sandbox.snapshot() == before
+    assert not any(sandbox.tmp.iterdir()), "the temporary directory was not removed"
+
+
+def test_an_absolute_link_on_the_same_server_writes_nothing_outside(hostile, sandbox):
+    server, root = hostile
+    url = _list(server, root, "savedmodel")
+    url = _list(server, root, "savedmodel", f"{url}../../escaped.txt", "/escaped.txt")
+    before = sandbox.snapshot()
+    result = run_cli("inspect", url, env=sandbox.env, cwd=sandbox.cwd)
+    assert_one_line_failure(result, url, "'../../escaped.txt'", "outside")
+    assert sandbox.snapshot() == before
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "..", "/etc/x", "//x", "C:/x", "c:x", "a\\b", "a/b\\..\\c",
+                                  "", "a/\x00/b", "./..", "a/./../.."])
+def test_unsafe_listed_names_are_refused(tmp_path, name):
+    with pytest.raises(ConfigError, match="outside|not a file name"):
+        remote.local_target(str(tmp_path), name)
+
+
+@pytest.mark.parametrize("name, expected", [("a/b", "a/b"), ("a//b", "a/b"), ("./a/./b", "a/b"), ("a/", "a"),
+                                            ("variables/variables.index", "variables/variables.index")])
+def test_safe_listed_names_are_normalised(tmp_path, name, expected):
+    assert remote.local_target(str(tmp_path), name) == str(tmp_path / expected)
+
+
+def test_a_name_through_a_link_out_of_the_directory_is_refused(tmp_path):
+    scratch, outside = tmp_path / "scratch", tmp_path / "outside"
+    scratch.mkdir()
+    outside.mkdir()
+    (scratch / "link").symlink_to(outside)
+    with pytest.raises(ConfigError, match="outside"):
+        remote.local_target(str(scratch), "link/x")
+
+
+def _serve_files(server, root: Path, directory: str, files: dict[str, bytes]) -> str:
+    (root / directory).mkdir(exist_ok=True)
+    for name, content in files.items():
+        (root / directory / name).write_bytes(content)
+    return _list(server, root, directory)
+
+
+@pytest.fixture
+def local_tmp(sandbox, monkeypatch):
+    """tempfile's directory set to the sandbox's, for the tests that call the loader in-process."""
+    monkeypatch.setattr(tempfile, "tempdir", str(sandbox.tmp))
+    return sandbox
+
+
+def test_a_download_of_too_many_files_is_refused_before_any_is_written(hostile, local_tmp, monkeypatch):
+    server, root = hostile
+    url = _serve_files(server, root, "many_files", {"saved_model.pb": b"x", "a": b"x", "b": b"x"})
+    monkeypatch.setattr(remote, "MAX_DOWNLOAD_FILES", 2)
+    server.reset_counts()
+    with pytest.raises(ModelReadError, match="lists 3 files, more than the 2 a download may write"):
+        loaders.load(url)
+    assert not any(local_tmp.tmp.iterdir())
+
+
+def test_a_download_of_too_many_bytes_stops_and_is_removed(hostile, local_tmp, monkeypatch):
+    server, root = hostile
+    url = _serve_files(server, root, "big_files", {"saved_model.pb": b"x" * 600, "variables.bin": b"y" * 600})
+    monkeypatch.setattr(remote, "MAX_DOWNLOAD_BYTES", 1000)
+    with pytest.raises(ModelReadError, match="more than 1,000 bytes"):
+        loaders.load(url)
+    assert not any(local_tmp.tmp.iterdir()), "the partial download was not removed"
+
+
+def test_a_whole_file_download_is_bounded_too(hostile, local_tmp, monkeypatch):
+    server, root = hostile
+    server.listings = {}
+    (root / "whole.h5").write_bytes((SAMPLES / "cnn_trained.h5").read_bytes())
+    monkeypatch.setattr(remote, "MAX_DOWNLOAD_BYTES", 1000)
+    with pytest.raises(ModelReadError, match="more than 1,000 bytes"):
+        with remote.local_copy(f"{server.url}/whole.h5", remote.NO_OPTIONS):
+            pass
+    assert not any(local_tmp.tmp.iterdir())
+
+
+def test_a_download_is_removed_after_success(hostile, local_tmp):
+    server, root = hostile
+    server.listings = {}
+    shutil.copy(SAMPLES / "cnn_trained.h5", root / "copied.h5")
+    with remote.local_copy(f"{server.url}/copied.h5", remote.NO_OPTIONS) as local:
+        assert Path(local).read_bytes() == (SAMPLES / "cnn_trained.h5").read_bytes()
+        assert Path(local).resolve().is_relative_to(local_tmp.tmp.resolve())
+    assert not any(local_tmp.tmp.iterdir())
+
+
