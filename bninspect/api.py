@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from bninspect.checking import (PathLike, add_probe, inspect_model, inspect_path, is_keras_model, probe_options,
                                 reason_without_source, targets)
 from bninspect.report import ModelReport
+from bninspect.untrusted import redact
 
 if TYPE_CHECKING:
     from bninspect.config import Settings
@@ -142,7 +143,8 @@ def check(models: Any, data: Any = None, *, batch_size: int = 32, limit: int | N
             except (ModelReadError, UsageProblem) as error:  # unreadable, or (with data) could not run
                 if unreadable == "raise":
                     raise
-                warnings.warn(f"bninspect.check: skipped {target.path}: {reason_without_source(error, target.path)}", stacklevel=3)
+                warnings.warn(f"bninspect.check: skipped {redact(target.path)}: "
+                              f"{reason_without_source(error, target.path)}", stacklevel=3)
                 continue
             findings.extend(report.findings)
     return tuple(findings)

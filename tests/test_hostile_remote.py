@@ -14,6 +14,7 @@ Every server is a stdlib `http.server` on 127.0.0.1 (tests/remote_servers.py) st
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ pytest.importorskip("aiohttp")
 from remote_servers import RangeHTTPServer  # noqa: E402
 
 from bninspect import loaders  # noqa: E402
-from bninspect.errors import ModelReadError  # noqa: E402
+from bninspect.errors import ModelReadError, UsageProblem  # noqa: E402
 from bninspect.loaders import remote  # noqa: E402
 from bninspect.loaders.graph import ConfigError  # noqa: E402
 
@@ -205,3 +206,99 @@ def test_a_download_is_removed_after_success(hostile, local_tmp):
     assert not any(local_tmp.tmp.iterdir())
 
 
+# --- secrets in URLs never reach an output -------------------------------------------------------
+
+SECRETS = ("s3cr3tpass", "SECRETSIG", "SECRETCRED", "SECRETTOK")
+SIGNED_QUERY = "X-Amz-Signature=SECRETSIG&X-Amz-Credential=SECRETCRED&token=SECRETTOK"
+REDACTED_QUERY = "X-Amz-Signature=***&X-Amz-Credential=***&token=***"
+
+
+@pytest.fixture(scope="module")
+def model_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("secret_models")
+    shutil.copy(SAMPLES / "cnn_trained.h5", root / "m.h5")
+    shutil.copy(SAMPLES / "cnn_trained.keras", root / "m.keras")
+    with RangeHTTPServer(root) as server:
+        yield server
+
+
+def secret_urls(server) -> tuple[str, str]:
+    host = server.url.removeprefix("http://")
+    return f"http://user:s3cr3tpass@{host}/m.h5", f"{server.url}/m.keras?{SIGNED_QUERY}"
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text, f"{secret!r} shown in:\n{text}"
+
+
+@pytest.mark.parametrize("mode", ["range", "403", "404", "500"])
+def test_no_command_shows_a_secret_of_the_url(model_server, tmp_path, mode):
+    model_server.mode = mode
+    try:
+        with_password, signed = secret_urls(model_server)
+        runs = [run_cli("check", with_password, signed, "--format", output_format)
+                for output_format in ("text", "json", "sarif", "junit", "github")]
+        runs += [run_cli("check", with_password, signed, "--jobs", "2", "--format", "json"),
+                 run_cli("inspect", with_password, signed), run_cli("inspect", with_password, signed, "--format", "json"),
+                 run_cli("diff", with_password, signed), run_cli("diff", with_password, signed, "--format", "json")]
+        page = tmp_path / "page.html"
+        runs.append(run_cli("report", with_password, signed, "-o", str(page)))
+        for result in runs:
+            assert result.returncode in ((0, 1) if mode == "range" else (2,)), (result.args, result.stderr)
+            assert_no_secret(result.stdout, result.stderr)
+        if mode == "range":
+            assert_no_secret(page.read_text())
+            for result in (runs[1], runs[5], runs[7]):
+                paths = [model["path"] for model in json.loads(result.stdout)["models"]]
+                assert paths == [with_password.replace("s3cr3tpass", "***"), signed.replace(SIGNED_QUERY, REDACTED_QUERY)]
+        else:
+            # The failure still names the model, redacted, on stderr.
+            assert "user:***@" in runs[0].stderr and REDACTED_QUERY in runs[0].stderr
+    finally:
+        model_server.mode = "range"
+
+
+def test_a_download_for_keras_does_not_show_a_secret(model_server):
+    """`probe`/`recalibrate` download a model at a URL (`remote.local_copy`); its errors too."""
+    model_server.mode = "403"
+    try:
+        with pytest.raises(ModelReadError) as raised:
+            with remote.local_copy(secret_urls(model_server)[1], remote.NO_OPTIONS):
+                pass
+    finally:
+        model_server.mode = "range"
+    assert_no_secret(str(raised.value), raised.value.source, raised.value.reason)
+    assert REDACTED_QUERY in str(raised.value)
+
+
+def test_error_types_and_results_redact_what_they_hold():
+    url = "https://user:s3cr3tpass@example.com/m.h5?X-Goog-Signature=SECRETSIG&sig=SECRETTOK"
+    from bninspect.report import ModelReport
+
+    error = ModelReadError(url, f"cannot be read ({url})")
+    usage = UsageProblem(f"{url}: cannot upload the recalibrated model")
+    report = ModelReport(source=url, description=None, error=f"access denied ({url})")
+    assert_no_secret(str(error), error.source, error.reason, str(usage), report.source, report.error,
+                     json.dumps(report.to_dict()))
+
+
+def test_a_description_read_from_a_url_names_it_redacted(model_server):
+    with_password, signed = secret_urls(model_server)
+    for url in (with_password, signed):
+        description = loaders.load(url)
+        assert_no_secret(description.source, *description.notes)
+        assert_no_secret(*(finding.source for finding in _static_findings(description)))
+
+
+def _static_findings(description):
+    from bninspect.checking import run_static_rules
+
+    return run_static_rules(description)
+
+
+def test_the_reason_of_a_backend_exception_is_redacted():
+    url = "http://user:s3cr3tpass@example.com/m.h5?token=SECRETTOK"
+    assert_no_secret(remote.remote_reason(ConnectionError(f"Cannot connect to host {url}")),
+                     remote.remote_reason(OSError(f"unexpected answer from {url}")))

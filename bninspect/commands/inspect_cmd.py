@@ -17,6 +17,7 @@ from bninspect.commands.data_options import (BuildOption, CustomObjectsOption, U
                                              refuse_loading_options_without_loading)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
+from bninspect.untrusted import redact
 
 
 def inspect(
@@ -55,7 +56,7 @@ def inspect(
             building = build_options(unsafe, custom_objects)
         reports = [inspect_path(path, settings, remote, building) for path in models]
     if layer is not None and not any(table.matching_layers(report, layer) for report in reports):
-        fail(f"no BN layer matches {layer!r} in {', '.join(str(m) for m in models)}")
+        fail(f"no BN layer matches {layer!r} in {', '.join(redact(model) for model in models)}")
     if output_format is OutputFormat.JSON:
         emit(json_report.render(reports), output)
     else:

@@ -53,6 +53,8 @@ def probe(
             report = run_probe(local, str(data), batch_size=batch_size, limit=limit, rescale=rescale,
                                unsafe=unsafe, custom_objects=custom_objects, thresholds=settings.thresholds,
                                progress=True)
+        if local != model:  # a downloaded copy, gone by now: the report names the URL
+            report = report.named(model)
     report = report.with_findings(settings.apply)
     if output_format is OutputFormat.JSON:
         from bninspect.report import ModelReport

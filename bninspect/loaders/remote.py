@@ -32,6 +32,7 @@ import numpy as np
 
 from bninspect.errors import UsageProblem
 from bninspect.loaders.graph import ConfigError
+from bninspect.untrusted import redact
 
 INSTALL_HINT = "pip install 'bninspect[remote]'"
 # `s3://`, `hf://`, `https://`; not `C:\` (a Windows drive) and not a plain path.
@@ -108,9 +109,10 @@ def _remote_errors() -> tuple[type[BaseException], ...]:
 
 
 def remote_reason(error: BaseException, size: int | None = None) -> str:
-    """One line for what went wrong talking to the server."""
+    """One line for what went wrong talking to the server. The backend's own text names the URL,
+    password and signature included (aiohttp, botocore): it is redacted here, where it enters."""
     status = getattr(error, "status", None)
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = redact(" ".join(str(error).split())) or type(error).__name__
     if isinstance(error, FileNotFoundError):
         # fsspec's HTTP backend reports any failure to stat a URL (403, a refused connection) so.
         cause = error.__cause__
@@ -391,7 +393,7 @@ def downloaded(url: str, options: RemoteOptions, directory_files: list[str] | No
     fill the disk. Raises ConfigError with the reason."""
     fs, path = filesystem(url, options)
     with tempfile.TemporaryDirectory(prefix="bninspect-") as scratch:
-        local = local_target(scratch, _local_name(path))
+        local = local_target(scratch, local_name(path))
         if directory_files is None:
             plan = [(path, local)]
         else:
@@ -444,9 +446,10 @@ def _inside(target: str, directory: str) -> bool:
     return resolved != base and os.path.commonpath([base, resolved]) == base
 
 
-def _local_name(path: str) -> str:
-    """The name to download `path` (a path in its filesystem, the whole URL for HTTP) as: its last
-    segment, without a URL's query (which can hold a signature), never empty."""
+def local_name(path: str) -> str:
+    """The name to download `path` (a URL, or a path in its filesystem) as, or to write what is
+    uploaded to it: its last segment, without a URL's query (which can hold a signature), never
+    empty, `.` or `..`."""
     if is_url(path):
         from urllib.parse import urlsplit
 
