@@ -14,6 +14,7 @@ Every server is a stdlib `http.server` on 127.0.0.1 (tests/remote_servers.py) st
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -302,3 +303,96 @@ def test_the_reason_of_a_backend_exception_is_redacted():
     url = "http://user:s3cr3tpass@example.com/m.h5?token=SECRETTOK"
     assert_no_secret(remote.remote_reason(ConnectionError(f"Cannot connect to host {url}")),
                      remote.remote_reason(OSError(f"unexpected answer from {url}")))
+
+
+# --- no output names an input --------------------------------------------------------------------
+
+def sha256(path: Path) -> str:
+    """Of a file, or of every file (name and bytes) below a directory."""
+    hasher = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        hasher.update(file.read_bytes())
+    return hasher.hexdigest()
+
+
+def _model_inputs(tmp_path: Path) -> dict[str, Path]:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(SAMPLES / "cnn_trained.h5", inputs / "m.h5")
+    shutil.copy(SAMPLES / "cnn_trained.keras", inputs / "b.keras")
+    shutil.copytree(SAMPLES / "cnn_trained_tf2_savedmodel", inputs / "savedmodel")
+    preset = inputs / "preset"
+    preset.mkdir()
+    (preset / "config.json").write_text(json.dumps({"class_name": "ResNetBackbone", "config": {},
+                                                   "registered_name": "keras_hub>ResNetBackbone"}))
+    shutil.copy(SAMPLES / "cnn_trained.weights.h5", preset / "model.weights.h5")
+    checkpoints = inputs / "ckpt_dir"
+    checkpoints.mkdir()
+    (checkpoints / "checkpoint").write_text('model_checkpoint_path: "ckpt"\n')
+    (checkpoints / "ckpt.index").write_bytes(b"index bytes")
+    (checkpoints / "ckpt.data-00000-of-00001").write_bytes(b"data bytes")
+    registry = inputs / "registry"
+    registry.mkdir()
+    shutil.copy(SAMPLES / "cnn_trained.keras", registry / "inside.keras")
+    (inputs / "hard.h5").hardlink_to(inputs / "m.h5")
+    (inputs / "soft.h5").symlink_to(inputs / "m.h5")
+    return {"m.h5": inputs / "m.h5", "b.keras": inputs / "b.keras", "savedmodel": inputs / "savedmodel",
+            "preset": preset, "ckpt_dir": checkpoints, "registry": registry, "inputs": inputs}
+
+
+# (arguments before the output option, the output, the input that must stay unchanged). Paths
+# relative to the inputs directory, which is the working directory.
+OVERWRITES = [
+    (["check", "m.h5"], "m.h5", "m.h5"),
+    (["check", "m.h5"], "./m.h5", "m.h5"),
+    (["check", "m.h5"], "../inputs/m.h5", "m.h5"),
+    (["check", "m.h5"], "hard.h5", "m.h5"),
+    (["check", "m.h5"], "soft.h5", "m.h5"),
+    (["check", "m.h5", "b.keras"], "b.keras", "b.keras"),
+    (["check", "--format", "json", "m.h5"], "m.h5", "m.h5"),
+    (["check", "registry"], "registry/inside.keras", "registry"),
+    (["check", "registry"], "registry/new.keras", "registry"),
+    (["check", "savedmodel"], "savedmodel/saved_model.pb", "savedmodel"),
+    (["check", "savedmodel"], "savedmodel/variables/report.txt", "savedmodel"),
+    (["check", "ckpt_dir"], "ckpt_dir/ckpt.index", "ckpt_dir"),
+    (["check", "ckpt_dir/ckpt"], "ckpt_dir/ckpt.data-00000-of-00001", "ckpt_dir"),
+    (["check", "ckpt_dir/ckpt.index"], "ckpt_dir/ckpt.data-00000-of-00001", "ckpt_dir"),
+    (["inspect", "m.h5"], "m.h5", "m.h5"),
+    (["inspect", "m.h5"], "soft.h5", "m.h5"),
+    (["inspect", "preset"], "preset/config.json", "preset"),
+    (["inspect", "m.h5", "--format", "json"], "hard.h5", "m.h5"),
+    (["report", "m.h5"], "m.h5", "m.h5"),
+    (["report", "savedmodel"], "savedmodel/keras_metadata.pb", "savedmodel"),
+    (["report", "m.h5", "--format", "png"], "./m.h5", "m.h5"),
+    (["diff", "m.h5", "b.keras"], "m.h5", "m.h5"),
+    (["diff", "m.h5", "b.keras"], "soft.h5", "m.h5"),
+    (["probe", "m.h5", "--data", str(SAMPLES / "cnn_data.npy")], "m.h5", "m.h5"),
+    (["recalibrate", "m.h5", "--data", str(SAMPLES / "cnn_data.npy"), "-o", "new.h5", "--report"], "m.h5", "m.h5"),
+    (["recalibrate", "m.h5", "--data", str(SAMPLES / "cnn_data.npy"), "-o"], "hard.h5", "m.h5"),
+    (["recalibrate", "preset", "--data", str(SAMPLES / "cnn_data.npy"), "-o"], "preset/copy", "preset"),
+]
+
+
+@pytest.mark.parametrize("before, output, kept", OVERWRITES, ids=[" ".join([*b, o]) for b, o, _ in OVERWRITES])
+def test_no_output_may_name_an_input(tmp_path, before, output, kept):
+    files = _model_inputs(tmp_path)
+    inputs = files["inputs"]
+    option = [] if before[-1] in ("-o", "--report") else ["-o"]
+    digest = sha256(inputs / kept)
+    listing = sorted(str(path.relative_to(inputs)) for path in inputs.rglob("*"))
+    result = run_cli(*before, *option, output, cwd=inputs)
+    assert_one_line_failure(result, str(Path(output)))  # as the option parses it: `./m.h5` is `m.h5`
+    assert "TensorFlow" not in result.stderr  # refused before anything was read or imported
+    assert sha256(inputs / kept) == digest
+    assert sorted(str(path.relative_to(inputs)) for path in inputs.rglob("*")) == listing, "something was written"
+
+
+def test_a_report_next_to_the_models_of_a_searched_directory_is_written(tmp_path):
+    """`check . -o bninspect.sarif`, as the GitHub Action runs it: a report that is no model file
+    and lies in no model's directory overwrites nothing."""
+    inputs = _model_inputs(tmp_path)["inputs"]
+    result = run_cli("check", "registry", "m.h5", "--format", "sarif", "-o", "registry/bninspect.sarif", cwd=inputs)
+    assert result.returncode in (0, 1), result.stderr
+    assert json.loads((inputs / "registry" / "bninspect.sarif").read_text())["runs"]

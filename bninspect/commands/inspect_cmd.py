@@ -11,7 +11,8 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.common import (VersionOption, DebugOption, OutputOption, emit, fail,
-                                       one_line_errors, quiet_tensorflow, terminal_width, use_color)
+                                       one_line_errors, quiet_tensorflow, refuse_writing_inputs, terminal_width,
+                                       use_color)
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.data_options import (BuildOption, CustomObjectsOption, UnsafeOption,
                                              refuse_loading_options_without_loading)
@@ -48,6 +49,7 @@ def inspect(
     refuse_loading_options_without_loading(unsafe, custom_objects, settings.build)
     remote = remote_options(storage_options, download)
     models = [location(model) for model in models]
+    refuse_writing_inputs({"--output": output}, models, {"--config": config, "--custom-objects": custom_objects})
     with one_line_errors(debug):
         building = None
         if settings.build:

@@ -12,7 +12,8 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import (VersionOption, EXIT_FINDINGS, EXIT_OK, DebugOption, OutputOption, emit, fail,
-                                       one_line_errors, quiet_tensorflow, terminal_width, use_color)
+                                       one_line_errors, quiet_tensorflow, refuse_writing_inputs, terminal_width,
+                                       use_color)
 from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.commands.remote_options import StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
@@ -40,11 +41,13 @@ def probe(
     """
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; probe writes text or json")
+    model = location(model)
+    refuse_writing_inputs({"--output": output}, [model],
+                          {"--data": data, "--config": config, "--custom-objects": custom_objects})
     settings = command_settings(config, debug=debug)
     if not debug:
         quiet_tensorflow("probe")
     remote = remote_options(storage_options, False)
-    model = location(model)
     with one_line_errors(debug):
         from bninspect.loaders.remote import local_copy
         from bninspect.probes import run_probe
