@@ -207,6 +207,38 @@ def test_a_download_is_removed_after_success(hostile, local_tmp):
     assert not any(local_tmp.tmp.iterdir())
 
 
+@pytest.fixture(scope="module")
+def moto_bucket():
+    """moto's S3 server with a bucket `models`: object keys are any text, `..` included."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from remote_servers import make_bucket, moto_s3
+
+    with moto_s3() as endpoint:
+        make_bucket(endpoint, "models")
+        yield endpoint
+
+
+def _s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
+def test_s3_keys_that_leave_the_prefix_write_nothing_outside(moto_bucket, sandbox):
+    from remote_servers import S3_ENVIRONMENT
+
+    client = _s3_client(moto_bucket)
+    client.put_object(Bucket="models", Key="hostile/savedmodel/saved_model.pb", Body=b"not a real graph")
+    client.put_object(Bucket="models", Key="hostile/savedmodel/a/../../../../escaped.txt", Body=HOSTILE_BODY)
+    before = sandbox.snapshot()
+    env = {**sandbox.env, **S3_ENVIRONMENT, "AWS_ENDPOINT_URL": moto_bucket}
+    result = run_cli("inspect", "s3://models/hostile/savedmodel/", env=env, cwd=sandbox.cwd)
+    assert_one_line_failure(result, "s3://models/hostile/savedmodel/", "'a/../../../../escaped.txt'", "outside")
+    assert sandbox.snapshot() == before
+
+
 # --- secrets in URLs never reach an output -------------------------------------------------------
 
 SECRETS = ("s3cr3tpass", "SECRETSIG", "SECRETCRED", "SECRETTOK")
@@ -259,6 +291,20 @@ def test_no_command_shows_a_secret_of_the_url(model_server, tmp_path, mode):
             assert "user:***@" in runs[0].stderr and REDACTED_QUERY in runs[0].stderr
     finally:
         model_server.mode = "range"
+
+
+def test_a_presigned_s3_url_is_read_and_shown_without_its_signature(moto_bucket):
+    client = _s3_client(moto_bucket)
+    client.put_object(Bucket="models", Key="signed/m.h5", Body=(SAMPLES / "cnn_trained.h5").read_bytes())
+    url = client.generate_presigned_url("get_object", Params={"Bucket": "models", "Key": "signed/m.h5"},
+                                        ExpiresIn=600)
+    signature = next(value for name, _, value in (part.partition("=") for part in url.split("?")[1].split("&"))
+                     if name in ("Signature", "X-Amz-Signature"))
+    result = run_cli("check", url, "--format", "json")
+    assert result.returncode in (0, 1), result.stderr
+    assert signature not in result.stdout + result.stderr
+    shown = json.loads(result.stdout)["models"][0]["path"]
+    assert shown.startswith(url.split("?")[0] + "?") and "Signature=***" in shown
 
 
 def test_a_download_for_keras_does_not_show_a_secret(model_server):
