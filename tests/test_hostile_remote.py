@@ -274,7 +274,8 @@ def test_no_command_shows_a_secret_of_the_url(model_server, tmp_path, mode):
         runs = [run_cli("check", with_password, signed, "--format", output_format)
                 for output_format in ("text", "json", "sarif", "junit", "github")]
         runs += [run_cli("check", with_password, signed, "--jobs", "2", "--format", "json"),
-                 run_cli("inspect", with_password, signed), run_cli("inspect", with_password, signed, "--format", "json"),
+                 run_cli("inspect", with_password, signed),
+                 run_cli("inspect", with_password, signed, "--format", "json"),
                  run_cli("diff", with_password, signed), run_cli("diff", with_password, signed, "--format", "json")]
         page = tmp_path / "page.html"
         runs.append(run_cli("report", with_password, signed, "-o", str(page)))
@@ -285,7 +286,8 @@ def test_no_command_shows_a_secret_of_the_url(model_server, tmp_path, mode):
             assert_no_secret(page.read_text())
             for result in (runs[1], runs[5], runs[7]):
                 paths = [model["path"] for model in json.loads(result.stdout)["models"]]
-                assert paths == [with_password.replace("s3cr3tpass", "***"), signed.replace(SIGNED_QUERY, REDACTED_QUERY)]
+                assert paths == [with_password.replace("s3cr3tpass", "***"),
+                                 signed.replace(SIGNED_QUERY, REDACTED_QUERY)]
         else:
             # The failure still names the model, redacted, on stderr.
             assert "user:***@" in runs[0].stderr and REDACTED_QUERY in runs[0].stderr
