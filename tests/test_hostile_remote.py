@@ -14,7 +14,6 @@ Every server is a stdlib `http.server` on 127.0.0.1 (tests/remote_servers.py) st
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ pytest.importorskip("fsspec")
 pytest.importorskip("aiohttp")
 
 from remote_servers import RangeHTTPServer  # noqa: E402
+from test_safety import digest  # noqa: E402  (sha256 of a file, or of a directory's files)
 
 from bninspect import loaders  # noqa: E402
 from bninspect.errors import ModelReadError, UsageProblem  # noqa: E402
@@ -355,17 +355,8 @@ def test_the_reason_of_a_backend_exception_is_redacted():
 
 # --- no output names an input --------------------------------------------------------------------
 
-def sha256(path: Path) -> str:
-    """Of a file, or of every file (name and bytes) below a directory."""
-    hasher = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        hasher.update(file.read_bytes())
-    return hasher.hexdigest()
-
-
-def _model_inputs(tmp_path: Path) -> dict[str, Path]:
+def _model_inputs(tmp_path: Path) -> Path:
+    """A directory of inputs: models of every kind, a directory to search, links to m.h5."""
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     shutil.copy(SAMPLES / "cnn_trained.h5", inputs / "m.h5")
@@ -386,11 +377,10 @@ def _model_inputs(tmp_path: Path) -> dict[str, Path]:
     shutil.copy(SAMPLES / "cnn_trained.keras", registry / "inside.keras")
     (inputs / "hard.h5").hardlink_to(inputs / "m.h5")
     (inputs / "soft.h5").symlink_to(inputs / "m.h5")
-    return {"m.h5": inputs / "m.h5", "b.keras": inputs / "b.keras", "savedmodel": inputs / "savedmodel",
-            "preset": preset, "ckpt_dir": checkpoints, "registry": registry, "inputs": inputs}
+    return inputs
 
 
-# (arguments before the output option, the output, the input that must stay unchanged). Paths
+# (the command up to the output option, the output, the input that must stay unchanged). Paths
 # relative to the inputs directory, which is the working directory.
 OVERWRITES = [
     (["check", "m.h5"], "m.h5", "m.h5"),
@@ -423,24 +413,23 @@ OVERWRITES = [
 ]
 
 
-@pytest.mark.parametrize("before, output, kept", OVERWRITES, ids=[" ".join([*b, o]) for b, o, _ in OVERWRITES])
-def test_no_output_may_name_an_input(tmp_path, before, output, kept):
-    files = _model_inputs(tmp_path)
-    inputs = files["inputs"]
-    option = [] if before[-1] in ("-o", "--report") else ["-o"]
-    digest = sha256(inputs / kept)
+@pytest.mark.parametrize("command, output, kept", OVERWRITES, ids=[" ".join([*c, o]) for c, o, _ in OVERWRITES])
+def test_no_output_may_name_an_input(tmp_path, command, output, kept):
+    inputs = _model_inputs(tmp_path)
+    option = [] if command[-1] in ("-o", "--report") else ["-o"]
+    before = digest(inputs / kept)
     listing = sorted(str(path.relative_to(inputs)) for path in inputs.rglob("*"))
-    result = run_cli(*before, *option, output, cwd=inputs)
+    result = run_cli(*command, *option, output, cwd=inputs)
     assert_one_line_failure(result, str(Path(output)))  # as the option parses it: `./m.h5` is `m.h5`
     assert "TensorFlow" not in result.stderr  # refused before anything was read or imported
-    assert sha256(inputs / kept) == digest
+    assert digest(inputs / kept) == before
     assert sorted(str(path.relative_to(inputs)) for path in inputs.rglob("*")) == listing, "something was written"
 
 
 def test_a_report_next_to_the_models_of_a_searched_directory_is_written(tmp_path):
     """`check . -o bninspect.sarif`, as the GitHub Action runs it: a report that is no model file
     and lies in no model's directory overwrites nothing."""
-    inputs = _model_inputs(tmp_path)["inputs"]
+    inputs = _model_inputs(tmp_path)
     result = run_cli("check", "registry", "m.h5", "--format", "sarif", "-o", "registry/bninspect.sarif", cwd=inputs)
     assert result.returncode in (0, 1), result.stderr
     assert json.loads((inputs / "registry" / "bninspect.sarif").read_text())["runs"]
