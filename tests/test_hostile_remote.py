@@ -9,7 +9,8 @@
   however spelled (symlink, hard link, `./x`), a file inside an input model directory, or a file
   of an input TF checkpoint: one line, exit 2, the input unchanged.
 
-Every server is a stdlib `http.server` on 127.0.0.1 (tests/remote_servers.py) started here.
+The servers run on 127.0.0.1, started here (tests/remote_servers.py): a stdlib `http.server`
+serving what each test wants, and moto's S3 server for object keys and presigned URLs.
 """
 
 from __future__ import annotations
