@@ -252,6 +252,7 @@ def model_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("secret_models")
     shutil.copy(SAMPLES / "cnn_trained.h5", root / "m.h5")
     shutil.copy(SAMPLES / "cnn_trained.keras", root / "m.keras")
+    shutil.copy(SAMPLES / "cnn_untrained.keras", root / "untrained.keras")  # dynamic findings on cnn_data.npy
     with RangeHTTPServer(root) as server:
         yield server
 
@@ -321,6 +322,20 @@ def test_a_download_for_keras_does_not_show_a_secret(model_server):
         model_server.mode = "range"
     assert_no_secret(str(raised.value), raised.value.source, raised.value.reason)
     assert REDACTED_QUERY in str(raised.value)
+
+
+@pytest.mark.slow
+def test_a_model_run_on_data_from_a_url_is_named_by_the_redacted_url(model_server):
+    """`check --data` runs a downloaded copy: its dynamic findings name the URL, not the copy."""
+    signed = f"{model_server.url}/untrained.keras?{SIGNED_QUERY}"
+    result = run_cli("check", signed, "--data", str(SAMPLES / "cnn_data.npy"), "--format", "json")
+    assert result.returncode == 1, result.stderr
+    assert_no_secret(result.stdout, result.stderr)
+    model = json.loads(result.stdout)["models"][0]
+    shown = signed.replace(SIGNED_QUERY, REDACTED_QUERY)
+    assert model["path"] == shown
+    assert "BN101" in {finding["code"] for finding in model["findings"]}
+    assert {finding["source"] for finding in model["findings"]} == {shown}
 
 
 def test_error_types_and_results_redact_what_they_hold():
