@@ -342,11 +342,16 @@ def test_error_types_and_results_redact_what_they_hold():
     url = "https://user:s3cr3tpass@example.com/m.h5?X-Goog-Signature=SECRETSIG&sig=SECRETTOK"
     from bninspect.report import ModelReport
 
+    from bninspect.recalibration import RecalibrationSummary
+
     error = ModelReadError(url, f"cannot be read ({url})")
     usage = UsageProblem(f"{url}: cannot upload the recalibrated model")
     report = ModelReport(source=url, description=None, error=f"access denied ({url})")
+    # `recalibrate s3://... -o https://...?X-Amz-Signature=...`: both named in its report.
+    summary = RecalibrationSummary(source=url, output=url, keras="keras", samples=0, batches=0, batch_size=1,
+                                   layers=(), kept=(), check=report)
     assert_no_secret(str(error), error.source, error.reason, str(usage), report.source, report.error,
-                     json.dumps(report.to_dict()))
+                     json.dumps(report.to_dict()), summary.source, summary.output)
 
 
 def test_a_description_read_from_a_url_names_it_redacted(model_server):
