@@ -143,7 +143,7 @@ def check(models: Any, data: Any = None, *, batch_size: int = 32, limit: int | N
             except (ModelReadError, UsageProblem) as error:  # unreadable, or (with data) could not run
                 if unreadable == "raise":
                     raise
-                # Shown on stderr like the CLI's one-line errors, and escaped the same way.
+                # Shown on stderr like the CLI's one-line errors, and escaped (and redacted) the same way.
                 reason = reason_without_source(error, target.path)
                 warnings.warn(f"bninspect.check: skipped {printable(target.path)}: {printable(reason)}", stacklevel=3)
                 continue

@@ -187,19 +187,23 @@ def add_probe(report: ModelReport, model: Any, settings: Settings, options: Prob
     Raises ModelReadError and UsageProblem subclasses (ModelRefused, DataError, ThresholdError).
     A model at a URL is downloaded to a temporary directory for Keras (`remote`: how to reach it).
     """
+    probe = _run_probe(model, settings, options, remote).with_findings(settings.apply)
+    return replace(report, findings=tuple(report.findings) + tuple(probe.findings),
+                   extra={**report.extra, "probe": probe.to_dict()}, probe=probe)
+
+
+def _run_probe(model: Any, settings: Settings, options: ProbeOptions, remote=None):
+    """The probe's report on `model`; a model at a URL runs from a downloaded copy, and its report
+    names the URL (redacted), not the copy."""
     from bninspect.loaders.remote import NO_OPTIONS, is_url, local_copy
     from bninspect.probes import run_probe
 
     if isinstance(model, str) and is_url(model):
         with local_copy(model, remote or NO_OPTIONS) as local:
-            return add_probe(report, local, settings, options)
-
-    probe = run_probe(model, options.data, batch_size=options.batch_size, limit=options.limit,
-                      rescale=options.rescale, unsafe=options.unsafe, custom_objects=options.custom_objects,
-                      thresholds=settings.thresholds, progress=options.progress)
-    probe = probe.with_findings(settings.apply)
-    return replace(report, findings=tuple(report.findings) + tuple(probe.findings),
-                   extra={**report.extra, "probe": probe.to_dict()}, probe=probe)
+            return _run_probe(local, settings, options).named(model)
+    return run_probe(model, options.data, batch_size=options.batch_size, limit=options.limit,
+                     rescale=options.rescale, unsafe=options.unsafe, custom_objects=options.custom_objects,
+                     thresholds=settings.thresholds, progress=options.progress)
 
 
 def probe_options(data: Any, batch_size: int, limit: int | None, rescale: float | str | None, unsafe: bool,
@@ -276,9 +280,12 @@ def probe_one(target: Target, settings: Settings, options: ProbeOptions,
 
 
 def reason_without_source(error: BaseException, source: str) -> str:
-    """The one-line message without the model path the report already names."""
+    """The one-line message without the model path the report already names (errors hold it
+    redacted, see bninspect.errors)."""
+    from bninspect.untrusted import redact
+
     text = " ".join(str(error).split())
-    prefix = f"{source}: "
+    prefix = f"{redact(source)}: "
     return text[len(prefix):] if text.startswith(prefix) else text
 
 

@@ -1,12 +1,18 @@
 """The exceptions every layer raises and the commands turn into one line and exit code 2.
 
-Bottom layer: imports nothing from bninspect, so loaders, data readers, rules, probes and the
-Python API can all raise these without reaching up into the command line.
+Bottom layer: imports only `untrusted` (its own layer), so loaders, data readers, rules, probes
+and the Python API can all raise these without reaching up into the command line.
+
+Their text is shown and stored as it is (stderr, the `error` of a report entry), so a URL enters it
+redacted (`untrusted.redact`): the password or signature of a model's URL never reaches an output
+through an error, whichever layer raised it. The real URL stays with the caller that fetches.
 
 Layer: foundation (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
+
+from bninspect.untrusted import redact
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:
@@ -19,6 +25,7 @@ class ModelReadError(Exception):
     """A model file could not be read. `str()` is the one-line reason shown to the user."""
 
     def __init__(self, source: str, reason: str):
+        source, reason = redact(str(source)), redact(str(reason))
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
@@ -26,6 +33,9 @@ class ModelReadError(Exception):
 
 class UsageProblem(Exception):
     """Bad usage or bad input that is not a model file: one line, exit 2."""
+
+    def __init__(self, message: str = "", *args: object):
+        super().__init__(redact(str(message)), *args)
 
 
 class MissingExtra(UsageProblem):
@@ -56,7 +66,7 @@ class ModelRunError(UsageProblem):
 
     def __init__(self, source: str, where: str, reason: str, hint: str):
         super().__init__(f"{source}: {where}: {reason}" + (f"; {hint}" if hint else ""))
-        self.source = source
+        self.source = redact(str(source))
         self.where = where
         self.reason = reason
         self.hint = hint

@@ -16,6 +16,7 @@ import numpy as np
 
 from bninspect.keras_classes import providing_library
 from bninspect.errors import ModelReadError  # noqa: F401  (re-exported: loaders raise it from here)
+from bninspect.untrusted import redact
 
 FORMATS = ("h5-legacy", "h5-weights", "keras-v3", "weights-v3", "savedmodel", "tf-checkpoint", "kerashub-preset")
 
@@ -175,6 +176,10 @@ class ModelDescription:
     built: bool = False
 
     def __post_init__(self) -> None:
+        # `source` and `notes` are shown (reports, findings): a model's URL enters them redacted,
+        # whoever builds the description. The loader keeps the real URL to fetch.
+        object.__setattr__(self, "source", redact(self.source))
+        object.__setattr__(self, "notes", tuple(redact(note) for note in self.notes))
         if self.architecture is None:
             object.__setattr__(self, "architecture", Architecture(GRAPH if self.has_config else NO_ARCHITECTURE))
             return

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bninspect.report import ModelReport
+from bninspect.untrusted import redact
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,3 +35,9 @@ class RecalibrationSummary:
     kept: tuple[tuple[str, str], ...]  # (layer path, why its statistics were kept)
     check: ModelReport  # the static check of the written file
     notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Both may be URLs (`recalibrate s3://... -o s3://...`): shown redacted, fetched and
+        # uploaded by the command with the real ones.
+        object.__setattr__(self, "source", redact(self.source))
+        object.__setattr__(self, "output", redact(self.output))

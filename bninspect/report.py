@@ -13,6 +13,7 @@ from bninspect._version import __version__
 from bninspect.findings import Finding, Severity
 from bninspect.model import CODE, GRAPH, BNLayer, ModelDescription
 from bninspect.summary import array_stats, array_stats_many
+from bninspect.untrusted import redact
 
 SCHEMA_VERSION = 1
 _FINDING_FIELDS = tuple(item.name for item in fields(Finding))
@@ -85,6 +86,13 @@ class ModelReport:
     # The dynamic analysis of this model (a `bninspect.probes.ProbeReport`) when it was run on data;
     # its JSON is extra["probe"]. Kept whole for the reporters that plot its measurements.
     probe: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # What every output shows of the model (the JSON `path`, SARIF, JUnit, HTML, stderr): a
+        # URL's password and signature never enter it. Whoever reads the model keeps the real URL.
+        object.__setattr__(self, "source", redact(self.source))
+        if self.error is not None:
+            object.__setattr__(self, "error", redact(self.error))
 
     @property
     def bn_layers(self) -> tuple[BNLayer, ...]:

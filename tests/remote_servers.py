@@ -1,8 +1,12 @@
 """Servers on 127.0.0.1 for the remote-reading tests and benchmarks, started and stopped by them.
 
 `RangeHTTPServer` serves a directory over HTTP with `Range` support (or without it, or refusing
-with 403/404), counting requests and body bytes; `latency` adds a delay per request, as a
-far-away object store has. `moto_s3` runs moto's S3 API server in a thread.
+with 403/404/500), counting requests and body bytes; `latency` adds a delay per request, as a
+far-away object store has. As a hostile server it also serves directory listings of its own
+making (`listings`: the HTML index fsspec's HTTP backend parses, with whatever links a test
+wants, `..` and absolute ones included) and answers any other missing path with `fallback`
+bytes, so that a client following a link out of the listed directory gets something to write.
+`moto_s3` runs moto's S3 API server in a thread.
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ class RangeHTTPServer:
     def __init__(self, root: Path, latency: float = 0.0):
         self.root = Path(root)
         self.latency = latency
-        self.mode = "range"  # "range", "no-range", "403", "404"
+        self.mode = "range"  # "range", "no-range", "403", "404", "500"
+        # URL path ("/savedmodel/") -> the links of its HTML index page, served as they are.
+        self.listings: dict[str, list[str]] = {}
+        # The body of any missing file outside the listed directories (None: 404 as usual).
+        self.fallback: bytes | None = None
         self.requests = 0
         self.bytes_served = 0
         self._lock = threading.Lock()
@@ -44,12 +52,21 @@ class RangeHTTPServer:
                     time.sleep(server.latency)
                 with server._lock:
                     server.requests += 1
-                if server.mode in ("403", "404"):
+                if server.mode in ("403", "404", "500"):
                     self.send_response(int(server.mode))
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                path = server.root / self.path.lstrip("/").split("?")[0]
+                url_path = self.path.split("?")[0]
+                listing = server.listings.get(url_path) or server.listings.get(url_path + "/")
+                if listing is not None:
+                    self._send_listing(listing, body)
+                    return
+                path = server.root / url_path.lstrip("/")
+                if not path.is_file() and server.fallback is not None and not any(
+                        url_path.startswith(directory) for directory in server.listings):
+                    self._send_bytes(server.fallback, body)
+                    return
                 if not path.is_file():
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -85,6 +102,18 @@ class RangeHTTPServer:
                             remaining -= len(chunk)
                     except (BrokenPipeError, ConnectionResetError):
                         pass  # the client read what it needed and closed
+
+            def _send_listing(self, links: list[str], body: bool) -> None:
+                page = "".join(f'<a href="{link}">{link}</a>\n' for link in links)
+                self._send_bytes(f"<html><body>\n{page}</body></html>\n".encode(), body, "text/html")
+
+            def _send_bytes(self, data: bytes, body: bool, content_type: str = "application/octet-stream") -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Type", content_type)
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

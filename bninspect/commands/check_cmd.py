@@ -17,7 +17,8 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.cli_settings import ConfigOption, IgnoreOption, SelectOption, command_settings
-from bninspect.commands.common import VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors, quiet_tensorflow, use_color
+from bninspect.commands.common import (VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors,
+                                       quiet_tensorflow, refuse_writing_inputs, use_color)
 from bninspect.commands.data_options import (BuildOption, CustomObjectsOption, LimitOption, OptionalBatchSizeOption,
                                              RescaleOption, UnsafeOption, refuse_data_options_without_data)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
@@ -82,13 +83,17 @@ def check(
     paths = [location(path) for path in paths]
     if data is None:
         refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects, settings.build)
+    other_inputs = {"--data": data, "--config": config, "--custom-objects": custom_objects}
     with one_line_errors(debug):
         if data is not None:
+            refuse_writing_inputs({"--output": output}, paths, other_inputs)
             reports = _check_with_data(paths, settings, data, batch_size or 32, limit, rescale, unsafe,
                                        custom_objects, debug, remote)
         else:
-            building = _build_options(settings, unsafe, custom_objects, debug)
             items = targets(paths, remote)
+            # The models found in the directories are inputs too: compared before any is read.
+            refuse_writing_inputs({"--output": output}, [*paths, *(item.path for item in items)], other_inputs)
+            building = _build_options(settings, unsafe, custom_objects, debug)
             with _progress(len(items)) as advance:
                 reports = check_targets(items, settings, jobs=workers, on_done=advance, build=building)
     code = exit_status(reports, settings)

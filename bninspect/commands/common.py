@@ -9,7 +9,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional
+from typing import Iterable, Iterator, Mapping, NoReturn, Optional, Union
 
 import typer
 
@@ -42,6 +42,37 @@ def fail(message: str) -> NoReturn:
     a terminal escape in a name is shown as an escape: the error stays one line, and inert."""
     typer.echo(f"bninspect: error: {printable(message)}", err=True)
     raise typer.Exit(EXIT_FAILURE)
+
+
+def refuse_writing_inputs(outputs: Mapping[str, Union[str, Path, None]], models: Iterable[str],
+                          other_inputs: Optional[Mapping[str, Optional[Path]]] = None) -> None:
+    """Exit 2 with one line when an option that writes a file (`outputs`: option -> path) names an
+    input: a model or a part of one (a file of a model directory or of a TF checkpoint, a new model
+    file in a searched directory; see loaders.footprint), another input (`other_inputs`: --data,
+    --config, ...), or the file of another output. Called before any work, so nothing is written
+    and no input is touched."""
+    models = list(models)
+    written = [(option, str(output)) for option, output in outputs.items() if output is not None]
+    for position, (option, output) in enumerate(written):
+        reasons = _overwrites(output, models, other_inputs or {}, written[:position])
+        reason = next((reason for reason in reasons if reason), None)
+        if reason is not None:
+            fail(f"{option} {output}: {reason}; nothing was written")
+
+
+def _overwrites(output: str, models: list[str], other_inputs: Mapping[str, Optional[Path]],
+                earlier_outputs: list[tuple[str, str]]) -> Iterator[Optional[str]]:
+    """Why writing `output` would overwrite something it must not, one candidate after another."""
+    from bninspect.loaders.footprint import overwritten_file, overwritten_input, same_file
+    from bninspect.loaders.remote import is_url
+
+    for model in models:
+        yield overwritten_input(output, model)
+    for option, path in other_inputs.items():
+        yield overwritten_file(output, path, option) if path is not None else None
+    for option, path in earlier_outputs:
+        if not is_url(output) and not is_url(path) and same_file(Path(output), Path(path)):
+            yield f"{option} writes that file too"
 
 
 @contextmanager

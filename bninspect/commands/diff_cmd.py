@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from bninspect.commands.common import VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors, terminal_width, use_color
+from bninspect.commands.common import (VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors,
+                                       refuse_writing_inputs, terminal_width, use_color)
 from bninspect.commands.remote_options import DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 
@@ -33,8 +34,10 @@ def diff(
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; diff writes text or json")
     remote = remote_options(storage_options, download)
+    model_a, model_b = location(model_a), location(model_b)
+    refuse_writing_inputs({"--output": output}, [model_a, model_b])
     with one_line_errors(debug):
-        result = diff_models(loaders.load(location(model_a), remote), loaders.load(location(model_b), remote))
+        result = diff_models(loaders.load(model_a, remote), loaders.load(model_b, remote))
     if output_format is OutputFormat.JSON:
         emit(diff_report.render_json(result), output)
     else:

@@ -11,12 +11,14 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.common import (VersionOption, DebugOption, OutputOption, emit, fail,
-                                       one_line_errors, quiet_tensorflow, terminal_width, use_color)
+                                       one_line_errors, quiet_tensorflow, refuse_writing_inputs, terminal_width,
+                                       use_color)
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.data_options import (BuildOption, CustomObjectsOption, UnsafeOption,
                                              refuse_loading_options_without_loading)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
+from bninspect.untrusted import redact
 
 
 def inspect(
@@ -47,6 +49,7 @@ def inspect(
     refuse_loading_options_without_loading(unsafe, custom_objects, settings.build)
     remote = remote_options(storage_options, download)
     models = [location(model) for model in models]
+    refuse_writing_inputs({"--output": output}, models, {"--config": config, "--custom-objects": custom_objects})
     with one_line_errors(debug):
         building = None
         if settings.build:
@@ -55,7 +58,7 @@ def inspect(
             building = build_options(unsafe, custom_objects)
         reports = [inspect_path(path, settings, remote, building) for path in models]
     if layer is not None and not any(table.matching_layers(report, layer) for report in reports):
-        fail(f"no BN layer matches {layer!r} in {', '.join(str(m) for m in models)}")
+        fail(f"no BN layer matches {layer!r} in {', '.join(redact(model) for model in models)}")
     if output_format is OutputFormat.JSON:
         emit(json_report.render(reports), output)
     else:

@@ -12,7 +12,8 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import (VersionOption, EXIT_FINDINGS, EXIT_OK, DebugOption, OutputOption, emit, fail,
-                                       one_line_errors, quiet_tensorflow, terminal_width, use_color)
+                                       one_line_errors, quiet_tensorflow, refuse_writing_inputs, terminal_width,
+                                       use_color)
 from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.commands.remote_options import StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
@@ -40,11 +41,13 @@ def probe(
     """
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; probe writes text or json")
+    model = location(model)
+    refuse_writing_inputs({"--output": output}, [model],
+                          {"--data": data, "--config": config, "--custom-objects": custom_objects})
     settings = command_settings(config, debug=debug)
     if not debug:
         quiet_tensorflow("probe")
     remote = remote_options(storage_options, False)
-    model = location(model)
     with one_line_errors(debug):
         from bninspect.loaders.remote import local_copy
         from bninspect.probes import run_probe
@@ -53,6 +56,8 @@ def probe(
             report = run_probe(local, str(data), batch_size=batch_size, limit=limit, rescale=rescale,
                                unsafe=unsafe, custom_objects=custom_objects, thresholds=settings.thresholds,
                                progress=True)
+        if local != model:  # a downloaded copy, gone by now: the report names the URL
+            report = report.named(model)
     report = report.with_findings(settings.apply)
     if output_format is OutputFormat.JSON:
         from bninspect.report import ModelReport

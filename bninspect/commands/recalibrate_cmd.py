@@ -15,11 +15,12 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import (VersionOption, DebugOption, UsageProblem, emit, fail, one_line_errors, quiet_tensorflow,
-                                       terminal_width, use_color)
+                                       refuse_writing_inputs, terminal_width, use_color)
 from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.commands.remote_options import StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 from bninspect.model import NO_ARCHITECTURE
+from bninspect.untrusted import redact
 
 
 def recalibrate(
@@ -67,8 +68,10 @@ def recalibrate(
     output = location(output) if output is not None else None
     if in_place and is_url(model):
         fail("--in-place replaces a local MODEL; for a URL give -o OUT (a local file or a URL)")
-    target = str(_target(Path(model), Path(output) if output is not None else None, in_place))
-    target = output if output is not None and is_url(output) else target
+    target = _target(model, output, in_place)
+    refuse_writing_inputs({"--output": None if in_place else target, "--report": report_file}, [model],
+                          {"--data": data, "--architecture": architecture, "--config": config,
+                           "--custom-objects": custom_objects})
     remote = remote_options(storage_options, False)
     settings = command_settings(config, debug=debug)
     if not debug:
@@ -88,18 +91,39 @@ def recalibrate(
              report_file)
 
 
-def _target(model: Path, output: Optional[Path], in_place: bool) -> Path:
+def _target(model: str, output: Optional[str], in_place: bool) -> str:
     if in_place:
-        if output is not None and not _same_file(model, output):
+        if output is not None and not _same_location(model, output):
             fail("--in-place replaces MODEL; leave out -o, or leave out --in-place to write a new file")
         return model
     if output is None:
         fail("give -o OUT for the recalibrated model, or --in-place to replace MODEL")
-    if _same_file(model, output):
-        fail(f"{output}: that is MODEL itself; pass --in-place to replace it")
+    if _same_location(model, output):
+        fail(f"{redact(output)}: that is MODEL itself; pass --in-place to replace it")
     if _suffix(output) != _suffix(model):
-        fail(f"{output}: recalibrate writes the format of MODEL, so OUT must end in {_suffix(model) or 'nothing'}")
+        fail(f"{redact(output)}: recalibrate writes the format of MODEL, so OUT must end in "
+             f"{_suffix(model) or 'nothing'}")
     return output
+
+
+def _same_location(model: str, output: str) -> bool:
+    """Files on disk compared as files (links, other spellings); a URL as text."""
+    from bninspect.loaders.footprint import same_file
+    from bninspect.loaders.remote import is_url
+
+    if is_url(model) or is_url(output):
+        return model == output
+    return same_file(Path(model), Path(output))
+
+
+def _suffix(location: str) -> str:
+    from bninspect.loaders.remote import is_url, local_name
+
+    name = (local_name(location) if is_url(location) else Path(location).name).lower()
+    if name.endswith(".weights.h5"):
+        return ".weights.h5"
+    suffix = Path(name).suffix
+    return {".hdf5": ".h5"}.get(suffix, suffix)
 
 
 @contextmanager
@@ -114,29 +138,15 @@ def _local_output(target: str, remote):
         return
     import tempfile
 
-    from bninspect.loaders.remote import upload
+    from bninspect.loaders.remote import local_name, upload
 
     with tempfile.TemporaryDirectory(prefix="bninspect-") as scratch:
-        local = os.path.join(scratch, target.rstrip("/").rsplit("/", 1)[-1])
+        local = os.path.join(scratch, local_name(target))  # the URL's last segment: no query, never `..`
         yield local
         try:
             upload(local, target, remote)
         except ConfigError as error:
             raise UsageProblem(f"{target}: cannot upload the recalibrated model ({error})") from error
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".weights.h5"):
-        return ".weights.h5"
-    return {".hdf5": ".h5"}.get(path.suffix.lower(), path.suffix.lower())
 
 
 def _recalibrate(model: Path, data: Path, target: Path, *, layers, architecture, batch_size, limit, rescale,

@@ -15,7 +15,8 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
-from bninspect.commands.common import EXIT_OK, DebugOption, VersionOption, fail, one_line_errors, quiet_tensorflow
+from bninspect.commands.common import (EXIT_OK, DebugOption, VersionOption, fail, one_line_errors, quiet_tensorflow,
+                                       refuse_writing_inputs)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.commands.data_options import (DATA_HELP, BuildOption, CustomObjectsOption, LimitOption,
                                              OptionalBatchSizeOption, RescaleOption, UnsafeOption,
@@ -77,6 +78,8 @@ def report(
         output = DEFAULT_OUTPUT.with_suffix(".png")
     remote = remote_options(storage_options, download)
     models = [location(model) for model in models]
+    refuse_writing_inputs({"--output": output}, models,
+                          {"--data": data, "--config": config, "--custom-objects": custom_objects})
     probing = data is not None and output_format is ReportFormat.HTML
     if probing and not data.exists():
         fail(f"--data {data}: no such file or directory")

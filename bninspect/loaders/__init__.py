@@ -148,19 +148,18 @@ def _load_url(url: str, options: RemoteOptions) -> ModelDescription:
                 remote.exists(remote.join(url, tf_checkpoint.STATE_FILE), options):
             files = remote.find_files(url, options)
             with remote.downloaded(url, options, files) as local:
-                return replace(load(local), source=url)
+                return replace(_load_copy(local, url), source=url)
         preset = remote.RemotePreset(url, options)
         if preset.has(kerashub_preset.BACKBONE_CONFIG) and preset.has(kerashub_preset.BACKBONE_WEIGHTS):
             return kerashub_preset.read_preset(url, preset)
         raise ConfigError("is a prefix without saved_model.pb, config.json + model.weights.h5 or a checkpoint "
                           "file: not a SavedModel, a KerasHub preset or a TF checkpoint")
     if url.endswith(tf_checkpoint.INDEX_SUFFIX):
-        prefix = url[:-len(tf_checkpoint.INDEX_SUFFIX)]
-        name = prefix.rsplit("/", 1)[-1]
-        files = [file for file in remote.find_files(prefix.rsplit("/", 1)[0], options)
+        directory, _, name = url[:-len(tf_checkpoint.INDEX_SUFFIX)].rpartition("/")
+        files = [file for file in remote.find_files(directory, options)
                  if file.rsplit("/", 1)[-1].startswith((name + ".index", name + ".data-"))]
-        with remote.downloaded(prefix.rsplit("/", 1)[0], options, files) as local:
-            return replace(load(os.path.join(local, name + tf_checkpoint.INDEX_SUFFIX)), source=url)
+        with remote.downloaded(directory, options, files) as local:
+            return replace(_load_copy(local, directory, name + tf_checkpoint.INDEX_SUFFIX), source=url)
     try:
         with remote.open_remote(url, options) as file:
             head = file.read_at(2056, 0)
@@ -178,9 +177,18 @@ def _load_url(url: str, options: RemoteOptions) -> ModelDescription:
             raise
         with remote.downloaded(url, options) as local:
             size = os.path.getsize(local)
-            description = load(local)
+            description = _load_copy(local, url)
         return replace(description, source=url, notes=description.notes + (
             f"the server does not support range requests: read from a download of the whole file ({size:,} bytes)",))
+
+
+def _load_copy(local: str, url: str, name: str | None = None) -> ModelDescription:
+    """`load` of a downloaded copy (`name` inside it, if given), whose errors name the URL: the
+    temporary directory means nothing to the user and is gone when the error is shown."""
+    try:
+        return load(os.path.join(local, name) if name else local)
+    except ModelReadError as error:
+        raise ModelReadError(url, error.reason.replace(local, url.rstrip("/"))) from error
 
 
 def discover(paths: list[str | os.PathLike], remote: RemoteOptions | None = None) -> list[str]:

@@ -32,6 +32,7 @@ import numpy as np
 
 from bninspect.errors import UsageProblem
 from bninspect.loaders.graph import ConfigError
+from bninspect.untrusted import redact
 
 INSTALL_HINT = "pip install 'bninspect[remote]'"
 # `s3://`, `hf://`, `https://`; not `C:\` (a Windows drive) and not a plain path.
@@ -108,9 +109,10 @@ def _remote_errors() -> tuple[type[BaseException], ...]:
 
 
 def remote_reason(error: BaseException, size: int | None = None) -> str:
-    """One line for what went wrong talking to the server."""
+    """One line for what went wrong talking to the server. The backend's own text names the URL,
+    password and signature included (aiohttp, botocore): it is redacted here, where it enters."""
     status = getattr(error, "status", None)
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = redact(" ".join(str(error).split())) or type(error).__name__
     if isinstance(error, FileNotFoundError):
         # fsspec's HTTP backend reports any failure to stat a URL (403, a refused connection) so.
         cause = error.__cause__
@@ -369,25 +371,156 @@ def find_files(url: str, options: RemoteOptions) -> list[str]:
     return sorted(fs.unstrip_protocol(item) for item in found)
 
 
+# A download may write at most this many files and bytes: a hostile listing of a million names or
+# an endless object must not fill the disk. The SavedModels and checkpoints of models with BN
+# layers are far below (a ResNet-152 SavedModel is some 250 MB in a handful of files).
+MAX_DOWNLOAD_FILES = 10_000
+MAX_DOWNLOAD_BYTES = 10 * 1024 ** 3
+COPY_CHUNK = 1024 * 1024
+# `C:`, the start of a Windows drive path.
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
 @contextmanager
 def downloaded(url: str, options: RemoteOptions, directory_files: list[str] | None = None) -> Iterator[str]:
-    """A local copy of a file (or of the files of a directory), deleted afterwards: for readers
-    that need a local path (SavedModel, TF checkpoints, Keras running a model)."""
+    """A local copy of a file (or of the files `directory_files` below a prefix), in a temporary
+    directory removed afterwards, also on error: for readers that need a local path (SavedModel,
+    TF checkpoints, Keras running a model).
+
+    The names come from the server's listing, so they are checked before anything is written
+    (`local_target`: nothing lands outside the temporary directory) and the download is bounded
+    (MAX_DOWNLOAD_FILES, MAX_DOWNLOAD_BYTES): a hostile server can neither write elsewhere nor
+    fill the disk. Raises ConfigError with the reason."""
     fs, path = filesystem(url, options)
     with tempfile.TemporaryDirectory(prefix="bninspect-") as scratch:
+        local = local_target(scratch, local_name(path))
+        if directory_files is None:
+            plan = [(path, local)]
+        else:
+            plan = _directory_plan(fs, path, directory_files, local)
+        written = _WrittenBytes()
         with translated_errors():
-            if directory_files is None:
-                local = os.path.join(scratch, os.path.basename(path.rstrip("/")) or "model")
-                fs.get_file(path, local)
-            else:
-                local = os.path.join(scratch, os.path.basename(path.rstrip("/")) or "model")
-                prefix = url.rstrip("/") + "/"
-                for file_url in directory_files:
-                    relative = file_url[len(prefix):]
-                    target = os.path.join(local, *relative.split("/"))
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    fs.get_file(filesystem(file_url, options)[1], target)
+            for remote_path, target in plan:
+                _copy(fs, remote_path, target, written)
         yield local
+
+
+def local_target(directory: str, name: str) -> str:
+    """Where `name`, a `/`-separated name from a server (relative to what is downloaded), is
+    written below `directory`: normalised (empty and `.` segments dropped). Raises ConfigError for
+    a name that could land anywhere else: `..`, an absolute or drive path, a backslash (a separator
+    on Windows), a NUL, no name at all, or a path through a link out of `directory`."""
+    why = _unsafe_name(name)
+    if why is None:
+        target = os.path.join(directory, *_segments(name))
+        if _inside(target, directory):
+            return target
+        why = "it resolves to a path outside through a link"
+    raise ConfigError(f"the server lists {name!r}, a name that could be written outside the download directory "
+                      f"({why}); refused, nothing was downloaded")
+
+
+def _segments(name: str) -> list[str]:
+    return [segment for segment in name.split("/") if segment not in ("", ".")]
+
+
+def _unsafe_name(name: str) -> str | None:
+    if "\x00" in name:
+        return "a NUL character"
+    if "\\" in name:
+        return "a backslash, a path separator on Windows"
+    if name.startswith("/"):
+        return "an absolute path"
+    if _DRIVE.match(name):
+        return "a drive letter"
+    if ".." in name.split("/"):
+        return "a '..' segment"
+    if not _segments(name):
+        return "no file name"
+    return None
+
+
+def _inside(target: str, directory: str) -> bool:
+    """Whether `target`, with every link on its way resolved, lies strictly below `directory`."""
+    base, resolved = os.path.realpath(directory), os.path.realpath(target)
+    return resolved != base and os.path.commonpath([base, resolved]) == base
+
+
+def local_name(path: str) -> str:
+    """The name to download `path` (a URL, or a path in its filesystem) as, or to write what is
+    uploaded to it: its last segment, without a URL's query (which can hold a signature), never
+    empty, `.` or `..`."""
+    if is_url(path):
+        from urllib.parse import urlsplit
+
+        path = urlsplit(path).path
+    segment = path.rstrip("/").rsplit("/", 1)[-1]
+    return segment if segment not in ("", ".", "..") else "model"
+
+
+def _directory_plan(fs: Any, path: str, files: list[str], local: str) -> list[tuple[str, str]]:
+    """(path in `fs`, local target) for every listed file below `path`, all checked before the
+    first is downloaded."""
+    if len(files) > MAX_DOWNLOAD_FILES:
+        raise ConfigError(f"the server lists {len(files):,} files, more than the {MAX_DOWNLOAD_FILES:,} a download "
+                          "may write; refused, nothing was downloaded")
+    base = path.rstrip("/") + "/"
+    plan, targets = [], set()
+    for file_url in files:
+        file_path = fs._strip_protocol(file_url)
+        if not file_path.startswith(base):
+            raise ConfigError(f"the server lists {file_url!r}, which is not below the directory; refused, nothing "
+                              "was downloaded")
+        target = local_target(local, file_path[len(base):])
+        if target in targets:
+            raise ConfigError(f"the server lists {file_path[len(base):]!r} twice; refused, nothing was downloaded")
+        targets.add(target)
+        plan.append((file_path, target))
+    clashes = sorted(targets & {parent for target in targets for parent in _parents(target, local)})
+    if clashes:
+        raise ConfigError(f"the server lists {os.path.relpath(clashes[0], local)!r} both as a file and as a "
+                          "directory; refused, nothing was downloaded")
+    return plan
+
+
+def _parents(target: str, top: str) -> Iterator[str]:
+    """The directories between `top` and `target`, `target` below `top`."""
+    parent = os.path.dirname(target)
+    while parent != top and len(parent) > len(top):
+        yield parent
+        parent = os.path.dirname(parent)
+
+
+class _WrittenBytes:
+    """The bytes one download has written, refused beyond MAX_DOWNLOAD_BYTES."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, count: int) -> None:
+        self.count += count
+        if self.count > MAX_DOWNLOAD_BYTES:
+            raise ConfigError(f"the download is more than {MAX_DOWNLOAD_BYTES:,} bytes, the most bninspect writes "
+                              "for one model; stopped, and what was written is removed")
+
+
+# Create the file, never open one that exists, never follow a link at its name.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _copy(fs: Any, remote_path: str, target: str, written: _WrittenBytes) -> None:
+    """Stream one file to `target` (checked by local_target), counting its bytes as they come:
+    the server's stated size is not trusted."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    # HTTP: one streamed GET (block_size=0), which servers without range support answer too.
+    extra = {"block_size": 0} if type(fs).__name__ == "HTTPFileSystem" else {}
+    with fs.open(remote_path, "rb", **extra) as source, os.fdopen(os.open(target, _NEW_FILE, 0o600), "wb") as out:
+        while True:
+            chunk = source.read(COPY_CHUNK)
+            if not chunk:
+                break
+            written.add(len(chunk))
+            out.write(chunk)
 
 
 def upload(local: str, url: str, options: RemoteOptions) -> None:

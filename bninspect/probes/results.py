@@ -16,6 +16,7 @@ from bninspect.findings import Finding
 from bninspect.model import ModelDescription
 from bninspect.probes.moments import ChannelMoments
 from bninspect.probes.thresholds import ProbeThresholds
+from bninspect.untrusted import redact
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +108,13 @@ class ProbeReport:
     def with_findings(self, select: Callable[[Iterable[Finding]], Iterable[Finding]]) -> "ProbeReport":
         """The same report with its findings passed through `select` (e.g. `Settings.apply`)."""
         return replace(self, findings=tuple(select(self.findings)))
+
+    def named(self, source: str) -> "ProbeReport":
+        """The same report naming the model `source` (redacted), its findings too: a model at a URL
+        runs from a downloaded copy, whose temporary path is gone once the report is shown."""
+        shown = redact(source)
+        return replace(self, source=shown, findings=tuple(replace(finding, source=shown) for finding in self.findings),
+                       description=replace(self.description, source=shown) if self.description else None)
 
     def layer(self, path: str) -> LayerProbe | None:
         return next((layer for layer in self.layers if layer.path == path), None)
