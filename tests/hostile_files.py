@@ -94,7 +94,7 @@ def external_step_counter_fifo(directory: Path) -> Path:
         os.mkfifo(fifo)
     path = _copy(WEIGHTS, directory, "external_counter.weights.h5")
     _replace_dataset(path, "optimizer/vars/0", lambda group, name: group.create_dataset(
-        name, shape=(), dtype="int64", external=[(str(fifo), 0, 8)]))
+        name, shape=(1,), dtype="int64", external=[(str(fifo), 0, 8)]))
     return path
 
 

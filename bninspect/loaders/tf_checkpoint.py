@@ -117,6 +117,7 @@ def checkpoint_prefix(target: Path) -> str:
 
 def _prefix_in_directory(directory: Path) -> str:
     state = directory / STATE_FILE
+    named_in_state = None
     if state.is_file():
         latest = _latest_in_state_file(state)
         if latest is None:
@@ -130,12 +131,16 @@ def _prefix_in_directory(directory: Path) -> str:
         moved = directory / named.name
         if named.name not in ("", ".", "..") and moved.with_name(moved.name + INDEX_SUFFIX).is_file():
             return str(moved)
-        if not _inside(directory, named):
-            raise ConfigError(f"{STATE_FILE} file names {latest!r}, outside the checkpoint directory, and "
-                              f"{named.name}{INDEX_SUFFIX} is not in the directory")
-        raise ConfigError(f"{STATE_FILE} file names {latest!r}, but {named.name}{INDEX_SUFFIX} does not exist")
+        named_in_state = latest
+    # Without a usable state file, the newest checkpoint in the directory, as TensorFlow would
+    # find it if the state file were gone. The `.index` of an empty prefix is named `.index`.
     indexes = sorted(_index_files(directory), key=lambda path: (path.stat().st_mtime, path.name))
     if not indexes:
+        if named_in_state is not None:
+            where = "outside the checkpoint directory" if not _inside(directory, Path(named_in_state) if Path(
+                named_in_state).is_absolute() else directory / named_in_state) else "in the directory"
+            raise ConfigError(f"{STATE_FILE} file names {named_in_state!r} ({where}), and the directory holds no "
+                              f"checkpoint of that name nor any other .index file")
         raise ConfigError("directory holds no TF checkpoint (.index files)")
     return str(indexes[-1])[:-len(INDEX_SUFFIX)]
 
