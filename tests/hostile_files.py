@@ -76,6 +76,15 @@ def external_storage_legacy(directory: Path) -> Path:
     return path
 
 
+def external_storage_kernel(directory: Path) -> Path:
+    """A legacy .h5 whose convolution kernel (not a BN array) lives in /etc/passwd: the static
+    reading never reads it; Keras, loading the model to run it, would."""
+    path = _copy(LEGACY, directory, "external_kernel.h5")
+    _replace_dataset(path, "model_weights/conv1/cnn/conv1/kernel", lambda group, name: group.create_dataset(
+        name, shape=(3, 3, 3, 8), dtype="float32", external=[(OUTSIDE_FILE, 0, 3 * 3 * 3 * 8 * 4)]))
+    return path
+
+
 def external_storage_fifo(directory: Path) -> Path:
     """External storage on a FIFO: reading it would wait for a writer forever."""
     fifo = directory / "pipe"

@@ -243,3 +243,20 @@ def test_a_worker_that_dies_under_jobs_makes_only_its_file_unreadable(tmp_path):
     assert "reading process died" in models["crash.keras"]["error"]
     for name in names:
         assert models[name]["error"] is None and len(models[name]["bn_layers"]) == 2, name
+
+
+@pytest.mark.slow
+def test_running_a_model_refuses_storage_outside_the_file_in_any_layer(tmp_path):
+    """Keras reads every dataset with HDF5's own driver: a convolution kernel stored in
+    /etc/passwd is refused before Keras opens the file (the static reading never reads it)."""
+    path = hostile.external_storage_kernel(tmp_path)
+    assert run_bounded("inspect", str(path)).returncode == 0
+    data = str(hostile.SAMPLES / "cnn_data.npy")
+    for args in (("probe", str(path), "--data", data), ("recalibrate", str(path), "--data", data,
+                                                        "-o", str(tmp_path / "out.h5"))):
+        run = run_bounded(*args, timeout=300)
+        assert run.returncode == 2, (run.stdout, run.stderr)
+        assert "Traceback" not in run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and "conv1/kernel keeps its values in an external file" in lines[0], lines
+        assert not (tmp_path / "out.h5").exists()

@@ -136,6 +136,19 @@ def _load(path: str | os.PathLike, remote: RemoteOptions | None) -> ModelDescrip
         raise ModelReadError(source, str(error)) from None
 
 
+def refuse_outside_storage(path: str | os.PathLike) -> None:
+    """Before Keras reads the whole of a local model file or directory: no object anywhere in it
+    reads outside the file or expands without bounds (hdf5_input.refuse_outside_storage_anywhere).
+    Raises ModelReadError with the one-line reason."""
+    from bninspect.loaders.hdf5_input import refuse_outside_storage_anywhere
+
+    source = str(path)
+    try:
+        refuse_outside_storage_anywhere(source)
+    except READ_ERRORS as error:
+        raise ModelReadError(source, _reason(error)) from error
+
+
 def _load_url(url: str, options: RemoteOptions) -> ModelDescription:
     """A model at a URL: files read by ranges, a KerasHub preset on a prefix file by file;
     SavedModel directories and TF checkpoints downloaded to a temporary directory first."""

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 import numpy as np
 
 from bninspect.loaders.graph import ConfigError, dtype_policy_name
+from bninspect.loaders.hdf5_input import expand_chunk
 from bninspect.loaders.remote import LaterVectors
 from bninspect.model import CODE, Architecture, BNLayer
 
@@ -150,46 +151,21 @@ def _refuse_storage_outside(dataset: Any, what: str) -> int:
     return 0
 
 
-# HDF5 filters read here, by their ids: deflate (gzip), shuffle, fletcher32. HDF5's own deflate
-# filter grows its output buffer for as long as the stream goes on: a chunk of a few hundred KB
-# inflates to gigabytes. So filtered chunks are read raw and expanded here, with a limit.
-FILTER_DEFLATE, FILTER_SHUFFLE, FILTER_FLETCHER32 = 1, 2, 3
-
-
 def _read_filtered_chunks(dataset: Any, count: int, dtype: np.dtype, chunk_bytes: int, what: str) -> np.ndarray:
-    """The values of a 1-D chunked dataset with filters, each chunk expanded to at most its size."""
-    import zlib
-
+    """The values of a 1-D chunked dataset with filters, each chunk expanded to at most its size
+    (hdf5_input.expand_chunk: HDF5's own deflate filter has no limit)."""
     plist = dataset.get_create_plist()
     filters = [plist.get_filter(index)[0] for index in range(plist.get_nfilters())]
-    unknown = [code for code in filters if code not in (FILTER_DEFLATE, FILTER_SHUFFLE, FILTER_FLETCHER32)]
-    if unknown:
-        raise ConfigError(f"{what} is stored with HDF5 filter {unknown[0]}, which bninspect does not read")
     chunk_values = chunk_bytes // dtype.itemsize
     out = np.empty(count, dtype=dtype)
     for start in range(0, count, chunk_values):
         mask, raw = dataset.read_direct_chunk((start,))
-        for position in reversed(range(len(filters))):
-            if mask & (1 << position):
-                continue  # the filter was skipped for this chunk
-            code = filters[position]
-            if code == FILTER_FLETCHER32:
-                raw = raw[:-4]
-            elif code == FILTER_DEFLATE:
-                inflater = zlib.decompressobj()
-                expanded = inflater.decompress(raw, chunk_bytes)
-                if inflater.unconsumed_tail or len(expanded) > chunk_bytes:
-                    raise ConfigError(f"{what} has a compressed chunk that expands past its {chunk_bytes:,} bytes: "
-                                      "refusing it")
-                raw = expanded
-            else:  # shuffle: the bytes of each value were grouped by position
-                size = dtype.itemsize
-                whole = len(raw) // size * size
-                raw = np.frombuffer(raw[:whole], np.uint8).reshape(size, -1).T.tobytes() + raw[whole:]
-        piece = np.frombuffer(raw[:min(chunk_values, count - start) * dtype.itemsize], dtype=dtype)
-        if piece.size != min(chunk_values, count - start):
+        raw = expand_chunk(raw, mask, filters, chunk_bytes, dtype.itemsize, what)
+        wanted = min(chunk_values, count - start)
+        piece = np.frombuffer(raw[:wanted * dtype.itemsize], dtype=dtype)
+        if piece.size != wanted:
             raise ConfigError(f"{what} has a chunk of {len(raw)} bytes, too short for its values")
-        out[start:start + piece.size] = piece
+        out[start:start + wanted] = piece
     return out
 
 

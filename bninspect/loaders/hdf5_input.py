@@ -29,7 +29,7 @@ import tempfile
 import zipfile
 import zlib
 from contextlib import contextmanager
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from bninspect.loaders.graph import ConfigError
 
@@ -361,3 +361,126 @@ def open_member(archive: zipfile.ZipFile, source: str, name: str) -> Iterator[Bi
         expand_member(archive_reader(archive), info, MAX_EXPANSION * max(info.compress_size, 1), expanded.write)
         expanded.flush()
         yield GuardedReader(file_reader(expanded), 0, expanded.tell())
+
+
+# HDF5 filters bninspect expands itself, by their ids: deflate (gzip), shuffle, fletcher32. HDF5's
+# own deflate filter grows its output buffer for as long as the stream goes on: a chunk of a few
+# hundred KB inflates to gigabytes. So filtered chunks are read raw and expanded here, with a limit.
+FILTER_DEFLATE, FILTER_SHUFFLE, FILTER_FLETCHER32 = 1, 2, 3
+KNOWN_FILTERS = (FILTER_DEFLATE, FILTER_SHUFFLE, FILTER_FLETCHER32)
+
+
+def expand_chunk(raw: bytes, mask: int, filters: list[int], chunk_bytes: int, itemsize: int, what: str) -> bytes:
+    """A chunk's stored bytes through its filters, in reverse order, to at most `chunk_bytes`."""
+    unknown = [code for code in filters if code not in KNOWN_FILTERS]
+    if unknown:
+        raise ConfigError(f"{what} is stored with HDF5 filter {unknown[0]}, which bninspect does not read")
+    for position in reversed(range(len(filters))):
+        if mask & (1 << position):
+            continue  # the filter was skipped for this chunk
+        code = filters[position]
+        if code == FILTER_FLETCHER32:
+            raw = raw[:-4]
+        elif code == FILTER_DEFLATE:
+            inflater = zlib.decompressobj()
+            expanded = inflater.decompress(raw, chunk_bytes)
+            if inflater.unconsumed_tail:
+                raise ConfigError(f"{what} has a compressed chunk that expands past its {chunk_bytes:,} bytes: "
+                                  "refusing it")
+            raw = expanded
+        else:
+            raw = _unshuffle(raw, itemsize)
+    return raw
+
+
+def _unshuffle(raw: bytes, itemsize: int) -> bytes:
+    """Undo HDF5's shuffle filter: byte k of every value was stored together, for each k."""
+    import numpy as np
+
+    whole = len(raw) // itemsize * itemsize
+    return np.frombuffer(raw[:whole], np.uint8).reshape(itemsize, -1).T.tobytes() + raw[whole:]
+
+
+# Keras reads every dataset whole; one chunk of a real layer's weights is far below this.
+MAX_LOADED_CHUNK_BYTES = 256 * 1024 * 1024
+
+
+def refuse_outside_storage_anywhere(source: str) -> None:
+    """Before Keras reads a whole model file (to run it on data): what the static reading checks
+    for the BN arrays it reads, checked for every object, since Keras reads them all with HDF5's
+    own file driver, which opens whatever a dataset or link names: no external link, no external
+    raw storage, no virtual dataset anywhere, and no archive member that expands past
+    MAX_EXPANSION times its size. A model directory's HDF5 files are checked one by one.
+    Raises ConfigError."""
+    if os.path.isdir(source):
+        for current, _, files in os.walk(source):
+            for name in sorted(files):
+                if name.endswith((".h5", ".hdf5", ".keras")):
+                    refuse_outside_storage_anywhere(os.path.join(current, name))
+        return
+    with open_regular(source) as handle:
+        head = handle.read(4)
+    if head == LOCAL_HEADER_SIGNATURE:
+        with open_regular(source) as raw, zipfile.ZipFile(raw) as archive:
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    expand_member(archive_reader(archive), info, MAX_EXPANSION * max(info.compress_size, 1),
+                                  lambda chunk: None)
+                if info.filename.endswith(".h5"):
+                    with open_member(archive, source, info.filename) as member:
+                        _refuse_outside_objects(member, info.filename)
+        return
+    with open_hdf5(source) as (guarded, _):
+        _refuse_outside_objects(guarded, os.path.basename(source))
+
+
+def _refuse_outside_objects(file_object: BinaryIO, where: str) -> None:
+    import h5py
+
+    with h5py.File(file_object, "r") as handle:
+        def visit(name: bytes, info: Any) -> str | None:
+            """The problem with this link, which stops the visit; None to go on."""
+            text = f"{where}:/{name.decode('utf-8', errors='replace')}"
+            if info.type == h5py.h5l.TYPE_EXTERNAL:
+                return f"{text} is an HDF5 external link to another file"
+            if info.type != h5py.h5l.TYPE_HARD:
+                return None
+            item = h5py.h5o.open(handle.id, name)
+            if isinstance(item, h5py.h5d.DatasetID):
+                return _dataset_problem(item, text)
+            return None
+
+        # H5Lvisit follows hard links only, and enters each group once.
+        problem = handle.id.links.visit(visit, info=True)
+    if problem is not None:
+        raise ConfigError(f"{problem}: refusing to load the model")
+
+
+def _dataset_problem(dataset: Any, text: str) -> str | None:
+    """Why HDF5 reading this whole dataset would read outside the file or without bounds."""
+    import h5py
+
+    plist = dataset.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        return f"{text} is a virtual dataset over other files"
+    if plist.get_external_count() > 0:
+        return f"{text} keeps its values in an external file"
+    if layout != h5py.h5d.CHUNKED:
+        return None
+    chunk_bytes = dataset.get_type().get_size()
+    for size in plist.get_chunk():
+        chunk_bytes *= size
+    if chunk_bytes > MAX_LOADED_CHUNK_BYTES:
+        return f"{text} is stored in chunks of {chunk_bytes:,} bytes, each read whole"
+    if not plist.get_nfilters():
+        return None
+    filters = [plist.get_filter(index)[0] for index in range(plist.get_nfilters())]
+    try:
+        for index in range(dataset.get_num_chunks()):
+            chunk = dataset.get_chunk_info(index)
+            mask, raw = dataset.read_direct_chunk(chunk.chunk_offset)
+            expand_chunk(raw, mask, filters, chunk_bytes, dataset.get_type().get_size(), text)
+    except ConfigError as error:
+        return str(error)
+    return None

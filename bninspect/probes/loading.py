@@ -162,6 +162,9 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, custom_objects:
 
     source = str(path)
     description = description if description is not None else loaders.load(source)
+    # Keras reads every object of the file with HDF5's own driver, not only the BN arrays the
+    # static reading checked.
+    loaders.refuse_outside_storage(source)
     # Before keras / tf_keras: oneDNN on unless the user chose.
     import_tensorflow(quiet=False, keras=False, needed_for=f"{source}: loading the model with Keras")
     architecture = description.architecture
@@ -269,6 +272,9 @@ def built_input_specs(model: Any) -> tuple[InputSpec, ...]:
 
 def load_weights(loaded: LoadedModel, path: str) -> Any:
     """`loaded`'s model with the weights of the weights-only file `path` (for `--architecture`)."""
+    from bninspect import loaders
+
+    loaders.refuse_outside_storage(path)
     try:
         loaded.model.load_weights(path)
     except _KERAS_LOAD_ERRORS as error:
