@@ -137,10 +137,12 @@ def _prefix_in_directory(directory: Path) -> str:
     indexes = sorted(_index_files(directory), key=lambda path: (path.stat().st_mtime, path.name))
     if not indexes:
         if named_in_state is not None:
-            where = "outside the checkpoint directory" if not _inside(directory, Path(named_in_state) if Path(
-                named_in_state).is_absolute() else directory / named_in_state) else "in the directory"
-            raise ConfigError(f"{STATE_FILE} file names {named_in_state!r} ({where}), and the directory holds no "
-                              f"checkpoint of that name nor any other .index file")
+            named = Path(named_in_state) if Path(named_in_state).is_absolute() else directory / named_in_state
+            if not _inside(directory, named):
+                raise ConfigError(f"{STATE_FILE} file names {named_in_state!r}, outside the checkpoint directory, "
+                                  "and the directory holds no .index file")
+            raise ConfigError(f"{STATE_FILE} file names {named_in_state!r}, but {named.name}{INDEX_SUFFIX} does not "
+                              "exist")
         raise ConfigError("directory holds no TF checkpoint (.index files)")
     return str(indexes[-1])[:-len(INDEX_SUFFIX)]
 
