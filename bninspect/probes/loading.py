@@ -19,7 +19,9 @@ Layer: probes (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import runpy
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -44,6 +46,15 @@ class LoadedModel:
 # missing weights, unsupported format). Anything else is a bug and keeps its traceback.
 _KERAS_LOAD_ERRORS = (ValueError, TypeError, KeyError, OSError, AttributeError, NotImplementedError,
                       ImportError, IndexError, LookupError)
+
+
+def _keras_load_errors() -> tuple[type[BaseException], ...]:
+    """`_KERAS_LOAD_ERRORS` and TensorFlow's OpError: building a layer creates its variables, and
+    TensorFlow raises ResourceExhaustedError for one larger than it can allocate (a Dense layer
+    whose config declares a (None, 10^9) input)."""
+    import tensorflow as tf
+
+    return (*_KERAS_LOAD_ERRORS, tf.errors.OpError)
 
 
 def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
@@ -243,7 +254,7 @@ def _load_preset(keras: Any, source: str, class_name: str, unsafe: bool,
         with serialization_lib.SafeModeScope(not unsafe), \
                 keras.saving.custom_object_scope(dict(custom_objects or {})):
             return cls.from_preset(source)
-    except _KERAS_LOAD_ERRORS as error:
+    except _keras_load_errors() as error:
         raise _load_error(source, error) from error
 
 
@@ -277,7 +288,42 @@ def load_weights(loaded: LoadedModel, path: str) -> Any:
 
 
 def _load_error(source: str, error: BaseException) -> ModelRefused:
-    return ModelRefused(f"{source}: Keras cannot load the model ({one_line(error)})")
+    return ModelRefused(f"{source}: Keras cannot load the model ({keras_reason(error)})")
+
+
+# Keras 3 wraps what a layer's constructor or build raised in one TypeError per level of nesting
+# ("<class ...Sequential> could not be deserialized properly ... config={...}"), each holding the
+# whole config: the reason is the innermost error, and the layer the innermost of these wrappers.
+_WRAPPER = "could not be deserialized properly"
+_DESERIALIZING = re.compile(r"Error when deserializing class '(\w+)' using config=\{'name': "
+                            r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")
+
+
+def keras_reason(error: BaseException) -> str:
+    """Why Keras could not load a model, on one line: through Keras' deserialisation wrappers to
+    the error a layer raised, with that layer's name and class."""
+    layer = None
+    for _ in range(100):  # one step per level of nesting; a chain cannot loop forever
+        text = str(error)
+        match = _DESERIALIZING.search(text)
+        if match is None and _WRAPPER not in text:
+            break
+        if match is not None:
+            layer = f"layer {_python_string(match.group(2))} ({match.group(1)})"
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    return f"{layer}: {one_line(error)}" if layer is not None else one_line(error)
+
+
+def _python_string(literal: str) -> str:
+    """The text of a Python string literal (the repr of a name in Keras' message), never evaluated
+    as anything but a literal."""
+    try:
+        return str(ast.literal_eval(literal))
+    except (ValueError, SyntaxError):
+        return literal
 
 
 def _load_with_keras(keras: Any, source: str, description: ModelDescription, unsafe: bool,
@@ -295,12 +341,11 @@ def _load_with_keras(keras: Any, source: str, description: ModelDescription, uns
             raise ModelRefused(f"{source}: Keras only opens a .keras archive under a name ending in .keras")
         return keras.saving.load_model(source, custom_objects=dict(custom_objects or {}), compile=False,
                                        safe_mode=not unsafe)
-    except _KERAS_LOAD_ERRORS as error:
+    except _keras_load_errors() as error:
         raise _load_error(source, error) from error
 
 
 def _load_with_tf_keras(tf_keras: Any, source: str, unsafe: bool, custom_objects: Mapping[str, Any] | None) -> Any:
-    import tensorflow as tf
     from tf_keras.src.saving import serialization_lib
 
     # tf-keras applies safe mode only to its own .keras format; for HDF5 the Lambda check reads this
@@ -309,7 +354,7 @@ def _load_with_tf_keras(tf_keras: Any, source: str, unsafe: bool, custom_objects
         with serialization_lib.SafeModeScope(not unsafe):
             return tf_keras.models.load_model(source, custom_objects=dict(custom_objects or {}), compile=False,
                                               safe_mode=not unsafe)
-    except (*_KERAS_LOAD_ERRORS, tf.errors.OpError) as error:
+    except _keras_load_errors() as error:
         raise _load_error(source, error) from error
 
 
