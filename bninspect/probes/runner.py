@@ -19,7 +19,7 @@ from bninspect.probes import rules
 from bninspect.probes.images import decode_images
 from bninspect.probes.instrument import BNTap, Entry, Instrumentation, Reduction, find_bn_layers
 from bninspect.probes.loading import (LoadedModel, ModelRefused, built_input_specs, describe_in_memory,
-                                      load_custom_objects, load_model)
+                                      load_custom_objects, load_model, refuse_names_tensorflow_rejects)
 from bninspect.probes.moments import ChannelMoments, RunningMoments, merge
 from bninspect.probes.run_errors import model_run
 from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, ProbeReport
@@ -103,6 +103,7 @@ def open_model_and_data(model: Any, data: Any, *, limit: int | None, rescale: fl
         custom_objects = load_custom_objects(custom_objects)
     loaded = _load(model, unsafe, custom_objects)
     source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
+    refuse_names_tensorflow_rejects(source, loaded.model)
     return loaded, source, open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale,
                                          decoder=decode_images)
 
