@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping
 from bninspect.data import InputSpec
 from bninspect.errors import UsageProblem, one_line
 from bninspect.model import CODE, CONTAINER_CLASS_NAMES, NO_ARCHITECTURE, Layer, ModelDescription
+from bninspect.probes.run_errors import tf_reason
 
 
 class ModelRefused(UsageProblem):
@@ -314,7 +315,14 @@ def keras_reason(error: BaseException) -> str:
         if inner is None:
             break
         error = inner
-    return f"{layer}: {one_line(error)}" if layer is not None else one_line(error)
+    reason = _error_text(error)
+    return f"{layer}: {reason}" if layer is not None else reason
+
+
+def _error_text(error: BaseException) -> str:
+    """One line of an error's text; TensorFlow's OpError without its node and op tokens."""
+    message = getattr(error, "message", None)  # an OpError's own text, without its class
+    return tf_reason(message) if isinstance(message, str) and message else one_line(error)
 
 
 def _python_string(literal: str) -> str:
