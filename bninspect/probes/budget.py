@@ -1,10 +1,17 @@
 """What one batch may cost: the probes refuse, before allocating it, a batch above MAX_BATCH_BYTES.
 
-A model file is untrusted, and the shapes it declares decide what running it allocates: an input
-of (None, 100000, 100000, 3) makes every image of a `--data` directory a 120 GB array once resized,
-and an UpSampling2D of size 2000 turns a 16x16 image into 32000x32000 pixels per channel. SPEC
-bounds a hostile file at 1 GiB, so the probes check twice, both times before the memory is taken:
+A model file is untrusted, and the shapes it declares decide what loading and running it allocate:
+a Dense layer declared on a (None, 10^9) input makes Keras create a kernel of 10^9 x units floats
+while loading, an input of (None, 100000, 100000, 3) makes every image of a `--data` directory a
+120 GB array once resized, and an UpSampling2D of size 2000 turns a 16x16 image into 32000x32000
+pixels per channel. SPEC bounds a hostile file at 1 GiB, so the probes check three times, each
+before the memory is taken:
 
+- `check_declared_shapes`: the input shape each layer of the config declares (one sample as
+  float32), before Keras loads the model: TensorFlow takes 10 s to give up on a variable it
+  cannot allocate, and allocates one it can. What is not bounded: a variable made large by the
+  layer's own arguments on a modest input (Dense units, Conv filters); Keras refuses it after
+  building it, when the file's weights do not fit;
 - `check_inputs`: the batch itself (batch size x the bytes of one sample of every input), before
   any batch is read or decoded;
 - `check_graph`: the largest tensor of the traced step (every layer's output, the BN inputs among
@@ -24,11 +31,29 @@ import math
 from typing import Any
 
 from bninspect.data import DataSource
-from bninspect.probes.loading import ModelRefused
+from bninspect.errors import UsageProblem
+from bninspect.model import ModelDescription
 from bninspect.probes.run_errors import layer_of_node
 
 MAX_BATCH_BYTES = 1 << 30
 _GIB = float(1 << 30)
+_FLOAT32 = 4
+
+
+class TooLarge(UsageProblem):
+    """Loading or running the model would take more memory than bninspect allows a model file."""
+
+
+def check_declared_shapes(source: str, description: ModelDescription) -> None:
+    """Refuse a model whose config declares a layer input of more than MAX_BATCH_BYTES per sample
+    (as float32): no batch of it fits the bound, and Keras builds variables on the declared shape."""
+    for layer in description.layers:
+        shape = layer.input_shape
+        per_sample = math.prod(size for size in (shape or ())[1:] if size is not None) * _FLOAT32
+        if per_sample > MAX_BATCH_BYTES:
+            raise TooLarge(f"{source}: refused: layer {layer.path} ({layer.class_name}) declares an input of shape "
+                           f"{_shape_text(shape)}, {per_sample / _GIB:.1f} GiB per sample as float32, above "
+                           f"bninspect's bound of {MAX_BATCH_BYTES / _GIB:.0f} GiB per batch")
 
 
 def check_inputs(source: str, samples: DataSource, batch_size: int) -> None:
@@ -68,16 +93,17 @@ def _bytes_per_sample(tensor: Any) -> int | None:
     return math.prod(dims[1:]) * dtype.size
 
 
-def _too_large(source: str, what: str, needed: int, batch: int) -> ModelRefused:
+def _too_large(source: str, what: str, needed: int, batch: int) -> TooLarge:
     per_sample = needed / batch
     fits = int(MAX_BATCH_BYTES // per_sample)
     if fits >= 1:
         remedy = f"lower --batch-size to {fits} or less"
     else:
         remedy = "one sample alone is above it: the shapes the model declares are too large to run"
-    return ModelRefused(f"{source}: refused: {what} would take {needed / _GIB:.1f} GiB for a batch of {batch}, "
-                        f"above bninspect's bound of {MAX_BATCH_BYTES / _GIB:.0f} GiB per batch; {remedy}")
+    return TooLarge(f"{source}: refused: {what} would take {needed / _GIB:.1f} GiB for a batch of {batch}, "
+                    f"above bninspect's bound of {MAX_BATCH_BYTES / _GIB:.0f} GiB per batch; {remedy}")
 
 
 def _shape_text(shape: Any) -> str:
-    return "(" + ", ".join(str(size) for size in shape) + ("," if len(shape) == 1 else "") + ")"
+    sizes = ", ".join("None" if size is None else str(size) for size in shape)
+    return f"({sizes},)" if len(shape) == 1 else f"({sizes})"

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping
 from bninspect.data import InputSpec
 from bninspect.errors import UsageProblem, one_line
 from bninspect.model import CODE, CONTAINER_CLASS_NAMES, NO_ARCHITECTURE, Layer, ModelDescription
+from bninspect.probes import budget
 from bninspect.probes.run_errors import tf_reason
 
 
@@ -179,6 +180,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, custom_objects:
     architecture = description.architecture
     if architecture.kind == NO_ARCHITECTURE:
         raise ModelRefused(f"{source}: a weights-only file has no architecture to run; probe the full model file")
+    budget.check_declared_shapes(source, description)  # before Keras builds variables on them
     custom_objects = _with_registered_names(description, custom_objects)
     if architecture.kind == CODE:
         return _load_code(source, description, unsafe, custom_objects)
