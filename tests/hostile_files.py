@@ -333,7 +333,9 @@ def model_named(directory: Path, name: str, key: str) -> Path:
 
 def layer_config(directory: Path, key: str, layer: str, **values) -> Path:
     """The trained CNN with `values` in the config of its layer `layer` (e.g. units=-3)."""
-    return edited_config(directory / f"{key}.keras", lambda config: config_layer(config, layer)["config"].update(values))
+    def edit(config: dict) -> None:
+        config_layer(config, layer)["config"].update(values)
+    return edited_config(directory / f"{key}.keras", edit)
 
 
 def _declared_input(config: dict, shape: list, first_layer: str) -> None:

@@ -20,6 +20,7 @@ findings, not errors.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -230,8 +231,6 @@ def test_absurd_values_tensorflow_runs_are_findings_not_errors(tmp_path):
     run = run_cli("check", *map(str, files), "--data", str(DATA), "--format", "json")
     assert run.returncode in (0, 1), run.stderr[-3000:]
     assert "Traceback" not in run.stderr and run.stderr == ""
-    import json
-
     models = json.loads(run.stdout)["models"]
     assert [model["error"] for model in models] == [None, None, None]
     # A NaN epsilon or var + eps < 0 makes the layer's output NaN: BN103, an error finding.

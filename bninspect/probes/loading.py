@@ -34,7 +34,8 @@ from bninspect.probes.run_errors import tf_reason
 
 
 class ModelRefused(UsageProblem):
-    """The model needs code execution the user did not allow, or cannot be loaded by Keras."""
+    """The model needs code execution the user did not allow, cannot be loaded by Keras, or holds
+    names TensorFlow cannot run."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ _KERAS_LOAD_ERRORS = (ValueError, TypeError, KeyError, OSError, AttributeError, 
 def _keras_load_errors() -> tuple[type[BaseException], ...]:
     """`_KERAS_LOAD_ERRORS` and TensorFlow's OpError: building a layer creates its variables, and
     TensorFlow raises ResourceExhaustedError for one larger than it can allocate (a Dense layer
-    whose config declares a (None, 10^9) input)."""
+    whose config declares 10^12 units)."""
     import tensorflow as tf
 
     return (*_KERAS_LOAD_ERRORS, tf.errors.OpError)
@@ -388,9 +389,9 @@ def refuse_names_tensorflow_rejects(source: str, model: Any) -> None:
     if rejected:
         shown = ", ".join(rejected[:3]) + (f" and {len(rejected) - 3} more" if len(rejected) > 3 else "")
         raise ModelRefused(
-            f"{source}: refused: TensorFlow cannot run a model with the names {shown}: names in its graphs hold only ASCII "
-            "letters, digits and _ . - \\ / > (the model's own name starts with a letter, digit or '.'), and Keras' "
-            "predict fails on this model too; rename them and save the model again")
+            f"{source}: refused: TensorFlow cannot run a model with the names {shown}: names in its graphs hold "
+            "only ASCII letters, digits and _ . - \\ / > (the model's own name starts with a letter, digit or '.'), "
+            "and Keras' predict fails on this model too; rename them and save the model again")
 
 
 def _called_layers(container: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -29,6 +29,7 @@ _NOISE = ('File "', "Detected at node", "Graph execution error", "Exception enco
           "Arguments received by", "Call arguments received by")
 _SCOPE_SUFFIX = re.compile(r"_\d+$")
 MAX_REASON = 300
+BUILD_HINT = "TensorFlow cannot build the model's graph from what its config declares; --debug shows the traceback"
 
 
 class GraphBuildError(Exception):
@@ -64,9 +65,6 @@ def model_run(source: str, model: Any) -> Iterator[None]:
         raise run_error(source, model, error) from error
     except GraphBuildError as error:
         raise run_error(source, model, error.__cause__ or error, BUILD_HINT) from error.__cause__
-
-
-BUILD_HINT = "TensorFlow cannot build the model's graph from what its config declares; --debug shows the traceback"
 
 
 def run_error(source: str, model: Any, error: BaseException, hint: str | None = None) -> ModelRunError:
