@@ -237,6 +237,16 @@ class DataSource:
     def batch_count(self, batch_size: int) -> int:
         return -(-self.samples // batch_size)
 
+    def sample_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of one sample of each input, as the model receives it: known before any batch is read."""
+        raise NotImplementedError
+
+    def batch_bytes(self, batch_size: int) -> int:
+        """The bytes of one batch of every input, as the model receives it (in the inputs' dtypes)."""
+        per_sample = sum(math.prod(shape) * np.dtype(spec.dtype).itemsize
+                         for shape, spec in zip(self.sample_shapes(), self.specs))
+        return min(batch_size, self.samples) * per_sample
+
     def _prepare(self, raw: np.ndarray, spec: InputSpec) -> np.ndarray:
         dtype = np.dtype(spec.dtype)
         if self.rescale is None:
@@ -250,6 +260,9 @@ class ArraySource(DataSource):
                  rescale: float | None):
         super().__init__(path, specs, samples, rescale)
         self._inputs = inputs
+
+    def sample_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(array.shape[1:]) for array in self._inputs)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         streams = [array.read_batches(batch_size, self.samples) for array in self._inputs]
@@ -267,6 +280,9 @@ class ImageSource(DataSource):
         # Channels first when the first axis looks like channels and the last does not.
         self._channels_first = shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
         self._height, self._width, self._channels = (shape[1], shape[2], shape[0]) if self._channels_first else shape
+
+    def sample_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return (tuple(self.specs[0].shape),)  # every image is resized to the input's fixed size
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         for start in range(0, self.samples, batch_size):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import io
+import json
 import os
 import shutil
 import struct
@@ -225,9 +226,16 @@ def deflate_chunk_bomb(directory: Path) -> Path:
 
 # --- zip archives ----------------------------------------------------------------------------------
 
-def _archive_members() -> dict[str, bytes]:
-    with zipfile.ZipFile(ARCHIVE) as archive:
+def _archive_members(sample: Path = ARCHIVE) -> dict[str, bytes]:
+    with zipfile.ZipFile(sample) as archive:
         return {info.filename: archive.read(info) for info in archive.infolist()}
+
+
+def _write_archive(target: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return target
 
 
 def zip_bomb(directory: Path, method: int = zipfile.ZIP_BZIP2, member: str = "model.weights.h5",
@@ -283,6 +291,118 @@ def _raw_archive(plain: list[tuple[str, bytes, int]], hostile: tuple[str, bytes,
     body += central
     body += struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), start, 0)
     return bytes(body)
+
+
+# --- configs: names TensorFlow refuses, values Keras refuses, absurd shapes ------------------------
+# Keras 3 archives whose config.json an attacker edited; the weights are the sample's.
+
+def edited_config(target: Path, edit, sample: Path = ARCHIVE) -> Path:
+    """A copy of the `.keras` `sample` whose config went through `edit(config)`."""
+    members = _archive_members(sample)
+    config = json.loads(members["config.json"])
+    edit(config)
+    members["config.json"] = json.dumps(config).encode()
+    return _write_archive(target, members)
+
+
+def config_layers(config: dict):
+    """Every layer entry of a Keras 3 config, inside nested models too."""
+    for entry in config["config"].get("layers", []):
+        yield entry
+        if isinstance(entry["config"].get("layers"), list):
+            yield from config_layers(entry)
+
+
+def config_layer(config: dict, name: str) -> dict:
+    (entry,) = [entry for entry in config_layers(config) if entry["config"].get("name") == name]
+    return entry
+
+
+def renamed_copy(sample: Path, target: Path, old: str, new: str) -> Path:
+    """A copy of a Keras 3 `.keras` sample whose layer `old` is named `new`: in `config.json` and
+    in the `name` attribute of its weights group, as Keras would have written it."""
+    members = _archive_members(sample)
+    config = json.loads(members["config.json"])
+    config_layer(config, old)["config"]["name"] = new
+    members["config.json"] = json.dumps(config).encode()
+    weights = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(weights, "r+") as handle:
+        groups = [handle["layers"][key]["vars"] for key in handle["layers"]
+                  if handle["layers"][key]["vars"].attrs.get("name") == old]
+        assert len(groups) == 1, f"{sample} has no weights named {old}"
+        groups[0].attrs["name"] = new
+    members["model.weights.h5"] = weights.getvalue()
+    return _write_archive(target, members)
+
+
+def model_named(directory: Path, name: str, key: str) -> Path:
+    """The trained CNN with the Sequential itself named `name`."""
+    return edited_config(directory / f"model_{key}.keras", lambda config: config["config"].update(name=name))
+
+
+def layer_config(directory: Path, key: str, layer: str, **values) -> Path:
+    """The trained CNN with `values` in the config of its layer `layer` (e.g. units=-3)."""
+    def edit(config: dict) -> None:
+        config_layer(config, layer)["config"].update(values)
+    return edited_config(directory / f"{key}.keras", edit)
+
+
+def _declared_input(config: dict, shape: list, first_layer: str) -> None:
+    """`shape` as the model's input everywhere the config records it."""
+    for entry in config_layers(config):
+        if entry["class_name"] == "InputLayer":
+            entry["config"]["batch_shape"] = shape
+    config_layer(config, first_layer)["build_config"]["input_shape"] = shape
+    config["config"]["build_input_shape"] = shape
+    config["build_config"]["input_shape"] = shape
+
+
+def huge_dense_input(directory: Path, features: int = 10 ** 12) -> Path:
+    """`bn_last_layer.keras` (Dense, Dense, BN on 8 features) whose first Dense declares
+    `features` input features in its build config, the model's input still (None, 8): Keras
+    builds it with a kernel of features x 16 floats before it reads a weight or sees the data."""
+    def edit(config: dict) -> None:
+        config_layer(config, "hidden")["build_config"]["input_shape"] = [None, features]
+    return edited_config(directory / "huge_dense_input.keras", edit, SAMPLES / "bn_last_layer.keras")
+
+
+def large_image_input(directory: Path, side: int = 8192) -> Path:
+    """The trained CNN declared on side x side x 3 images: 768 MiB per image at 8192, under the
+    bound per sample, above it for a batch of two; a directory of images is resized to it."""
+    return edited_config(directory / f"image_input_{side}.keras",
+                         lambda config: _declared_input(config, [None, side, side, 3], "conv1"))
+
+
+def free_image_input(directory: Path) -> Path:
+    """The trained CNN declared on images of any size: the data decides."""
+    return edited_config(directory / "free_image_input.keras",
+                         lambda config: _declared_input(config, [None, None, None, 3], "conv1"))
+
+
+def upsampling_instead_of_pooling(directory: Path, size: int = 2000) -> Path:
+    """The trained CNN with its max-pooling (no weights) replaced by an UpSampling2D of `size`: the
+    16x16 images become (16 size)^2 pixels per channel inside the model."""
+    def edit(config: dict) -> None:
+        entry = config_layer(config, "pool1")
+        entry["class_name"] = "UpSampling2D"
+        entry["config"] = {"name": "pool1", "trainable": True, "dtype": "float32", "size": [size, size],
+                           "data_format": "channels_last", "interpolation": "nearest"}
+    return edited_config(directory / f"upsampling_{size}.keras", edit)
+
+
+def png_images(directory: Path, count: int = 4, side: int = 16) -> Path:
+    """A directory of `count` small RGB PNG images, written without an imaging library."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = b"".join(b"\x00" + bytes([10, 200, 30]) * side for _ in range(side))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    image = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    for index in range(count):
+        (directory / f"{index}.png").write_bytes(image)
+    return directory
 
 
 # --- not files -------------------------------------------------------------------------------------

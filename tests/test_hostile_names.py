@@ -9,19 +9,17 @@ The hostile files are copies of the small sample models with one BN layer rename
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
-import zipfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
+from hostile_files import renamed_copy
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -62,28 +60,6 @@ def assert_inert(result: subprocess.CompletedProcess, *exit_codes: int) -> None:
         assert found is None, f"raw {found.group(0)!r} in {stream[max(found.start() - 80, 0):found.end() + 80]!r}"
 
 
-def renamed_copy(sample: Path, target: Path, old: str = "bn1", new: str = LAYER) -> Path:
-    """A copy of a Keras 3 `.keras` sample whose BN layer `old` is named `new`."""
-    with zipfile.ZipFile(sample) as archive:
-        members = {info.filename: archive.read(info) for info in archive.infolist()}
-    config = json.loads(members["config.json"])
-    layers = [layer for layer in config["config"]["layers"] if layer["config"].get("name") == old]
-    assert len(layers) == 1, f"{sample} has no layer {old}"
-    layers[0]["config"]["name"] = new
-    members["config.json"] = json.dumps(config).encode()
-    weights = io.BytesIO(members["model.weights.h5"])
-    with h5py.File(weights, "r+") as handle:
-        groups = [handle["layers"][key]["vars"] for key in handle["layers"]
-                  if handle["layers"][key]["vars"].attrs.get("name") == old]
-        assert len(groups) == 1
-        groups[0].attrs["name"] = new
-    members["model.weights.h5"] = weights.getvalue()
-    with zipfile.ZipFile(target, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-    return target
-
-
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """{"untrained", "trained": .keras files with the hostile layer and file names; "broken": a
@@ -91,8 +67,9 @@ def hostile(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hostile")
     broken = directory / f"{FILE_STEM}.h5"
     broken.write_bytes(b"not a model")
-    return {"untrained": renamed_copy(SAMPLES / "cnn_untrained.keras", directory / f"{FILE_STEM}_untrained.keras"),
-            "trained": renamed_copy(SAMPLES / "cnn_trained.keras", directory / f"{FILE_STEM}_trained.keras"),
+    return {"untrained": renamed_copy(SAMPLES / "cnn_untrained.keras", directory / f"{FILE_STEM}_untrained.keras",
+                                      "bn1", LAYER),
+            "trained": renamed_copy(SAMPLES / "cnn_trained.keras", directory / f"{FILE_STEM}_trained.keras", "bn1", LAYER),
             "broken": broken}
 
 

@@ -79,8 +79,8 @@ def _traced_steps(monkeypatch):
     traced = []
     first_call = runner._first_call
 
-    def recording_first_call(model, instrumentation, batch, reduction, layouts):
-        step, result = first_call(model, instrumentation, batch, reduction, layouts)
+    def recording_first_call(source, model, instrumentation, batch, reduction, layouts):
+        step, result = first_call(source, model, instrumentation, batch, reduction, layouts)
         traced.append((reduction.value, step))
         return step, result
 

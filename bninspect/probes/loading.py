@@ -19,18 +19,23 @@ Layer: probes (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import runpy
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from bninspect.data import InputSpec
 from bninspect.errors import UsageProblem, one_line
 from bninspect.model import CODE, CONTAINER_CLASS_NAMES, NO_ARCHITECTURE, Layer, ModelDescription
+from bninspect.probes import budget
+from bninspect.probes.run_errors import tf_reason
 
 
 class ModelRefused(UsageProblem):
-    """The model needs code execution the user did not allow, or cannot be loaded by Keras."""
+    """The model needs code execution the user did not allow, cannot be loaded by Keras, or holds
+    names TensorFlow cannot run."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,15 @@ class LoadedModel:
 # missing weights, unsupported format). Anything else is a bug and keeps its traceback.
 _KERAS_LOAD_ERRORS = (ValueError, TypeError, KeyError, OSError, AttributeError, NotImplementedError,
                       ImportError, IndexError, LookupError)
+
+
+def _keras_load_errors() -> tuple[type[BaseException], ...]:
+    """`_KERAS_LOAD_ERRORS` and TensorFlow's OpError: building a layer creates its variables, and
+    TensorFlow raises ResourceExhaustedError for one larger than it can allocate (a Dense layer
+    whose config declares 10^12 units)."""
+    import tensorflow as tf
+
+    return (*_KERAS_LOAD_ERRORS, tf.errors.OpError)
 
 
 def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
@@ -170,6 +184,7 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, custom_objects:
     architecture = description.architecture
     if architecture.kind == NO_ARCHITECTURE:
         raise ModelRefused(f"{source}: a weights-only file has no architecture to run; probe the full model file")
+    budget.check_declared_shapes(source, description)  # before Keras builds variables on them
     custom_objects = _with_registered_names(description, custom_objects)
     if architecture.kind == CODE:
         return _load_code(source, description, unsafe, custom_objects)
@@ -246,7 +261,7 @@ def _load_preset(keras: Any, source: str, class_name: str, unsafe: bool,
         with serialization_lib.SafeModeScope(not unsafe), \
                 keras.saving.custom_object_scope(dict(custom_objects or {})):
             return cls.from_preset(source)
-    except _KERAS_LOAD_ERRORS as error:
+    except _keras_load_errors() as error:
         raise _load_error(source, error) from error
 
 
@@ -283,7 +298,49 @@ def load_weights(loaded: LoadedModel, path: str) -> Any:
 
 
 def _load_error(source: str, error: BaseException) -> ModelRefused:
-    return ModelRefused(f"{source}: Keras cannot load the model ({one_line(error)})")
+    return ModelRefused(f"{source}: Keras cannot load the model ({keras_reason(error)})")
+
+
+# Keras 3 wraps what a layer's constructor or build raised in one TypeError per level of nesting
+# ("<class ...Sequential> could not be deserialized properly ... config={...}"), each holding the
+# whole config: the reason is the innermost error, and the layer the innermost of these wrappers.
+_WRAPPER = "could not be deserialized properly"
+_DESERIALIZING = re.compile(r"Error when deserializing class '(\w+)' using config=\{'name': "
+                            r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")
+
+
+def keras_reason(error: BaseException) -> str:
+    """Why Keras could not load a model, on one line: through Keras' deserialisation wrappers to
+    the error a layer raised, with that layer's name and class."""
+    layer = None
+    for _ in range(100):  # one step per level of nesting; a chain cannot loop forever
+        text = str(error)
+        match = _DESERIALIZING.search(text)
+        if match is None and _WRAPPER not in text:
+            break
+        if match is not None:
+            layer = f"layer {_python_string(match.group(2))} ({match.group(1)})"
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    reason = _error_text(error)
+    return f"{layer}: {reason}" if layer is not None else reason
+
+
+def _error_text(error: BaseException) -> str:
+    """One line of an error's text; TensorFlow's OpError without its node and op tokens."""
+    message = getattr(error, "message", None)  # an OpError's own text, without its class
+    return tf_reason(message) if isinstance(message, str) and message else one_line(error)
+
+
+def _python_string(literal: str) -> str:
+    """The text of a Python string literal (the repr of a name in Keras' message), never evaluated
+    as anything but a literal."""
+    try:
+        return str(ast.literal_eval(literal))
+    except (ValueError, SyntaxError):
+        return literal
 
 
 def _load_with_keras(keras: Any, source: str, description: ModelDescription, unsafe: bool,
@@ -301,12 +358,11 @@ def _load_with_keras(keras: Any, source: str, description: ModelDescription, uns
             raise ModelRefused(f"{source}: Keras only opens a .keras archive under a name ending in .keras")
         return keras.saving.load_model(source, custom_objects=dict(custom_objects or {}), compile=False,
                                        safe_mode=not unsafe)
-    except _KERAS_LOAD_ERRORS as error:
+    except _keras_load_errors() as error:
         raise _load_error(source, error) from error
 
 
 def _load_with_tf_keras(tf_keras: Any, source: str, unsafe: bool, custom_objects: Mapping[str, Any] | None) -> Any:
-    import tensorflow as tf
     from tf_keras.src.saving import serialization_lib
 
     # tf-keras applies safe mode only to its own .keras format; for HDF5 the Lambda check reads this
@@ -315,8 +371,44 @@ def _load_with_tf_keras(tf_keras: Any, source: str, unsafe: bool, custom_objects
         with serialization_lib.SafeModeScope(not unsafe):
             return tf_keras.models.load_model(source, custom_objects=dict(custom_objects or {}), compile=False,
                                               safe_mode=not unsafe)
-    except (*_KERAS_LOAD_ERRORS, tf.errors.OpError) as error:
+    except _keras_load_errors() as error:
         raise _load_error(source, error) from error
+
+
+# TensorFlow's rules for the names of graph scopes (`_VALID_SCOPE_NAME_REGEX` and
+# `_VALID_OP_NAME_REGEX` in tensorflow/python/framework/ops.py). Keras opens a scope named after
+# every layer it calls while TensorFlow traces the model (in `predict` as in the probes' step), and
+# the model's own scope is a root scope, which cannot start with `_`, `-`, `\`, `/` or `>`. Keras
+# itself accepts any name without `/`. Matched whole: TensorFlow's `$` lets a final newline through.
+_TF_ROOT_SCOPE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
+_TF_SCOPE = re.compile(r"[A-Za-z0-9_.\\/>-]*")
+
+
+def refuse_names_tensorflow_rejects(source: str, model: Any) -> None:
+    """Raise ModelRefused when TensorFlow would refuse to trace `model` for the names in it.
+
+    A refusal, not a renaming: Keras' own `predict` fails on the same model, and the names are
+    how every output of bninspect refers to the layers."""
+    rejected = [] if _TF_ROOT_SCOPE.fullmatch(str(model.name)) else [f"'{model.name}' (the model itself)"]
+    rejected += [f"'{path}' ({type(layer).__name__})" for path, layer in _called_layers(model)
+                 if not _TF_SCOPE.fullmatch(str(layer.name))]
+    if rejected:
+        shown = ", ".join(rejected[:3]) + (f" and {len(rejected) - 3} more" if len(rejected) > 3 else "")
+        raise ModelRefused(
+            f"{source}: refused: TensorFlow cannot run a model with the names {shown}: names in its graphs hold "
+            "only ASCII letters, digits and _ . - \\ / > (the model's own name starts with a letter, digit or '.'), "
+            "and Keras' predict fails on this model too; rename them and save the model again")
+
+
+def _called_layers(container: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, layer) of every layer a forward pass calls, through nested models; input layers are
+    not called."""
+    for layer in list(getattr(container, "layers", None) or ()):
+        if type(layer).__name__ == "InputLayer":
+            continue
+        path = prefix + str(layer.name)
+        yield path, layer
+        yield from _called_layers(layer, path + "/")
 
 
 def describe_in_memory(model: Any) -> str:

@@ -81,7 +81,7 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
         for layer in frozen:
             layer.trainable = True
         with model_run(source, loaded.model), Instrumentation(chosen, batch_statistics=True) as instrumentation:
-            result = one_pass(loaded.model, instrumentation, samples, batch_size, 0, progress)
+            result = one_pass(source, loaded.model, instrumentation, samples, batch_size, 0, progress)
     finally:
         for layer in frozen:
             layer.trainable = False

@@ -29,22 +29,49 @@ _NOISE = ('File "', "Detected at node", "Graph execution error", "Exception enco
           "Arguments received by", "Call arguments received by")
 _SCOPE_SUFFIX = re.compile(r"_\d+$")
 MAX_REASON = 300
+BUILD_HINT = "TensorFlow cannot build the model's graph from what its config declares; --debug shows the traceback"
+
+
+class GraphBuildError(Exception):
+    """What Keras or TensorFlow raised while tracing the model into a graph, on its way to
+    `model_run`, which names the file. The original error is the cause."""
+
+
+@contextmanager
+def tracing() -> Iterator[None]:
+    """Around TensorFlow's tracing of the model: its TypeError or ValueError become GraphBuildError.
+
+    While tracing, TensorFlow raises these instead of an OpError for a model it cannot build into a
+    graph: an op given a dtype it does not take (a layer whose config says int32 or complex128), a
+    name it refuses as a scope. OperatorNotAllowedInGraphError, a TypeError that asks for autograph,
+    passes through for the caller to trace again."""
+    tf = import_tensorflow(quiet=False, keras=False)  # imported already: the model is loaded
+    try:
+        yield
+    except tf.errors.OperatorNotAllowedInGraphError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise GraphBuildError(str(error)) from error
 
 
 @contextmanager
 def model_run(source: str, model: Any) -> Iterator[None]:
-    """Re-raise TensorFlow's runtime errors inside the block as ModelRunError (cause attached)."""
+    """Re-raise TensorFlow's runtime errors and the graph-building errors of `tracing` inside the
+    block as ModelRunError (cause attached)."""
     tf = import_tensorflow(quiet=False, keras=False)  # imported already: the model is loaded
     try:
         yield
     except tf.errors.OpError as error:
         raise run_error(source, model, error) from error
+    except GraphBuildError as error:
+        raise run_error(source, model, error.__cause__ or error, BUILD_HINT) from error.__cause__
 
 
-def run_error(source: str, model: Any, error: BaseException) -> ModelRunError:
+def run_error(source: str, model: Any, error: BaseException, hint: str | None = None) -> ModelRunError:
     message = _ANSI.sub("", str(getattr(error, "message", None) or error))
     reason = tf_reason(message) or type(error).__name__
-    return ModelRunError(source, _where(model, message, reason), reason, _hint(reason, onednn_setting()))
+    return ModelRunError(source, _where(model, message, reason), reason,
+                         hint if hint is not None else _hint(reason, onednn_setting()))
 
 
 def tf_reason(message: str) -> str:
@@ -70,8 +97,9 @@ def _named(layer: Any, path: str) -> str:
     return f"layer {path} ({type(layer).__name__})"
 
 
-def _from_node(model: Any, node: str) -> str | None:
-    """The layer path a node name's scopes lead to: `model_1/block/conv_1/convolution` -> `block/conv`."""
+def layer_of_node(model: Any, node: str) -> str | None:
+    """The layer a node name's scopes lead to, as `layer block/conv (Conv2D)`: for
+    `model_1/block/conv_1/convolution`. None when no scope names a layer."""
     container, path, found = model, [], None
     for scope in node.split("/")[:-1]:  # the last part is the op itself
         children = {layer.name: layer for layer in list(getattr(container, "layers", None) or ())}
@@ -87,7 +115,7 @@ def _where(model: Any, message: str, reason: str) -> str:
     node_match = _NODE.search(message)
     node = None if node_match is None else (node_match.group(1) or node_match.group(2))
     if node is not None:
-        located = _from_node(model, node)
+        located = layer_of_node(model, node)
         if located is not None:
             return located
     layers = list(_layers(model))

@@ -15,13 +15,13 @@ import numpy as np
 
 from bninspect.errors import UsageProblem
 from bninspect.data import Batch, DataSource, InputSpec, open_data, parse_rescale
-from bninspect.probes import rules
+from bninspect.probes import budget, rules
 from bninspect.probes.images import decode_images
 from bninspect.probes.instrument import BNTap, Entry, Instrumentation, Reduction, find_bn_layers
 from bninspect.probes.loading import (LoadedModel, ModelRefused, built_input_specs, describe_in_memory,
-                                      load_custom_objects, load_model)
+                                      load_custom_objects, load_model, refuse_names_tensorflow_rejects)
 from bninspect.probes.moments import ChannelMoments, RunningMoments, merge
-from bninspect.probes.run_errors import model_run
+from bninspect.probes.run_errors import model_run, tracing
 from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, ProbeReport
 from bninspect.probes.thresholds import ProbeThresholds, resolve
 from bninspect.tf_runtime import import_tensorflow
@@ -77,7 +77,7 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     try:
         with model_run(source, loaded.model), Instrumentation(taps) as instrumentation:
             keep = gap_batches(samples.batch_count(batch_size), batch_size)
-            result = one_pass(loaded.model, instrumentation, samples, batch_size, keep, progress)
+            result = one_pass(source, loaded.model, instrumentation, samples, batch_size, keep, progress)
             gap = _train_inference_gap(loaded.model, instrumentation, result.kept, result.step)
             restore(stored)  # the consistency check runs on the moving statistics
             consistency = _batch_consistency(result.step, result.kept[0])
@@ -103,6 +103,7 @@ def open_model_and_data(model: Any, data: Any, *, limit: int | None, rescale: fl
         custom_objects = load_custom_objects(custom_objects)
     loaded = _load(model, unsafe, custom_objects)
     source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
+    refuse_names_tensorflow_rejects(source, loaded.model)
     return loaded, source, open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale,
                                          decoder=decode_images)
 
@@ -204,17 +205,21 @@ def _traced_step(model: Any, instrumentation: Instrumentation, first: Batch, red
     return tf.function(step, input_signature=signature, autograph=autograph)
 
 
-def _first_call(model: Any, instrumentation: Instrumentation, first: Batch, reduction: Reduction,
+def _first_call(source: str, model: Any, instrumentation: Instrumentation, first: Batch, reduction: Reduction,
                 layouts: list[tuple[Entry, ...]]) -> tuple[Any, Any]:
-    """Trace and run the step on the first batch: (step, its result)."""
+    """Trace the step, check what a batch of it allocates, run it on the first batch: (step, its result)."""
     import tensorflow as tf
 
     step = _traced_step(model, instrumentation, first, reduction, layouts)
     try:
-        return step, step(False, *first.arrays)
+        with tracing():
+            traced = step.get_concrete_function()
     except tf.errors.OperatorNotAllowedInGraphError:
         step = _traced_step(model, instrumentation, first, reduction, layouts, autograph=True)
-        return step, step(False, *first.arrays)
+        with tracing():
+            traced = step.get_concrete_function()
+    budget.check_graph(source, model, traced.graph, first.size)
+    return step, step(False, *first.arrays)
 
 
 def gap_batches(batch_count: int, batch_size: int) -> int:
@@ -227,7 +232,8 @@ def gap_batches(batch_count: int, batch_size: int) -> int:
 class _Steps:
     """The traced steps of one pass, one per reduction, each traced when first needed."""
 
-    def __init__(self, model: Any, instrumentation: Instrumentation):
+    def __init__(self, source: str, model: Any, instrumentation: Instrumentation):
+        self._source = source
         self._model = model
         self._instrumentation = instrumentation
         self._traced: dict[Reduction, Any] = {}
@@ -236,8 +242,8 @@ class _Steps:
     def run(self, reduction: Reduction, batch: Batch) -> tuple[Any, Any]:
         step = self._traced.get(reduction)
         if step is None:
-            self._traced[reduction], result = _first_call(self._model, self._instrumentation, batch, reduction,
-                                                          self.layouts)
+            self._traced[reduction], result = _first_call(self._source, self._model, self._instrumentation, batch,
+                                                          reduction, self.layouts)
             return result
         return step(False, *batch.arrays)
 
@@ -254,9 +260,10 @@ def one_pass_imprecise(layout: tuple[Entry, ...], count: np.ndarray, mean: np.nd
     return bool(np.any(doubtful & float32_squares))
 
 
-def one_pass(model: Any, instrumentation: Instrumentation, samples: DataSource, batch_size: int, keep: int,
-              progress: bool) -> _PassResult:
-    steps = _Steps(model, instrumentation)
+def one_pass(source: str, model: Any, instrumentation: Instrumentation, samples: DataSource, batch_size: int,
+             keep: int, progress: bool) -> _PassResult:
+    budget.check_inputs(source, samples, batch_size)  # before the first batch is read or decoded
+    steps = _Steps(source, model, instrumentation)
     reduction = Reduction.ONE_PASS
     moments: RunningMoments | None = None
     kept = []
