@@ -6,7 +6,6 @@ Layer: readers (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, BinaryIO, Iterator, Mapping
@@ -198,8 +197,8 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
     """A 1-D float array from dataset `name` of an HDF5 group, as float64, its stored dtype and
     the dataset's path in the file (where `recalibrate` writes new values).
 
-    `raw` is the same file opened for plain reading, when it is a file on disk: a contiguous
-    dataset is then a run of bytes at a known offset, read directly. For a remote file `raw` is a
+    `raw` is the same bytes for plain reading (hdf5_input.FileRegion), when it is a file on disk:
+    a contiguous dataset is then a run of bytes at a known offset, read directly. For a remote file `raw` is a
     `remote.LaterVectors`: the array comes back empty and is filled, with every other BN array of
     the file, by one fetch when the file is closed. That, and h5py's low-level
     API instead of `group[name][()]`, matter for files with thousands of BN arrays.
@@ -225,17 +224,20 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
     # A contiguous dataset with an offset has its bytes in this file (external storage and virtual
     # datasets have none): read in place. Anything else is read by HDF5, once it is known to be
     # in the file and of a bounded size.
-    offset = dataset.get_offset() if raw is not None else None
+    offset = dataset.get_offset()
     if offset is not None and type(raw) is LaterVectors:  # a remote file: fetched with the others
         values = raw.vector(offset, shape[0], dtype, what)
         if group_path is None:
             group_path = group.name
         return values, dtype_name, f"{group_path.rstrip('/')}/{name}"
-    if offset is not None:
-        data = os.pread(raw.fileno(), nbytes, offset)
+    if offset is not None and raw is not None:
+        data = raw.pread(nbytes, offset)
         if len(data) != nbytes:
             raise ConfigError(f"{what} points past the end of the file")
         values = np.frombuffer(data, dtype=dtype)
+    elif offset is not None:
+        values = np.empty(shape, dtype=dtype)
+        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
     else:
         chunk_bytes = _refuse_storage_outside(dataset, what)
         if chunk_bytes > MAX_CHUNK_BYTES:

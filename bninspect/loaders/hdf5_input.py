@@ -188,11 +188,23 @@ def refuse_irregular_tree(directory: str | os.PathLike) -> None:
                 raise ConfigError(f"{relative} {not_regular_reason(mode) if mode else 'is a broken link'}")
 
 
+class FileRegion:
+    """The HDF5 bytes of a local file, from `base` on (a `.keras` member starts past its zip
+    header), for direct reads of contiguous datasets at the offsets h5py reports."""
+
+    def __init__(self, raw: BinaryIO, base: int = 0):
+        self._fd = raw.fileno()
+        self.base = base
+
+    def pread(self, count: int, offset: int) -> bytes:
+        return os.pread(self._fd, count, self.base + offset)
+
+
 @contextmanager
-def open_hdf5(path: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
-    """(file object for h5py, the plain file for direct reads of contiguous datasets)."""
+def open_hdf5(path: str) -> Iterator[tuple[BinaryIO, FileRegion]]:
+    """(file object for h5py, the same bytes for direct reads of contiguous datasets)."""
     with open_regular(path) as raw:
-        yield GuardedReader(file_reader(raw), 0, os.fstat(raw.fileno()).st_size), raw
+        yield GuardedReader(file_reader(raw), 0, os.fstat(raw.fileno()).st_size), FileRegion(raw)
 
 
 def data_offset(read_at: ReadAt, info: zipfile.ZipInfo) -> int:
@@ -347,20 +359,22 @@ def expand_member(read_at: ReadAt, info: zipfile.ZipInfo, limit: int, write: Cal
 
 
 @contextmanager
-def open_member(archive: zipfile.ZipFile, source: str, name: str) -> Iterator[BinaryIO]:
-    """A member of a zip archive as a file object for h5py."""
+def open_member(archive: zipfile.ZipFile, source: str, name: str) -> Iterator[tuple[BinaryIO, FileRegion]]:
+    """A member of a zip archive as open_hdf5 gives a file: (file object for h5py, its bytes for
+    direct reads)."""
     info = archive.getinfo(name)
     stored = stored_member(archive, name)
     if stored is not None:
         with open_regular(source) as raw:
             read_at = file_reader(raw)
-            yield GuardedReader(read_at, data_offset(read_at, stored), stored.file_size)
+            start = data_offset(read_at, stored)
+            yield GuardedReader(read_at, start, stored.file_size), FileRegion(raw, start)
         return
     with tempfile.TemporaryFile() as expanded:
         # HDF5 weights compress by a few percent: MAX_EXPANSION times the compressed size is ample.
         expand_member(archive_reader(archive), info, MAX_EXPANSION * max(info.compress_size, 1), expanded.write)
         expanded.flush()
-        yield GuardedReader(file_reader(expanded), 0, expanded.tell())
+        yield GuardedReader(file_reader(expanded), 0, expanded.tell()), FileRegion(expanded)
 
 
 # HDF5 filters bninspect expands itself, by their ids: deflate (gzip), shuffle, fletcher32. HDF5's
@@ -427,7 +441,7 @@ def refuse_outside_storage_anywhere(source: str) -> None:
                     expand_member(archive_reader(archive), info, MAX_EXPANSION * max(info.compress_size, 1),
                                   lambda chunk: None)
                 if info.filename.endswith(".h5"):
-                    with open_member(archive, source, info.filename) as member:
+                    with open_member(archive, source, info.filename) as (member, _):
                         _refuse_outside_objects(member, info.filename)
         return
     with open_hdf5(source) as (guarded, _):

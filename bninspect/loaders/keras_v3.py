@@ -310,9 +310,9 @@ def read_keras_archive(source: str, remote: Any = None) -> ModelDescription:
         policy = dtype_policy_name(config["config"].get("dtype"))
         if remote is not None:
             return _read_remote_weights(archive, remote, source, graph, keras_version, policy, notes, architecture)
-        with open_member(archive, source, WEIGHTS_MEMBER) as member, h5py.File(member, "r") as weights:
+        with open_member(archive, source, WEIGHTS_MEMBER) as (member, raw), h5py.File(member, "r") as weights:
             return read_weights_tree(source, weights, graph, "keras-v3", keras_version, policy, notes=notes,
-                                     architecture=architecture)
+                                     architecture=architecture, raw=raw)
 
 
 def _read_remote_weights(archive: zipfile.ZipFile, remote: Any, source: str, graph: ParsedGraph | None,
