@@ -405,6 +405,27 @@ def png_images(directory: Path, count: int = 4, side: int = 16) -> Path:
     return directory
 
 
+def many_config_layers(directory: Path, extra: int = 30_000) -> Path:
+    """A .keras whose config.json lists tens of thousands of ReLU layers (no weights): a few hundred
+    KB compressed, minutes to read and check layer by layer without a bound."""
+    import json
+
+    members = _archive_members()
+    config = json.loads(members["config.json"])
+    layers = config["config"]["layers"]
+    relu = next(layer for layer in layers if layer["class_name"] == "ReLU")
+    added = [json.loads(json.dumps(relu).replace(relu["config"]["name"], f"extra_relu_{index}"))
+             for index in range(extra)]
+    config["config"]["layers"] = layers[:-1] + added + layers[-1:]
+    members["config.json"] = json.dumps(config).encode()
+    path = directory / "many_config_layers.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members.items():
+            method = zipfile.ZIP_STORED if name == "model.weights.h5" else zipfile.ZIP_DEFLATED
+            archive.writestr(name, content, compress_type=method)
+    return path
+
+
 # --- not files -------------------------------------------------------------------------------------
 
 def fifo_model(directory: Path, name: str = "z.h5") -> Path:

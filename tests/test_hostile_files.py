@@ -99,6 +99,7 @@ REFUSED = [
     (lambda directory: hostile.zip_bomb(directory, zipfile.ZIP_BZIP2, "config.json"), "config.json is larger than"),
     (lambda directory: hostile.zip_bomb(directory, zipfile.ZIP_DEFLATED, "config.json"), "config.json is larger than"),
     (hostile.fifo_model, "is a FIFO, not a regular file"),
+    (hostile.many_config_layers, "more than 20,000 layers"),
 ]
 
 

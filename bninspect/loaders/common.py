@@ -206,11 +206,16 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
     """
     import h5py
 
-    refuse_link_leaving(group, name, what)
     try:
         dataset = h5py.h5d.open(group.id, name.encode("utf-8"))
     except KeyError:
+        refuse_link_leaving(group, name, what)  # an external link back into this file loops
         raise ConfigError(f"{what} is listed but missing") from None
+    # An external link on the way opened another HDF5 file (under the reader bninspect gives
+    # h5py, the same bytes opened again): the dataset is not in the group's file. Cheaper than
+    # asking the type of each link on the way, and it sees every one of them.
+    if dataset.fileno != group.id.fileno:
+        raise ConfigError(f"{what} is an HDF5 external link to another file (or reached through one): refusing to follow it")
     shape = dataset.shape
     dtype, dtype_name = _dataset_dtype(dataset)
     if len(shape) != 1:

@@ -212,6 +212,11 @@ def _unique(paths: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(paths))
 
 
+# The deepest real models list a thousand or two layers; each costs tens of microseconds to read and
+# check, so a config of a few hundred KB listing millions would take minutes.
+MAX_LAYERS = 20_000
+
+
 class _Parser:
     def __init__(self, top_level_names: list[str] | None = None) -> None:
         self.layers: list[Layer] = []
@@ -220,6 +225,9 @@ class _Parser:
         self._top_level_names = top_level_names
 
     def add(self, layer: Layer) -> None:
+        if len(self.layers) >= MAX_LAYERS:
+            raise ConfigError(f"the config lists more than {MAX_LAYERS:,} layers, more than any real model: "
+                              "refusing to read it")
         if layer.path in self._paths:
             raise ConfigError(f"two layers are named {layer.path!r}")
         self._paths.add(layer.path)
