@@ -141,7 +141,7 @@ def tf_keras_subclassed_savedmodel(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tf_keras_nested_savedmodel(tmp_path_factory):
     """`NestedNet` as a SavedModel: the metadata holds every layer's config (the block's BN too)
-    and says the model is no graph network, so nothing is left for --build to read."""
+    and says the model is not a graph network, so nothing is left for --build to read."""
     import tf_keras
     from subclassed_tf_keras_net import NestedNet
 

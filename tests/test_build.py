@@ -180,7 +180,7 @@ COMPLETE_SAVEDMODELS = {"tf_keras_subclassed_savedmodel": (0, "BN008"), "tf_kera
 def complete_savedmodel(request) -> tuple[Path, int, str, dict]:
     """(path, exit code of `check`, the finding deciding it, the live BN arrays by path) of a
     tf-keras subclassed SavedModel: every layer's config is in its metadata, and the metadata says
-    the model is no graph network (its call() is Python), so building could add nothing."""
+    the model is not a graph network (its call() is Python), so building could add nothing."""
     path, expected = request.getfixturevalue(request.param)
     return (path, *COMPLETE_SAVEDMODELS[request.param], expected)
 

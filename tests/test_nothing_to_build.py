@@ -26,7 +26,7 @@ def _description(kind: str, graph: bool, bn_config: bool, functional: bool | Non
     (CODE, False, True, False, False, True),  # a tf-keras subclassed SavedModel: call() is Python
     (CODE, False, True, None, False, False),  # not said whether Functional: the graph may come
     (CODE, False, True, True, False, False),  # a Functional subclass: building gives the graph
-    (CODE, False, False, False, False, False),  # a subclassed .keras: no BN config in the file
+    (CODE, False, False, False, False, False),  # BN configs missing: building gives them
     (CODE, True, True, True, True, True),  # already built
 ], ids=["weights-only", "graph", "graph-custom-layer", "subclassed-savedmodel", "code-unknown", "code-functional",
         "code-without-configs", "built"])

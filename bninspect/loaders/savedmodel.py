@@ -273,7 +273,8 @@ def _read_with_metadata(source: str, nodes: list[_KerasNode], checkpoint: Checkp
     architecture = replace(code_architecture(root.metadata), functional=_graph_network(root.metadata))
     notes = (f"the architecture is code (class {architecture.qualified_name}): the SavedModel has the layer "
              "configs but no layer graph",) + architecture_notes(architecture)
-    # The model's own dtype policy too, so that --build has nothing left to add (see probes/build.py).
+    # The model's own dtype policy too, so that --build has nothing left to add
+    # (ModelDescription.nothing_to_build).
     return ModelDescription(bn_layers=tuple(bn_layers), has_config=False, notes=notes, architecture=architecture,
                             training_steps=checkpoint.step_count(),
                             dtype_policy=dtype_policy_name(root.metadata.get("dtype")), **common)
