@@ -114,9 +114,7 @@ def _config_unavailable(description: ModelDescription, skipped: list[Any], witho
             missing = f"the graph and the configs of {len(without_config)} of {total} BN layers are"
         message = (f"the architecture is code (class {architecture.qualified_name}): {missing} not in the file; "
                    f"skipped {listed} that need them")
-        hint = (f"the file stores the class and its constructor arguments, not the layers: --build builds "
-                f"{architecture.qualified_name} with Keras for every layer's config (and the graph of a "
-                "Functional subclass)")
+        hint = _code_hint(description)
     else:
         shown = ", ".join(without_config[:3]) + (f" and {len(without_config) - 3} more" if len(without_config) > 3
                                                  else "")
@@ -124,6 +122,17 @@ def _config_unavailable(description: ModelDescription, skipped: list[Any], witho
                    f"(inside custom layers: {shown}): skipped {listed} on them")
         hint = "these BN layers are built by custom code: its source shows their config"
     return RULES_BY_CODE[CONFIG_UNAVAILABLE].finding(description.source, Hit(None, message, hint=hint))
+
+
+def _code_hint(description: ModelDescription) -> str:
+    """BN015's hint for a code architecture that was not built: --build, unless the file already
+    holds all that building reads (`ModelDescription.nothing_to_build`)."""
+    name = description.architecture.qualified_name
+    if description.nothing_to_build:
+        return (f"{name} is not a Functional model: its call() is Python, so --build cannot give it a graph "
+                "either; the graph rules need a Functional model (or a Functional subclass)")
+    return (f"the file stores the class and its constructor arguments, not the layers: --build builds {name} "
+            "with Keras for every layer's config (and the graph of a Functional subclass)")
 
 
 def inspect_path(path: str | os.PathLike, settings=None, remote=None,

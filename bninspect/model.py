@@ -112,6 +112,11 @@ class Architecture:
     For code, the class as the config names it: `class_name` ("Net"), the Python `module` and the
     `registered_name` Keras 3 records ("my_package>Net", "keras_hub>ResNetImageClassifier"), and
     `config`, its constructor arguments (JSON, never deserialised).
+
+    `functional` says, for code, whether the built class is a Functional model (a layer graph,
+    like KerasHub's models) when the file records it (tf-keras SavedModel metadata:
+    `is_graph_network`); None when the file does not say. False means its call() is Python:
+    building the class gives no graph either.
     """
 
     kind: str
@@ -119,6 +124,7 @@ class Architecture:
     module: str | None = None
     registered_name: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    functional: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ARCHITECTURE_KINDS:
@@ -187,6 +193,28 @@ class ModelDescription:
         if (kind == GRAPH and not self.has_config) or (kind == NO_ARCHITECTURE and self.has_config) \
                 or (kind == CODE and self.has_config and not self.built):
             raise ValueError(f"a {kind} architecture with has_config={self.has_config}, built={self.built}")
+
+    @property
+    def nothing_to_build(self) -> bool:
+        """Whether building the architecture with Keras (`--build`) would read nothing that this
+        description lacks, so `--build` leaves the file as read (`built` stays False).
+
+        Building gives (probes/build.py `merged`) every BN layer's config (axis, momentum, epsilon,
+        center, scale, trainable, dtype policy) and, when the built model is Functional, the layer
+        graph. So there is nothing to build when
+          - the file has no architecture (weights only): there is no class to build; or
+          - every BN layer has its config, and the graph is known, or the file records that the
+            class is not a Functional model (a tf-keras subclassed SavedModel: `is_graph_network`
+            false): its call() is Python, which building does not turn into a graph either.
+        A code architecture that does not say whether it is Functional is built: the graph may come.
+        (The model's dtype policy, read only for a BN config without one, such files store too:
+        in the graph's config, or in a SavedModel's metadata.)
+        """
+        if self.architecture.kind == NO_ARCHITECTURE:
+            return True
+        if any(not bn.has_config for bn in self.bn_layers):
+            return False
+        return self.has_config or self.architecture.functional is False
 
     @property
     def layer_count(self) -> int:

@@ -1,6 +1,6 @@
 """Shared fixtures and builders for models whose architecture is code: a Keras 3 subclassed model
 with a registered class, KerasHub backbones and tasks (built offline from their classes with random
-weights, fit a few steps) as presets and `.keras` files, and a tf-keras subclassed SavedModel.
+weights, fit a few steps) as presets and `.keras` files, and tf-keras subclassed SavedModels.
 
 The fixtures are session-scoped and registered for every test module by conftest.py; the
 `--custom-objects` files that give Keras the subclassed classes are `KERAS_NET_FILE` and
@@ -136,3 +136,16 @@ def tf_keras_subclassed_savedmodel(tmp_path_factory):
     path = tmp_path_factory.mktemp("tf_keras_subclassed") / "net_savedmodel"
     model.save(str(path), save_format="tf")
     return path, live_bn([model.bn])
+
+
+@pytest.fixture(scope="session")
+def tf_keras_nested_savedmodel(tmp_path_factory):
+    """`NestedNet` as a SavedModel: the metadata holds every layer's config (the block's BN too)
+    and says the model is not a graph network, so nothing is left for --build to read."""
+    import tf_keras
+    from subclassed_tf_keras_net import NestedNet
+
+    model, _ = _fitted(tf_keras, NestedNet, seed=4)
+    path = tmp_path_factory.mktemp("tf_keras_nested") / "nested_savedmodel"
+    model.save(str(path), save_format="tf")
+    return path, live_bn([model.block.bn], "block/") | live_bn([model.head_bn])

@@ -18,8 +18,8 @@ Fixtures for any test:
 - `tiny_cnn_files`: {kind: path} of a small untrained and trained CNN, for tests that need an
   ordinary model rather than every BN variant; `tiny_cnn_data` is input data for it.
 
-- `subclassed_files`, `kerashub_files`, `tf_keras_subclassed_savedmodel`: models whose architecture is
-  code, from `tests/code_models.py` (see there).
+- `subclassed_files`, `kerashub_files`, `tf_keras_subclassed_savedmodel`, `tf_keras_nested_savedmodel`:
+  models whose architecture is code, from `tests/code_models.py` (see there).
 
 Helpers (`ExpectedBN`, `SavedCase`, `expected_bn_layers`, `randomize_bn_weights`) live in
 `tests/bn_model_zoo.py`: import them with `from bn_model_zoo import ...`.
@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from bn_model_zoo import SavedCase, expected_bn_layers, randomize_bn_weights  # noqa: E402
 # Models whose architecture is code (subclassed, KerasHub), shared by the modules that test them.
-from code_models import kerashub_files, subclassed_files, tf_keras_subclassed_savedmodel  # noqa: E402,F401
+from code_models import (kerashub_files, subclassed_files, tf_keras_nested_savedmodel,  # noqa: E402,F401
+                         tf_keras_subclassed_savedmodel)
 
 
 def _build_bn_zoo(K: Any, sync_bn: Any, deep_bn_name: str) -> Any:

@@ -1,6 +1,6 @@
 """`--build` and running models whose architecture is code, on real files (tests/code_models.py):
 a Keras 3 subclassed `.keras` (its class from `--custom-objects`), KerasHub ResNet tasks as
-`.keras` and preset, a tf-keras subclassed SavedModel.
+`.keras` and preset, tf-keras subclassed SavedModels (which hold every config: nothing to build).
 
 What building reads (configs, graph) is checked against the live models through Keras' own API;
 the statistics against the file read without `--build`; probe and recalibrate results against
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,88 @@ def test_report_with_build(kerashub_files, tmp_path):
     result = _invoke("report", str(kerashub_files["resnet"]["task_keras"]), "--build", "-o", str(out))
     assert result.exit_code == 0, result.output
     assert "BN018" in out.read_text()
+
+
+# --- --build on a file that already holds what building reads: nothing is built ---------------------
+
+# fixture: (exit code of `check`, the finding that decides it). Net: BN008 (momentum 0.1), a
+# warning; NestedNet: BN001 on its frozen head, an error.
+COMPLETE_SAVEDMODELS = {"tf_keras_subclassed_savedmodel": (0, "BN008"), "tf_keras_nested_savedmodel": (1, "BN001")}
+
+
+@pytest.fixture(params=sorted(COMPLETE_SAVEDMODELS))
+def complete_savedmodel(request) -> tuple[Path, int, str, dict]:
+    """(path, exit code of `check`, the finding deciding it, the live BN arrays by path) of a
+    tf-keras subclassed SavedModel: every layer's config is in its metadata, and the metadata says
+    the model is not a graph network (its call() is Python), so building could add nothing."""
+    path, expected = request.getfixturevalue(request.param)
+    return (path, *COMPLETE_SAVEDMODELS[request.param], expected)
+
+
+def _no_traceback(result) -> None:
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+
+
+def test_inspect_build_on_a_complete_subclassed_savedmodel_builds_nothing(complete_savedmodel):
+    """No --custom-objects: the class is not needed, since nothing is loaded. The report is the
+    one without --build, `built` stays false and a note says why nothing was built."""
+    from bninspect.checking import BuildOptions, inspect_path
+
+    path, _, code, expected = complete_savedmodel
+    static = _model(str(path))
+    built = _model(str(path), "--build")
+    assert built["built"] is False and built["error"] is None
+    assert built == static
+    assert sorted(layer["path"] for layer in built["bn_layers"]) == sorted(expected)
+    assert code in _codes(built)
+    # BN015 no longer sends the user to --build, which cannot give a Python call() a graph.
+    (bn015,) = _codes(built)["BN015"]
+    assert "--build builds" not in bn015["hint"] and "--build cannot give it a graph" in bn015["hint"]
+
+    text = _invoke("inspect", str(path), "--build")
+    assert text.exit_code == 0, text.output
+    _no_traceback(text)
+    assert "bninspect: error" not in text.output and code in text.output
+
+    description = inspect_path(path, build=BuildOptions()).description
+    assert description.built is False
+    assert any(note.startswith("--build: nothing to build") for note in description.notes), description.notes
+
+
+def test_check_build_on_a_complete_subclassed_savedmodel_exits_on_its_findings(complete_savedmodel):
+    path, exit_code, code, _ = complete_savedmodel
+    for strict, expected_exit in (((), exit_code), (("--strict",), 1)):
+        result = _invoke("check", str(path), "--build", *strict)
+        assert result.exit_code == expected_exit, result.output
+        _no_traceback(result)
+        assert code in result.output and "0 unreadable" in result.output
+
+
+def test_build_true_in_pyproject_checks_complete_savedmodels_and_still_builds_the_rest(
+        tf_keras_subclassed_savedmodel, tf_keras_nested_savedmodel, subclassed_files, tmp_path):
+    """`build = true` in the pyproject.toml of the working directory, as in a repository's CI: the
+    two SavedModels are read as they are, the Keras 3 subclassed `.keras` next to them (whose file
+    has no BN config) is still built with its class, and the check exits on the findings."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for fixture in (tf_keras_subclassed_savedmodel, tf_keras_nested_savedmodel):
+        shutil.copytree(fixture[0], models / fixture[0].name)
+    shutil.copy(subclassed_files["keras"], models / "net.keras")
+    (tmp_path / "pyproject.toml").write_text("[tool.bninspect]\nbuild = true\n")
+    result = subprocess.run([sys.executable, "-m", "bninspect", "check", "models", "--custom-objects",
+                             str(KERAS_NET_FILE), "--format", "json"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1, result.stdout + result.stderr  # BN001 on the nested model's frozen head
+    assert "Traceback" not in result.stderr and "bninspect: error" not in result.stderr, result.stderr
+    entries = {Path(entry["path"]).name: entry for entry in json.loads(result.stdout)["models"]}
+    assert set(entries) == {"net_savedmodel", "nested_savedmodel", "net.keras"}
+    assert all(entry["error"] is None for entry in entries.values())
+    assert entries["net_savedmodel"]["built"] is False and "BN008" in _codes(entries["net_savedmodel"])
+    assert entries["nested_savedmodel"]["built"] is False and "BN001" in _codes(entries["nested_savedmodel"])
+    # The .keras stores the class, not the BN config: only building gives BN008 its momentum.
+    assert entries["net.keras"]["built"] is True
+    assert [finding["layer"] for finding in _codes(entries["net.keras"])["BN008"]] == ["bn"]
 
 
 # --- without --build nothing heavy is imported; without keras_hub one line ----------------------

@@ -51,11 +51,14 @@ def assert_one_line_failure(result: subprocess.CompletedProcess, *expected: str)
         assert text in errors[0], output
 
 
-def readme_block(marker: str) -> str:
-    """The fenced code block between `<!-- marker:start -->` and `<!-- marker:end -->` in README.md."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = re.search(rf"<!-- {marker}:start -->\n```\w*\n(.*?)```\n<!-- {marker}:end -->", readme, re.S)
-    assert section is not None, f"README.md has no code block between the {marker} markers"
+USAGE_DOC = ROOT / "docs" / "usage.md"  # where the README sends users for the workflow and the hook config
+
+
+def documented_block(marker: str) -> str:
+    """The fenced code block between `<!-- marker:start -->` and `<!-- marker:end -->` in docs/usage.md."""
+    usage = USAGE_DOC.read_text(encoding="utf-8")
+    section = re.search(rf"<!-- {marker}:start -->\n```\w*\n(.*?)```\n<!-- {marker}:end -->", usage, re.S)
+    assert section is not None, f"docs/usage.md has no code block between the {marker} markers"
     return section.group(1)
 
 
@@ -147,21 +150,21 @@ def test_action_validates_against_the_github_actions_schema():
     assert "github/codeql-action/upload-sarif@" in action
 
 
-def test_readme_workflow_validates_against_the_github_workflows_schema(tmp_path):
+def test_documented_workflow_validates_against_the_github_workflows_schema(tmp_path):
     workflow = tmp_path / "bninspect.yml"
-    workflow.write_text(readme_block("workflow"), encoding="utf-8")
+    workflow.write_text(documented_block("workflow"), encoding="utf-8")
     result = run(sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", workflow,
                  timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"uses: [\w-]+/bninspect@v\d", workflow.read_text(encoding="utf-8"))
 
 
-def test_hooks_manifest_and_readme_config_validate_with_pre_commit(tmp_path):
+def test_hooks_manifest_and_documented_config_validate_with_pre_commit(tmp_path):
     manifest = run(sys.executable, "-m", "pre_commit", "validate-manifest", ROOT / ".pre-commit-hooks.yaml",
                    timeout=120)
     assert manifest.returncode == 0, manifest.stdout + manifest.stderr
     config = tmp_path / ".pre-commit-config.yaml"
-    config.write_text(readme_block("pre-commit-config"), encoding="utf-8")
+    config.write_text(documented_block("pre-commit-config"), encoding="utf-8")
     validated = run(sys.executable, "-m", "pre_commit", "validate-config", config, timeout=120)
     assert validated.returncode == 0, validated.stdout + validated.stderr
 

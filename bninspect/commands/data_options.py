@@ -31,8 +31,8 @@ BuildOption = typer.Option(None, "--build/--no-build",
                            help="Build the architecture with Keras (imports TensorFlow; safe mode, the rules of "
                                 "--unsafe and --custom-objects apply) to read what the file does not store: the "
                                 "BN layers' configs of subclassed and KerasHub models, and the graph of Functional "
-                                "subclasses. Statistics always come from the file. Default: the config's `build`, "
-                                "else off.")
+                                "subclasses; a file that stores all that is read as it is. Statistics always come from "
+                                "the file. Default: the config's `build`, else off.")
 
 
 def refuse_data_options_without_data(batch_size: Optional[int], limit: Optional[int], rescale: Optional[str],

@@ -26,7 +26,7 @@ Layer: readers (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -270,11 +270,21 @@ def _read_with_metadata(source: str, nodes: list[_KerasNode], checkpoint: Checkp
     # A subclassed model: no graph, but every layer's own config is in its metadata.
     bn_layers = [_bn_from_node(path, node, _own_config(node), checkpoint)
                  for path, node in by_path.items() if node.metadata.get("class_name") in BN_CLASS_NAMES]
-    architecture = code_architecture(root.metadata)
+    architecture = replace(code_architecture(root.metadata), functional=_graph_network(root.metadata))
     notes = (f"the architecture is code (class {architecture.qualified_name}): the SavedModel has the layer "
              "configs but no layer graph",) + architecture_notes(architecture)
+    # The model's own dtype policy too, so that --build has nothing left to add
+    # (ModelDescription.nothing_to_build).
     return ModelDescription(bn_layers=tuple(bn_layers), has_config=False, notes=notes, architecture=architecture,
-                            training_steps=checkpoint.step_count(), **common)
+                            training_steps=checkpoint.step_count(),
+                            dtype_policy=dtype_policy_name(root.metadata.get("dtype")), **common)
+
+
+def _graph_network(metadata: dict) -> bool | None:
+    """Whether tf-keras saved the model as a graph network (Functional), from the root's
+    `is_graph_network`; None when the metadata does not say (TF 2.0-2.4 may not)."""
+    value = metadata.get("is_graph_network")
+    return value if isinstance(value, bool) else None
 
 
 def _read_without_metadata(source: str, checkpoint: CheckpointObjects) -> ModelDescription:

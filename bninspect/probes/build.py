@@ -20,28 +20,20 @@ from typing import Any, Mapping
 from bninspect.errors import ModelReadError
 from bninspect.loaders.graph import ConfigError
 from bninspect.loaders.in_memory import describe_keras_model
-from bninspect.model import CODE, NO_ARCHITECTURE, BNLayer, ModelDescription
+from bninspect.model import CODE, BNLayer, ModelDescription
 from bninspect.probes.loading import LoadedModel, load_model
-
-
-def needs_building(description: ModelDescription) -> bool:
-    """Whether the file lacks something building gives: a code architecture, or a graph with BN
-    layers inside custom layers (whose configs are not in it). A weights-only file has nothing
-    to build, and a graph file that holds every config nothing to add."""
-    if description.architecture.kind == NO_ARCHITECTURE:
-        return False
-    return description.architecture.kind == CODE or any(not bn.has_config for bn in description.bn_layers)
 
 
 def build_description(description: ModelDescription, *, unsafe: bool = False,
                       custom_objects: Mapping[str, Any] | None = None
                       ) -> tuple[ModelDescription, LoadedModel | None]:
     """The description with the configs (and graph) of the model Keras builds from the file, and
-    the loaded model (None when nothing needed building). Raises ModelRefused (a UsageProblem)
-    when loading would run code the user did not allow or Keras cannot load it, ModelReadError
-    when the built model does not have the file's BN layers."""
-    if not needs_building(description):
-        return description, None
+    the loaded model (None when nothing needed building: then nothing is loaded, so nothing is
+    refused either). Raises ModelRefused (a UsageProblem) when loading would run code the user did
+    not allow or Keras cannot load it, ModelReadError when the built model does not have the
+    file's BN layers."""
+    if description.nothing_to_build:
+        return _unbuilt(description), None
     loaded = load_model(description.source, unsafe=unsafe, custom_objects=custom_objects, description=description)
     source = description.source
     try:
@@ -50,6 +42,19 @@ def build_description(description: ModelDescription, *, unsafe: bool = False,
         raise ModelReadError(source, f"cannot describe the model Keras built ({' '.join(str(error).split())})") \
             from error
     return merged(description, live, loaded.keras), loaded
+
+
+def _unbuilt(description: ModelDescription) -> ModelDescription:
+    """A code model whose file holds all that building reads, as read, with a note why --build
+    built nothing (`built` stays False). Graph files with every config and weights-only files get
+    no note: docs/usage.md says --build reads them as without it, and a note on each would only
+    be noise under `build = true`."""
+    if description.architecture.kind != CODE:
+        return description
+    note = (f"--build: nothing to build: the file stores every BN layer's config, and class "
+            f"{description.architecture.qualified_name} is not a Functional model (its call() is Python), "
+            "so building it would not give the graph either")
+    return replace(description, notes=description.notes + (note,))
 
 
 def merged(static: ModelDescription, live: ModelDescription, keras: str) -> ModelDescription:
