@@ -59,10 +59,15 @@ def checkpoint_errors(what: str) -> Iterator[None]:
 
 
 def open_reader(prefix: str, what: str) -> Any:
-    """`tf.train.load_checkpoint(prefix)`, its errors as one ConfigError."""
+    """TensorFlow's reader of the checkpoint `prefix` (`dir/name`, or `dir/` for the empty name),
+    its errors as one ConfigError.
+
+    Not `tf.train.load_checkpoint`: given a path that is a directory, which the empty prefix
+    `dir/` is, it opens whatever the directory's `checkpoint` state file names, anywhere on this
+    machine. The reader below opens `prefix.index` and its shards, nothing else."""
     tf = import_tensorflow(what)
     with checkpoint_errors(what):
-        return tf.train.load_checkpoint(prefix)
+        return tf.compat.v1.train.NewCheckpointReader(prefix)
 
 
 def breadth_first(children: Callable[[int], Iterable[tuple[str, int]]], size: int,
