@@ -80,23 +80,23 @@ def test_a_checkpoint_directory_is_one_model_and_a_savedmodel_index_is_not_liste
 def test_the_checkpoint_file_names_the_latest_prefix(tmp_path, state, expected):
     _touch(tmp_path / "checkpoint", state)
     _touch(tmp_path / f"{expected}.index")
-    assert checkpoint_prefix(tmp_path) == str(tmp_path / expected)
+    assert str(checkpoint_prefix(tmp_path)) == str(tmp_path / expected)
 
 
 def test_an_absolute_path_in_a_moved_directory_and_the_other_path_forms(tmp_path):
     _touch(tmp_path / "checkpoint", 'model_checkpoint_path: "/where/it/was/saved/ckpt"\n')
     _touch(tmp_path / "ckpt.index")
-    assert checkpoint_prefix(tmp_path) == str(tmp_path / "ckpt")
-    assert checkpoint_prefix(tmp_path / "ckpt.index") == str(tmp_path / "ckpt")
-    assert checkpoint_prefix(tmp_path / f"ckpt{DATA_SHARD}") == str(tmp_path / "ckpt")
-    assert checkpoint_prefix(tmp_path / "ckpt") == str(tmp_path / "ckpt")
+    assert str(checkpoint_prefix(tmp_path)) == str(tmp_path / "ckpt")
+    assert str(checkpoint_prefix(tmp_path / "ckpt.index")) == str(tmp_path / "ckpt")
+    assert str(checkpoint_prefix(tmp_path / f"ckpt{DATA_SHARD}")) == str(tmp_path / "ckpt")
+    assert str(checkpoint_prefix(tmp_path / "ckpt")) == str(tmp_path / "ckpt")
 
 
 def test_without_a_checkpoint_file_the_newest_index_is_read(tmp_path):
     old, new = _touch(tmp_path / "a.index"), _touch(tmp_path / "b.index")
     os.utime(old, (2_000_000_000, 2_000_000_000))
     os.utime(new, (1_000_000_000, 1_000_000_000))
-    assert checkpoint_prefix(tmp_path) == str(tmp_path / "a")
+    assert str(checkpoint_prefix(tmp_path)) == str(tmp_path / "a")
 
 
 @pytest.mark.parametrize("state, reason", [
@@ -109,6 +109,59 @@ def test_a_checkpoint_file_naming_nothing_readable_is_a_one_line_error(tmp_path,
         loaders.load(tmp_path)
     assert caught.value.source == str(tmp_path) and reason in caught.value.reason
     assert "\n" not in str(caught.value)
+
+
+# A TF1 `saver.save(session, "/home/someone/elsewhere/run_17/")` on its author's machine: the EMPTY
+# prefix of that folder, its files `.index` and `.data-00000-of-00001`.
+FOREIGN_EMPTY_PREFIX = "/home/someone/elsewhere/run_17/"
+
+
+def _empty_prefix_checkpoint(directory: Path, state: str | None = FOREIGN_EMPTY_PREFIX) -> Path:
+    _touch(directory / ".index")
+    _touch(directory / DATA_SHARD)
+    if state is not None:
+        _touch(directory / "checkpoint", f'model_checkpoint_path: "{state}"\nall_model_checkpoint_paths: "{state}"\n')
+    return directory
+
+
+@pytest.mark.parametrize("state", [FOREIGN_EMPTY_PREFIX, ".", "/home/someone/elsewhere/other", "../../x/", None])
+def test_an_empty_prefix_is_read_from_its_directory_whatever_the_state_file_names(tmp_path, state):
+    run_17 = _empty_prefix_checkpoint(tmp_path / "run_17", state)
+    for form in (run_17, run_17 / ".index", run_17 / DATA_SHARD):
+        prefix = checkpoint_prefix(form)
+        assert (prefix.directory, prefix.name) == (run_17, ""), form
+        assert prefix.index == run_17 / ".index" and prefix.data_shards() == [run_17 / DATA_SHARD]
+        assert str(prefix) == str(run_17) + os.sep  # what TensorFlow's reader takes for the empty prefix
+
+
+def test_a_state_file_in_the_parent_naming_an_empty_prefix_below_it_is_followed(tmp_path):
+    _touch(tmp_path / "checkpoint", 'model_checkpoint_path: "run_17/"\n')
+    _empty_prefix_checkpoint(tmp_path / "run_17", state=None)
+    assert str(checkpoint_prefix(tmp_path)) == str(tmp_path / "run_17") + os.sep
+
+
+@pytest.mark.parametrize("named", ["absolute", "../elsewhere/"])
+def test_a_state_file_naming_an_empty_prefix_outside_its_directory_is_not_followed(tmp_path, named):
+    elsewhere = _empty_prefix_checkpoint(tmp_path / "elsewhere", state=None)
+    model = tmp_path / "model"
+    _touch(model / "checkpoint", f'model_checkpoint_path: "{str(elsewhere) + os.sep if named == "absolute" else named}"\n')
+    with pytest.raises(ModelReadError) as caught:
+        loaders.load(model)
+    assert "outside the checkpoint directory" in caught.value.reason
+
+
+def test_check_dir_lists_empty_prefix_checkpoints(tmp_path):
+    run_17 = _empty_prefix_checkpoint(tmp_path / "pkg" / "run_17")
+    loose = _empty_prefix_checkpoint(tmp_path / "loose", state=None)
+    assert loaders.discover([tmp_path]) == [str(loose / ".index"), str(run_17)]
+
+
+@pytest.mark.parametrize("given, output", [(".index", DATA_SHARD), (DATA_SHARD, ".index"), ("", DATA_SHARD)])
+def test_no_output_may_name_a_file_of_an_empty_prefix_checkpoint(tmp_path, given, output):
+    from bninspect.loaders.footprint import overwritten_input
+
+    run_17 = _empty_prefix_checkpoint(tmp_path / "run_17")
+    assert overwritten_input(run_17 / output, run_17 / given if given else run_17) is not None
 
 
 # --- real checkpoints ------------------------------------------------------------------------
