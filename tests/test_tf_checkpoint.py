@@ -475,6 +475,114 @@ def test_a_broken_checkpoint_is_one_line_naming_the_file(written, tmp_path, how)
     assert str(path) in line and reason in line and "Traceback" not in result.output
 
 
+# --- TF1 graph checkpoints (tf.compat.v1 Saver) ---------------------------------------------------
+
+
+TF1_BN_LAYERS = ("hand/bn", "net/batch_normalization", "net/batch_normalization_1", "resnet/block1/conv1/BatchNorm",
+                 "resnet/block1/conv1/BatchNorm_1", "root")
+TF1_WITHOUT = {"hand/bn": {"gamma", "beta"}, "resnet/block1/conv1/BatchNorm": {"gamma"}, "root": {"gamma", "beta"}}
+# Every way of pointing at the two layouts written by tests/tf1_graph_checkpoints.py, relative to
+# its output: the empty prefix `run_17/` whose state file names the author's machine, and the
+# prefix `named/model.ckpt-3`.
+TF1_FORMS = ("run_17", "run_17/.index", f"run_17/{DATA_SHARD}", "named", "named/model.ckpt-3",
+             "named/model.ckpt-3.index")
+
+
+@pytest.fixture(scope="session")
+def tf1_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory tests/tf1_graph_checkpoints.py wrote its checkpoints to, in a process of its
+    own (graph mode is global). tf.compat.v1.layers needs tf-keras (TF_USE_LEGACY_KERAS)."""
+    out = tmp_path_factory.mktemp("tf1") / "out"
+    script = Path(__file__).resolve().parent / "tf1_graph_checkpoints.py"
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    written = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert written.returncode == 0, written.stderr[-3000:]
+    return out
+
+
+def _tf1_reference(tf1_checkpoints: Path) -> Any:
+    """What TensorFlow itself reads from the checkpoint (the same values in both layouts)."""
+    import tensorflow as tf
+
+    return tf.train.load_checkpoint(str(tf1_checkpoints / "named" / "model.ckpt-3"))
+
+
+def _tf1_key(layer: str, name: str) -> str:
+    return name if layer == "root" else f"{layer}/{name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", TF1_FORMS)
+def test_a_tf1_checkpoint_in_every_layout_holds_what_tensorflow_reads(tf1_checkpoints, form):
+    reference = _tf1_reference(tf1_checkpoints)
+    description = loaders.load(tf1_checkpoints / form)
+    assert description.source == str(tf1_checkpoints / form)
+    assert description.format == "tf-checkpoint" and description.architecture.kind == "none"
+    assert [bn.path for bn in description.bn_layers] == list(TF1_BN_LAYERS)
+    for bn in description.bn_layers:
+        expected = {"gamma", "beta", "moving_mean", "moving_variance"} - TF1_WITHOUT.get(bn.path, set())
+        assert set(bn.arrays()) == expected, bn.path
+        for name, values in bn.arrays().items():
+            stored = reference.get_tensor(_tf1_key(bn.path, name))
+            assert bn.stored_dtype == "float32" and values.dtype == np.float64
+            assert np.array_equal(values, stored.astype(np.float64)), f"{bn.path} {name}"
+        assert bn.momentum is None and bn.epsilon is None and bn.axis is None
+    assert description.training_steps == int(reference.get_tensor("global_step")) == 3
+
+
+@pytest.mark.slow
+def test_a_tf1_checkpoint_reports_raw_variables_not_their_moving_averages_and_says_so(tf1_checkpoints):
+    reference = _tf1_reference(tf1_checkpoints)
+    description = loaders.load(tf1_checkpoints / "run_17")
+    read = {bn.path: bn for bn in description.bn_layers}
+    shadow = reference.get_tensor("net/batch_normalization/moving_mean/ExponentialMovingAverage")
+    assert not np.array_equal(read["net/batch_normalization"].moving_mean, shadow)
+    notes = " ".join(description.notes)
+    assert "momentum (decay), axis and epsilon are not stored" in notes
+    assert "ExponentialMovingAverage shadows of 19 BN variables" in notes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", TF1_FORMS)
+def test_a_tf1_checkpoint_has_its_findings_under_the_path_as_given(tf1_checkpoints, form):
+    given = str(tf1_checkpoints / form)
+    code, document = run_json("inspect", given)
+    assert code == 0
+    (model,) = document["models"]
+    assert model["path"] == given and model["error"] is None and model["training_steps"] == 3
+    assert all(layer["momentum"] is None for layer in model["bn_layers"])
+    found = {(finding["code"], finding["layer"]) for finding in model["findings"]}
+    assert found == {("BN005", "resnet/block1/conv1/BatchNorm"), ("BN006", "net/batch_normalization_1"),
+                     ("BN015", None)}
+    (skipped,) = [finding for finding in model["findings"] if finding["code"] == "BN015"]
+    assert "TF1 checkpoint" in skipped["message"] and "no layer configs" in skipped["message"]
+    assert "BN008" in skipped["message"] and "BN018" in skipped["message"]  # need the momentum
+    assert "model.save" not in skipped["hint"] and "code that built the graph" in skipped["hint"]
+
+
+@pytest.mark.slow
+def test_check_dir_reads_every_tf1_checkpoint_directory(tf1_checkpoints):
+    code, document = run_json("check", str(tf1_checkpoints))
+    assert code == 0  # BN005 is a warning, BN006 and BN015 infos
+    assert {model["path"]: model["training_steps"] for model in document["models"]} == {
+        str(tf1_checkpoints / "later" / "run_18"): 4, str(tf1_checkpoints / "named"): 3,
+        str(tf1_checkpoints / "run_17"): 3}
+    assert document["summary"]["unreadable"] == 0
+
+
+@pytest.mark.slow
+def test_a_state_file_naming_a_real_checkpoint_elsewhere_on_the_machine_is_not_read(tf1_checkpoints, tmp_path):
+    """TensorFlow's `load_checkpoint(dir)` opens what the state file names; bninspect reads the
+    directory's own checkpoint, never `later/run_18/` (one step further: global_step 4)."""
+    model = shutil.copytree(tf1_checkpoints / "run_17", tmp_path / "model")
+    (model / "checkpoint").write_text(f'model_checkpoint_path: "{tf1_checkpoints / "later" / "run_18"}/"\n')
+    description = loaders.load(model)
+    assert description.training_steps == 3
+    own = {bn.path: bn.moving_mean for bn in loaders.load(tf1_checkpoints / "run_17" / ".index").bn_layers}
+    assert all(np.array_equal(bn.moving_mean, own[bn.path]) for bn in description.bn_layers)
+
+
 # --- fuzzed bytes ----------------------------------------------------------------------------
 
 

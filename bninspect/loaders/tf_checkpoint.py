@@ -18,7 +18,11 @@ Functional model gets the same paths as its `.h5`. Nested models' names are not 
 steps stay edge names, and a note says so.
 
 A TF1 `tf.compat.v1.train.Saver` checkpoint has no object graph: BN layers are then the variable
-scopes holding `moving_mean` and `moving_variance`, like a SavedModel without Keras metadata.
+scopes holding `moving_mean` and `moving_variance` (`tf.compat.v1.layers`, contrib/slim `BatchNorm`,
+hand-written), like a SavedModel without Keras metadata, and `global_step` is the step count. Graph
+code made them, not layer objects: there is no layer config to save (`ModelDescription.tf1_graph`),
+so BN015 does not send the user to `model.save`. ExponentialMovingAverage shadows are not read: a
+note names them.
 
 Layer: readers (the layer order is written in tests/test_layers.py).
 """
@@ -59,11 +63,14 @@ _NUMBERED_LAYER_EDGE = re.compile(r"^layer(_with_weights)?-\d+$")
 _SKIPPED_EDGES = frozenset({OPTIMIZER_EDGE, "train_tf_function", "save_counter"})
 # A TF1 graph's step counter.
 _TF1_STEP_COUNTER = "global_step"
+# The default name of tf.compat.v1.train.ExponentialMovingAverage: its shadow of `v` is `v/ExponentialMovingAverage`.
+_EMA_SHADOW = "ExponentialMovingAverage"
 
 NOTE_EDGE_PATHS = ("TF checkpoint of a Functional/Sequential model: it stores no names of nested models, so their "
                    "steps in the BN paths are the object graph's edges (tf-keras layer_with_weights-N / layer-N, "
                    "Keras 3 _operations/N)")
-NOTE_TF1 = "TF checkpoint without an object graph (TF1 Saver): BN layers found by variable name, paths are variable scopes"
+NOTE_TF1 = ("TF checkpoint without an object graph (TF1 Saver): BN layers are the variable scopes holding moving_mean "
+            "and moving_variance; their momentum (decay), axis and epsilon are not stored (epsilon 1e-3 assumed)")
 
 
 def is_checkpoint_directory(directory: Path) -> bool:
@@ -266,6 +273,11 @@ def _unique_paths(objects: CheckpointObjects, found: list[tuple[int, list[tuple[
 
 
 def _read_by_variable_names(source: str, reader) -> ModelDescription:
+    """A TF1 `Saver` checkpoint: BN layers are the scopes holding `moving_mean` and `moving_variance`
+    (`tf.compat.v1.layers.batch_normalization`'s `batch_normalization/`, contrib and slim's
+    `BatchNorm/`, hand-written ones), their `gamma` and `beta` where the layer has them. Optimizer
+    slots (`gamma/Adam`) and moving-average shadows (`moving_mean/ExponentialMovingAverage`) are
+    variables of their own below a BN variable's name, not arrays of the layer: left out."""
     with checkpoint_errors(WHAT):
         shapes = reader.get_variable_to_shape_map()
         groups = bn_variable_groups((name, name) for name in shapes)
@@ -276,5 +288,15 @@ def _read_by_variable_names(source: str, reader) -> ModelDescription:
         steps = None
         if _TF1_STEP_COUNTER in shapes and list(shapes[_TF1_STEP_COUNTER]) in ([], [1]):
             steps = step_count_value(reader.get_tensor(_TF1_STEP_COUNTER))
+    shadowed = [key for keys in groups.values() for key in keys.values() if f"{key}/{_EMA_SHADOW}" in shapes]
+    notes = (NOTE_TF1,) + ((_ema_note(shadowed),) if shadowed else ())
     return ModelDescription(source=source, format=FORMAT, bn_layers=tuple(bn_layers), has_config=False,
-                            training_steps=steps, notes=(NOTE_TF1,))
+                            training_steps=steps, notes=notes, tf1_graph=True)
+
+
+def _ema_note(shadowed: list[str]) -> str:
+    """Why the BN variables are reported and not their moving averages, which a TF1 evaluation
+    often restores in their place (`saver = Saver(ema.variables_to_restore())`)."""
+    return (f"the checkpoint also holds ExponentialMovingAverage shadows of {len(shadowed)} BN variables "
+            f"({shadowed[0]}/{_EMA_SHADOW}, ...): reported are the variables themselves, which the graph "
+            "uses unless its Saver restores the averages in their place (ema.variables_to_restore())")
