@@ -161,7 +161,7 @@ def test_no_output_may_name_a_file_of_an_empty_prefix_checkpoint(tmp_path, given
     from bninspect.loaders.footprint import overwritten_input
 
     run_17 = _empty_prefix_checkpoint(tmp_path / "run_17")
-    assert overwritten_input(run_17 / output, run_17 / given if given else run_17) is not None
+    assert overwritten_input(run_17 / output, run_17 / given) is not None  # `run_17 / ""`: the directory
 
 
 # --- real checkpoints ------------------------------------------------------------------------
@@ -502,10 +502,24 @@ def tf1_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tf1_reference(tf1_checkpoints: Path) -> Any:
-    """What TensorFlow itself reads from the checkpoint (the same values in both layouts)."""
+    """What TensorFlow itself reads from the checkpoint: `named/model.ckpt-3`, which holds the values
+    of `run_17/` too (test_the_two_tf1_layouts_hold_the_same_values)."""
     import tensorflow as tf
 
     return tf.train.load_checkpoint(str(tf1_checkpoints / "named" / "model.ckpt-3"))
+
+
+@pytest.mark.slow
+def test_the_two_tf1_layouts_hold_the_same_values(tf1_checkpoints):
+    """Saved at the same step of one session. `tf.train.load_checkpoint` cannot open `run_17/` (it
+    follows the state file to /home/someone/...): TensorFlow's reader of the prefix can."""
+    import tensorflow as tf
+
+    reference = _tf1_reference(tf1_checkpoints)
+    empty_prefix = tf.compat.v1.train.NewCheckpointReader(str(tf1_checkpoints / "run_17") + os.sep)
+    names = reference.get_variable_to_shape_map()
+    assert names == empty_prefix.get_variable_to_shape_map()
+    assert all(np.array_equal(reference.get_tensor(name), empty_prefix.get_tensor(name)) for name in names)
 
 
 def _tf1_key(layer: str, name: str) -> str:
