@@ -101,7 +101,12 @@ def _config_unavailable(description: ModelDescription, skipped: list[Any], witho
     listed = f"{len(skipped)} rule{'s' if len(skipped) != 1 else ''} ({names})"
     architecture = description.architecture
     total = len(description.bn_layers)
-    if architecture.kind == NO_ARCHITECTURE:
+    if description.tf1_graph:
+        message = (f"TF1 checkpoint: the variables of a graph, with no layer configs: skipped {listed} that "
+                   "need the layer configs or the graph")
+        hint = ("axis, epsilon and momentum (decay in contrib/slim batch_norm) are set in the code that built the "
+                "graph: check them there")
+    elif architecture.kind == NO_ARCHITECTURE:
         message = f"weights-only file (no model config): skipped {listed} that need the layer configs or the graph"
         hint = "save the full model with model.save(...) and check that file to run every rule"
     elif architecture.kind == CODE and description.built:

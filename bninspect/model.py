@@ -180,6 +180,11 @@ class ModelDescription:
     # model as Keras built it (`--build`, or a live model) rather than from a config in the file.
     # The arrays are the file's either way. A built code architecture may then have the graph.
     built: bool = False
+    # The file holds the variables of a TF1 graph (a `tf.compat.v1.train.Saver` checkpoint): its BN
+    # layers are variable scopes (`tf.compat.v1.layers`, contrib/slim `batch_norm`, hand-written),
+    # made by graph code that has no layer objects, so no file of it has their configs: axis,
+    # epsilon and momentum (`decay`) are only in that code. Architecture none.
+    tf1_graph: bool = False
 
     def __post_init__(self) -> None:
         # `source` and `notes` are shown (reports, findings): a model's URL enters them redacted,

@@ -80,23 +80,23 @@ def test_a_checkpoint_directory_is_one_model_and_a_savedmodel_index_is_not_liste
 def test_the_checkpoint_file_names_the_latest_prefix(tmp_path, state, expected):
     _touch(tmp_path / "checkpoint", state)
     _touch(tmp_path / f"{expected}.index")
-    assert checkpoint_prefix(tmp_path) == str(tmp_path / expected)
+    assert str(checkpoint_prefix(tmp_path)) == str(tmp_path / expected)
 
 
 def test_an_absolute_path_in_a_moved_directory_and_the_other_path_forms(tmp_path):
     _touch(tmp_path / "checkpoint", 'model_checkpoint_path: "/where/it/was/saved/ckpt"\n')
     _touch(tmp_path / "ckpt.index")
-    assert checkpoint_prefix(tmp_path) == str(tmp_path / "ckpt")
-    assert checkpoint_prefix(tmp_path / "ckpt.index") == str(tmp_path / "ckpt")
-    assert checkpoint_prefix(tmp_path / f"ckpt{DATA_SHARD}") == str(tmp_path / "ckpt")
-    assert checkpoint_prefix(tmp_path / "ckpt") == str(tmp_path / "ckpt")
+    assert str(checkpoint_prefix(tmp_path)) == str(tmp_path / "ckpt")
+    assert str(checkpoint_prefix(tmp_path / "ckpt.index")) == str(tmp_path / "ckpt")
+    assert str(checkpoint_prefix(tmp_path / f"ckpt{DATA_SHARD}")) == str(tmp_path / "ckpt")
+    assert str(checkpoint_prefix(tmp_path / "ckpt")) == str(tmp_path / "ckpt")
 
 
 def test_without_a_checkpoint_file_the_newest_index_is_read(tmp_path):
     old, new = _touch(tmp_path / "a.index"), _touch(tmp_path / "b.index")
     os.utime(old, (2_000_000_000, 2_000_000_000))
     os.utime(new, (1_000_000_000, 1_000_000_000))
-    assert checkpoint_prefix(tmp_path) == str(tmp_path / "a")
+    assert str(checkpoint_prefix(tmp_path)) == str(tmp_path / "a")
 
 
 @pytest.mark.parametrize("state, reason", [
@@ -109,6 +109,59 @@ def test_a_checkpoint_file_naming_nothing_readable_is_a_one_line_error(tmp_path,
         loaders.load(tmp_path)
     assert caught.value.source == str(tmp_path) and reason in caught.value.reason
     assert "\n" not in str(caught.value)
+
+
+# A TF1 `saver.save(session, "/home/someone/elsewhere/run_17/")` on its author's machine: the EMPTY
+# prefix of that folder, its files `.index` and `.data-00000-of-00001`.
+FOREIGN_EMPTY_PREFIX = "/home/someone/elsewhere/run_17/"
+
+
+def _empty_prefix_checkpoint(directory: Path, state: str | None = FOREIGN_EMPTY_PREFIX) -> Path:
+    _touch(directory / ".index")
+    _touch(directory / DATA_SHARD)
+    if state is not None:
+        _touch(directory / "checkpoint", f'model_checkpoint_path: "{state}"\nall_model_checkpoint_paths: "{state}"\n')
+    return directory
+
+
+@pytest.mark.parametrize("state", [FOREIGN_EMPTY_PREFIX, ".", "/home/someone/elsewhere/other", "../../x/", None])
+def test_an_empty_prefix_is_read_from_its_directory_whatever_the_state_file_names(tmp_path, state):
+    run_17 = _empty_prefix_checkpoint(tmp_path / "run_17", state)
+    for form in (run_17, run_17 / ".index", run_17 / DATA_SHARD):
+        prefix = checkpoint_prefix(form)
+        assert (prefix.directory, prefix.name) == (run_17, ""), form
+        assert prefix.index == run_17 / ".index" and prefix.data_shards() == [run_17 / DATA_SHARD]
+        assert str(prefix) == str(run_17) + os.sep  # what TensorFlow's reader takes for the empty prefix
+
+
+def test_a_state_file_in_the_parent_naming_an_empty_prefix_below_it_is_followed(tmp_path):
+    _touch(tmp_path / "checkpoint", 'model_checkpoint_path: "run_17/"\n')
+    _empty_prefix_checkpoint(tmp_path / "run_17", state=None)
+    assert str(checkpoint_prefix(tmp_path)) == str(tmp_path / "run_17") + os.sep
+
+
+@pytest.mark.parametrize("named", ["absolute", "../elsewhere/"])
+def test_a_state_file_naming_an_empty_prefix_outside_its_directory_is_not_followed(tmp_path, named):
+    elsewhere = _empty_prefix_checkpoint(tmp_path / "elsewhere", state=None)
+    model = tmp_path / "model"
+    _touch(model / "checkpoint", f'model_checkpoint_path: "{str(elsewhere) + os.sep if named == "absolute" else named}"\n')
+    with pytest.raises(ModelReadError) as caught:
+        loaders.load(model)
+    assert "outside the checkpoint directory" in caught.value.reason
+
+
+def test_check_dir_lists_empty_prefix_checkpoints(tmp_path):
+    run_17 = _empty_prefix_checkpoint(tmp_path / "pkg" / "run_17")
+    loose = _empty_prefix_checkpoint(tmp_path / "loose", state=None)
+    assert loaders.discover([tmp_path]) == [str(loose / ".index"), str(run_17)]
+
+
+@pytest.mark.parametrize("given, output", [(".index", DATA_SHARD), (DATA_SHARD, ".index"), ("", DATA_SHARD)])
+def test_no_output_may_name_a_file_of_an_empty_prefix_checkpoint(tmp_path, given, output):
+    from bninspect.loaders.footprint import overwritten_input
+
+    run_17 = _empty_prefix_checkpoint(tmp_path / "run_17")
+    assert overwritten_input(run_17 / output, run_17 / given) is not None  # `run_17 / ""`: the directory
 
 
 # --- real checkpoints ------------------------------------------------------------------------
@@ -420,6 +473,128 @@ def test_a_broken_checkpoint_is_one_line_naming_the_file(written, tmp_path, how)
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     assert str(path) in line and reason in line and "Traceback" not in result.output
+
+
+# --- TF1 graph checkpoints (tf.compat.v1 Saver) ---------------------------------------------------
+
+
+TF1_BN_LAYERS = ("hand/bn", "net/batch_normalization", "net/batch_normalization_1", "resnet/block1/conv1/BatchNorm",
+                 "resnet/block1/conv1/BatchNorm_1", "root")
+TF1_WITHOUT = {"hand/bn": {"gamma", "beta"}, "resnet/block1/conv1/BatchNorm": {"gamma"}, "root": {"gamma", "beta"}}
+# Every way of pointing at the two layouts written by tests/tf1_graph_checkpoints.py, relative to
+# its output: the empty prefix `run_17/` whose state file names the author's machine, and the
+# prefix `named/model.ckpt-3`.
+TF1_FORMS = ("run_17", "run_17/.index", f"run_17/{DATA_SHARD}", "named", "named/model.ckpt-3",
+             "named/model.ckpt-3.index")
+
+
+@pytest.fixture(scope="session")
+def tf1_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory tests/tf1_graph_checkpoints.py wrote its checkpoints to, in a process of its
+    own (graph mode is global). tf.compat.v1.layers needs tf-keras (TF_USE_LEGACY_KERAS)."""
+    out = tmp_path_factory.mktemp("tf1") / "out"
+    script = Path(__file__).resolve().parent / "tf1_graph_checkpoints.py"
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    written = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert written.returncode == 0, written.stderr[-3000:]
+    return out
+
+
+def _tf1_reference(tf1_checkpoints: Path) -> Any:
+    """What TensorFlow itself reads from the checkpoint: `named/model.ckpt-3`, which holds the values
+    of `run_17/` too (test_the_two_tf1_layouts_hold_the_same_values)."""
+    import tensorflow as tf
+
+    return tf.train.load_checkpoint(str(tf1_checkpoints / "named" / "model.ckpt-3"))
+
+
+@pytest.mark.slow
+def test_the_two_tf1_layouts_hold_the_same_values(tf1_checkpoints):
+    """Saved at the same step of one session. `tf.train.load_checkpoint` cannot open `run_17/` (it
+    follows the state file to /home/someone/...): TensorFlow's reader of the prefix can."""
+    import tensorflow as tf
+
+    reference = _tf1_reference(tf1_checkpoints)
+    empty_prefix = tf.compat.v1.train.NewCheckpointReader(str(tf1_checkpoints / "run_17") + os.sep)
+    names = reference.get_variable_to_shape_map()
+    assert names == empty_prefix.get_variable_to_shape_map()
+    assert all(np.array_equal(reference.get_tensor(name), empty_prefix.get_tensor(name)) for name in names)
+
+
+def _tf1_key(layer: str, name: str) -> str:
+    return name if layer == "root" else f"{layer}/{name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", TF1_FORMS)
+def test_a_tf1_checkpoint_in_every_layout_holds_what_tensorflow_reads(tf1_checkpoints, form):
+    reference = _tf1_reference(tf1_checkpoints)
+    description = loaders.load(tf1_checkpoints / form)
+    assert description.source == str(tf1_checkpoints / form)
+    assert description.format == "tf-checkpoint" and description.architecture.kind == "none"
+    assert [bn.path for bn in description.bn_layers] == list(TF1_BN_LAYERS)
+    for bn in description.bn_layers:
+        expected = {"gamma", "beta", "moving_mean", "moving_variance"} - TF1_WITHOUT.get(bn.path, set())
+        assert set(bn.arrays()) == expected, bn.path
+        for name, values in bn.arrays().items():
+            stored = reference.get_tensor(_tf1_key(bn.path, name))
+            assert bn.stored_dtype == "float32" and values.dtype == np.float64
+            assert np.array_equal(values, stored.astype(np.float64)), f"{bn.path} {name}"
+        assert bn.momentum is None and bn.epsilon is None and bn.axis is None
+    assert description.training_steps == int(reference.get_tensor("global_step")) == 3
+
+
+@pytest.mark.slow
+def test_a_tf1_checkpoint_reports_raw_variables_not_their_moving_averages_and_says_so(tf1_checkpoints):
+    reference = _tf1_reference(tf1_checkpoints)
+    description = loaders.load(tf1_checkpoints / "run_17")
+    read = {bn.path: bn for bn in description.bn_layers}
+    shadow = reference.get_tensor("net/batch_normalization/moving_mean/ExponentialMovingAverage")
+    assert not np.array_equal(read["net/batch_normalization"].moving_mean, shadow)
+    notes = " ".join(description.notes)
+    assert "momentum (decay), axis and epsilon are not stored" in notes
+    assert "ExponentialMovingAverage shadows of 19 BN variables" in notes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", TF1_FORMS)
+def test_a_tf1_checkpoint_has_its_findings_under_the_path_as_given(tf1_checkpoints, form):
+    given = str(tf1_checkpoints / form)
+    code, document = run_json("inspect", given)
+    assert code == 0
+    (model,) = document["models"]
+    assert model["path"] == given and model["error"] is None and model["training_steps"] == 3
+    assert all(layer["momentum"] is None for layer in model["bn_layers"])
+    found = {(finding["code"], finding["layer"]) for finding in model["findings"]}
+    assert found == {("BN005", "resnet/block1/conv1/BatchNorm"), ("BN006", "net/batch_normalization_1"),
+                     ("BN015", None)}
+    (skipped,) = [finding for finding in model["findings"] if finding["code"] == "BN015"]
+    assert "TF1 checkpoint" in skipped["message"] and "no layer configs" in skipped["message"]
+    assert "BN008" in skipped["message"] and "BN018" in skipped["message"]  # need the momentum
+    assert "model.save" not in skipped["hint"] and "code that built the graph" in skipped["hint"]
+
+
+@pytest.mark.slow
+def test_check_dir_reads_every_tf1_checkpoint_directory(tf1_checkpoints):
+    code, document = run_json("check", str(tf1_checkpoints))
+    assert code == 0  # BN005 is a warning, BN006 and BN015 infos
+    assert {model["path"]: model["training_steps"] for model in document["models"]} == {
+        str(tf1_checkpoints / "later" / "run_18"): 4, str(tf1_checkpoints / "named"): 3,
+        str(tf1_checkpoints / "run_17"): 3}
+    assert document["summary"]["unreadable"] == 0
+
+
+@pytest.mark.slow
+def test_a_state_file_naming_a_real_checkpoint_elsewhere_on_the_machine_is_not_read(tf1_checkpoints, tmp_path):
+    """TensorFlow's `load_checkpoint(dir)` opens what the state file names; bninspect reads the
+    directory's own checkpoint, never `later/run_18/` (one step further: global_step 4)."""
+    model = shutil.copytree(tf1_checkpoints / "run_17", tmp_path / "model")
+    (model / "checkpoint").write_text(f'model_checkpoint_path: "{tf1_checkpoints / "later" / "run_18"}/"\n')
+    description = loaders.load(model)
+    assert description.training_steps == 3
+    own = {bn.path: bn.moving_mean for bn in loaders.load(tf1_checkpoints / "run_17" / ".index").bn_layers}
+    assert all(np.array_equal(bn.moving_mean, own[bn.path]) for bn in description.bn_layers)
 
 
 # --- fuzzed bytes ----------------------------------------------------------------------------

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bninspect.loaders.remote import is_url
+
+if TYPE_CHECKING:
+    from bninspect.loaders.tf_checkpoint import CheckpointPrefix
 
 
 def overwritten_input(output: str | os.PathLike, model: str | os.PathLike) -> str | None:
@@ -78,10 +82,11 @@ def _is_model_directory(directory: Path) -> bool:
     return is_saved_model_or_preset(directory) or is_checkpoint_directory(directory)
 
 
-def _checkpoint_prefix(source: Path) -> Path | None:
-    """The prefix (`dir/name`) of the TF checkpoint `source` names: a prefix, its `.index` or
-    `.data-*` file, or a directory whose state file names one (possibly elsewhere). None for
-    anything else, and for a state file that cannot be read (reading the model will say why)."""
+def _checkpoint_prefix(source: Path) -> CheckpointPrefix | None:
+    """The prefix (`dir/name`, the name possibly empty) of the TF checkpoint `source` names: a
+    prefix, its `.index` or `.data-*` file, or a directory (the checkpoint in it that would be
+    read). None for anything else, and for a state file that cannot be read (reading the model will
+    say why)."""
     from bninspect.loaders.graph import ConfigError
     from bninspect.loaders.tf_checkpoint import (checkpoint_prefix, is_checkpoint_directory, is_checkpoint_prefix,
                                                  names_checkpoint_file)
@@ -91,18 +96,15 @@ def _checkpoint_prefix(source: Path) -> Path | None:
     if not source.is_dir() and not (names_checkpoint_file(source) or is_checkpoint_prefix(source)):
         return None
     try:
-        return Path(checkpoint_prefix(source))
+        return checkpoint_prefix(source)
     except (ConfigError, OSError, ValueError):
         return None
 
 
-def _names_checkpoint_part(resolved: Path, prefix: Path) -> bool:
+def _names_checkpoint_part(resolved: Path, prefix: CheckpointPrefix) -> bool:
     """`resolved` is the prefix itself, its `.index` or one of its `.data-*` shards (written or not)."""
-    from bninspect.loaders.tf_checkpoint import INDEX_SUFFIX
-
-    name = prefix.name
-    return resolved.parent == Path(os.path.realpath(prefix)).parent and (
-        resolved.name in (name, name + INDEX_SUFFIX) or resolved.name.startswith(name + ".data-"))
+    return resolved.parent == Path(os.path.realpath(prefix.directory)) and (
+        resolved.name in (prefix.name, prefix.index.name) or resolved.name.startswith(prefix.name + ".data-"))
 
 
 def _looks_like_a_model(path: Path) -> bool:

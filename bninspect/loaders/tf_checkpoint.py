@@ -4,7 +4,9 @@
 On disk: `name.index`, `name.data-00000-of-00001`, and usually a `checkpoint` text file in the
 directory naming the latest one (`model_checkpoint_path: "name"`). Accepted as the `.index` file,
 a `.data-*` shard, the prefix `name` itself (which does not exist as a file), or the directory
-(its `checkpoint` file's latest entry, else its newest `.index`).
+(its `checkpoint` file's latest entry, else its newest `.index`). The name may be empty: TF1's
+`saver.save(session, "run_17/")` writes `run_17/.index`. Only checkpoints inside the directory are
+read, whatever its `checkpoint` file names (a copied directory names the author's machine).
 
 Weights only: no layer config, no graph. BN layers are the objects of the checkpoint's object graph
 with `moving_mean` and `moving_variance` variable children (`loaders.tf_objects`), outside the
@@ -16,7 +18,11 @@ Functional model gets the same paths as its `.h5`. Nested models' names are not 
 steps stay edge names, and a note says so.
 
 A TF1 `tf.compat.v1.train.Saver` checkpoint has no object graph: BN layers are then the variable
-scopes holding `moving_mean` and `moving_variance`, like a SavedModel without Keras metadata.
+scopes holding `moving_mean` and `moving_variance` (`tf.compat.v1.layers`, contrib/slim `BatchNorm`,
+hand-written), like a SavedModel without Keras metadata, and `global_step` is the step count. Graph
+code made them, not layer objects: there is no layer config to save (`ModelDescription.tf1_graph`),
+so BN015 does not send the user to `model.save`. ExponentialMovingAverage shadows are not read: a
+note names them.
 
 Layer: readers (the layer order is written in tests/test_layers.py).
 """
@@ -24,9 +30,9 @@ Layer: readers (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 import codecs
-import glob
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from bninspect.loaders.common import bn_layer, step_count_value
@@ -40,7 +46,8 @@ FORMAT = "tf-checkpoint"
 WHAT = "TF checkpoint"
 STATE_FILE = "checkpoint"
 INDEX_SUFFIX = ".index"
-DATA_SHARD = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
+# The prefix may be empty: TF1 `saver.save(session, "dir/")` writes `dir/.data-00000-of-00001`.
+DATA_SHARD = re.compile(r"^(?P<prefix>.*)\.data-\d{5}-of-\d{5}$")
 # `model_checkpoint_path: "name"` in the text-format CheckpointState proto; the first one is the latest.
 _LATEST_LINE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"(?P<path>(?:[^"\\]|\\.)*)"\s*$', re.MULTILINE)
 # The `checkpoint` file lists a few paths; a bigger one is not a CheckpointState.
@@ -56,11 +63,14 @@ _NUMBERED_LAYER_EDGE = re.compile(r"^layer(_with_weights)?-\d+$")
 _SKIPPED_EDGES = frozenset({OPTIMIZER_EDGE, "train_tf_function", "save_counter"})
 # A TF1 graph's step counter.
 _TF1_STEP_COUNTER = "global_step"
+# The default name of tf.compat.v1.train.ExponentialMovingAverage: its shadow of `v` is `v/ExponentialMovingAverage`.
+_EMA_SHADOW = "ExponentialMovingAverage"
 
 NOTE_EDGE_PATHS = ("TF checkpoint of a Functional/Sequential model: it stores no names of nested models, so their "
                    "steps in the BN paths are the object graph's edges (tf-keras layer_with_weights-N / layer-N, "
                    "Keras 3 _operations/N)")
-NOTE_TF1 = "TF checkpoint without an object graph (TF1 Saver): BN layers found by variable name, paths are variable scopes"
+NOTE_TF1 = ("TF checkpoint without an object graph (TF1 Saver): BN layers are the variable scopes holding moving_mean "
+            "and moving_variance; their momentum (decay), axis and epsilon are not stored (epsilon 1e-3 assumed)")
 
 
 def is_checkpoint_directory(directory: Path) -> bool:
@@ -82,17 +92,17 @@ def names_checkpoint_file(target: Path) -> bool:
 
 
 def read_tf_checkpoint(source: str) -> ModelDescription:
+    """The checkpoint `source` points at, reported under `source` as the user gave it."""
     prefix = checkpoint_prefix(Path(source))
-    index = Path(prefix + INDEX_SUFFIX)
-    if not index.is_file():
-        raise ConfigError(f"no checkpoint index {index.name} for prefix {prefix}")
-    shards = list(index.parent.glob(f"{glob.escape(Path(prefix).name)}.data-*"))
+    if not prefix.index.is_file():
+        raise ConfigError(f"no checkpoint index {prefix.index.name} for prefix {prefix}")
+    shards = prefix.data_shards()
     if not shards:
-        raise ConfigError(f"checkpoint data file {Path(prefix).name}.data-00000-of-00001 is missing")
+        raise ConfigError(f"checkpoint data file {prefix.name}.data-00000-of-00001 is missing")
     for shard in shards:
         if not shard.is_file():  # TensorFlow would block on a FIFO and read a device forever
             raise ConfigError(f"checkpoint data file {shard.name} is not a regular file: refusing to read it")
-    reader = open_reader(prefix, WHAT)
+    reader = open_reader(str(prefix), WHAT)
     with checkpoint_errors(WHAT):
         objects = has_object_graph(reader)
     if not objects:
@@ -103,48 +113,80 @@ def read_tf_checkpoint(source: str) -> ModelDescription:
 # --- which checkpoint ------------------------------------------------------------------------
 
 
-def checkpoint_prefix(target: Path) -> str:
-    """The checkpoint prefix (`dir/name`) a user's path points at."""
+@dataclass(frozen=True)
+class CheckpointPrefix:
+    """A checkpoint prefix split the way TensorFlow names the files: `directory/name.index` and
+    `directory/name.data-*`. The name may be empty: TF1's `saver.save(session, "run_17/")` writes
+    `run_17/.index` and `run_17/.data-00000-of-00001`, which a `Path` cannot hold as one path
+    (it drops the trailing `/`). `str()` gives the prefix TensorFlow's reader takes."""
+
+    directory: Path
+    name: str
+
+    def __str__(self) -> str:
+        return str(self.directory / self.name) if self.name else os.path.join(str(self.directory), "")
+
+    @property
+    def index(self) -> Path:
+        return self.directory / (self.name + INDEX_SUFFIX)
+
+    def data_shards(self) -> list[Path]:
+        """This prefix's `name.data-NNNNN-of-NNNNN` shards in its directory."""
+        return sorted(path for path in self.directory.iterdir() if self._is_shard(path.name))
+
+    def _is_shard(self, file_name: str) -> bool:
+        shard = DATA_SHARD.match(file_name)
+        return shard is not None and shard.group("prefix") == self.name
+
+
+def checkpoint_prefix(target: Path) -> CheckpointPrefix:
+    """The checkpoint a user's path points at: a directory, a `.index` or `.data-*` file (whose
+    prefix may be empty: a file named `.index`), or the prefix itself."""
     if target.is_dir():
         return _prefix_in_directory(target)
     if target.name.endswith(INDEX_SUFFIX):
-        return str(target)[:-len(INDEX_SUFFIX)]
+        return CheckpointPrefix(target.parent, target.name[:-len(INDEX_SUFFIX)])
     shard = DATA_SHARD.match(target.name)
     if shard is not None:
-        return str(target.with_name(shard.group("prefix")))
-    return str(target)
+        return CheckpointPrefix(target.parent, shard.group("prefix"))
+    return CheckpointPrefix(target.parent, target.name)
 
 
-def _prefix_in_directory(directory: Path) -> str:
-    state = directory / STATE_FILE
-    named_in_state = None
-    if state.is_file():
-        latest = _latest_in_state_file(state)
-        if latest is None:
-            raise ConfigError(f"{STATE_FILE} file names no model_checkpoint_path")
-        named = Path(latest) if Path(latest).is_absolute() else directory / latest
-        # Only a checkpoint inside the directory is read: the state file comes with the model and
-        # may name any path on this machine (`/home/.../other`, `../../x`).
-        if _inside(directory, named) and named.with_name(named.name + INDEX_SUFFIX).is_file():
-            return str(named)
-        # A directory copied or moved after saving keeps the absolute paths of where it was.
-        moved = directory / named.name
-        if named.name not in ("", ".", "..") and moved.with_name(moved.name + INDEX_SUFFIX).is_file():
-            return str(moved)
-        named_in_state = latest
-    # Without a usable state file, the newest checkpoint in the directory, as TensorFlow would
-    # find it if the state file were gone. The `.index` of an empty prefix is named `.index`.
+def _prefix_in_directory(directory: Path) -> CheckpointPrefix:
+    """The checkpoint the directory's state file names; without a state file the newest checkpoint
+    in the directory, as TensorFlow would find it.
+
+    Only a checkpoint inside the directory is ever read: the state file comes with the model and
+    may name any path on this machine (`/home/.../other`, `../../x`). A directory copied from
+    another machine keeps the paths of where it was saved (`/home/author/run_17/`): a checkpoint
+    named outside is looked for here by its name, else the newest one here is read. One named
+    inside that is missing is an error, not another checkpoint read in its place."""
+    written = _latest_in_state_file(directory / STATE_FILE) if (directory / STATE_FILE).is_file() else None
+    named = _prefix_named(directory, written) if written is not None else None
+    if named is not None and _inside(directory, named.index):
+        if not named.index.is_file():
+            raise ConfigError(f"{STATE_FILE} file names {written!r}, but {named.index.name} does not exist")
+        return named
+    if named is not None and CheckpointPrefix(directory, named.name).index.is_file():
+        return CheckpointPrefix(directory, named.name)
     indexes = sorted(_index_files(directory), key=lambda path: (path.stat().st_mtime, path.name))
-    if not indexes:
-        if named_in_state is not None:
-            named = Path(named_in_state) if Path(named_in_state).is_absolute() else directory / named_in_state
-            if not _inside(directory, named):
-                raise ConfigError(f"{STATE_FILE} file names {named_in_state!r}, outside the checkpoint directory, "
-                                  "and the directory holds no .index file")
-            raise ConfigError(f"{STATE_FILE} file names {named_in_state!r}, but {named.name}{INDEX_SUFFIX} does not "
-                              "exist")
+    if indexes:
+        return checkpoint_prefix(indexes[-1])
+    if named is None:
         raise ConfigError("directory holds no TF checkpoint (.index files)")
-    return str(indexes[-1])[:-len(INDEX_SUFFIX)]
+    raise ConfigError(f"{STATE_FILE} file names {written!r}, outside the checkpoint directory, and the directory "
+                      "holds no .index file")
+
+
+def _prefix_named(directory: Path, written: str) -> CheckpointPrefix:
+    """The prefix a state file's `model_checkpoint_path` names, a relative one taken from
+    `directory` as TensorFlow takes it. A path ending in `/` names the empty prefix of that folder;
+    so does one ending in `.` or `..`, which name folders too (TF1 writes `.` for the empty prefix
+    of its own folder when it saves relative paths)."""
+    head, name = os.path.split(written)
+    if name in (os.curdir, os.pardir):
+        head, name = written, ""
+    return CheckpointPrefix(Path(head) if os.path.isabs(head) else directory / head, name)
 
 
 def _inside(directory: Path, path: Path) -> bool:
@@ -156,17 +198,18 @@ def _index_files(directory: Path):
     return (path for path in directory.iterdir() if path.name.endswith(INDEX_SUFFIX) and path.is_file())
 
 
-def _latest_in_state_file(state: Path) -> str | None:
+def _latest_in_state_file(state: Path) -> str:
+    """The latest `model_checkpoint_path` of a state file."""
     raw = read_regular(state, MAX_STATE_BYTES)
     if len(raw) > MAX_STATE_BYTES:
         raise ConfigError(f"{STATE_FILE} file is more than {MAX_STATE_BYTES} bytes, not a checkpoint state")
     text = raw.decode("utf-8", errors="replace")
     found = _LATEST_LINE.search(text)
-    if found is None:
-        return None
     # Text-format protobuf strings use C escapes (\", \\, octal for non-ASCII bytes).
-    raw = codecs.escape_decode(found.group("path").encode("utf-8"))[0]
-    return raw.decode("utf-8", errors="replace") or None
+    latest = codecs.escape_decode(found.group("path").encode("utf-8"))[0] if found else b""
+    if not latest:
+        raise ConfigError(f"{STATE_FILE} file names no model_checkpoint_path")
+    return latest.decode("utf-8", errors="replace")
 
 
 # --- BN layers -------------------------------------------------------------------------------
@@ -230,6 +273,11 @@ def _unique_paths(objects: CheckpointObjects, found: list[tuple[int, list[tuple[
 
 
 def _read_by_variable_names(source: str, reader) -> ModelDescription:
+    """A TF1 `Saver` checkpoint: BN layers are the scopes holding `moving_mean` and `moving_variance`
+    (`tf.compat.v1.layers.batch_normalization`'s `batch_normalization/`, contrib and slim's
+    `BatchNorm/`, hand-written ones), their `gamma` and `beta` where the layer has them. Optimizer
+    slots (`gamma/Adam`) and moving-average shadows (`moving_mean/ExponentialMovingAverage`) are
+    variables of their own below a BN variable's name, not arrays of the layer: left out."""
     with checkpoint_errors(WHAT):
         shapes = reader.get_variable_to_shape_map()
         groups = bn_variable_groups((name, name) for name in shapes)
@@ -240,5 +288,15 @@ def _read_by_variable_names(source: str, reader) -> ModelDescription:
         steps = None
         if _TF1_STEP_COUNTER in shapes and list(shapes[_TF1_STEP_COUNTER]) in ([], [1]):
             steps = step_count_value(reader.get_tensor(_TF1_STEP_COUNTER))
+    shadowed = [key for keys in groups.values() for key in keys.values() if f"{key}/{_EMA_SHADOW}" in shapes]
+    notes = (NOTE_TF1,) + ((_ema_note(shadowed),) if shadowed else ())
     return ModelDescription(source=source, format=FORMAT, bn_layers=tuple(bn_layers), has_config=False,
-                            training_steps=steps, notes=(NOTE_TF1,))
+                            training_steps=steps, notes=notes, tf1_graph=True)
+
+
+def _ema_note(shadowed: list[str]) -> str:
+    """Why the BN variables are reported and not their moving averages, which a TF1 evaluation
+    often restores in their place (`saver = Saver(ema.variables_to_restore())`)."""
+    return (f"the checkpoint also holds ExponentialMovingAverage shadows of {len(shadowed)} BN variables "
+            f"({shadowed[0]}/{_EMA_SHADOW}, ...): reported are the variables themselves, which the graph "
+            "uses unless its Saver restores the averages in their place (ema.variables_to_restore())")

@@ -32,6 +32,8 @@ VARIABLE_ATTRIBUTE = "VARIABLE_VALUE"
 # `_iterations`, the legacy tf.keras optimizers `iter`, older ones `iterations`.
 STEP_COUNT_CHILDREN = ("_iterations", "iter", "iterations")
 OPTIMIZER_EDGE = "optimizer"
+# The path of BN variables named without a scope (`moving_mean`), as TensorFlow names the root object.
+ROOT_SCOPE = "root"
 
 
 def import_tensorflow(what: str) -> Any:
@@ -59,10 +61,15 @@ def checkpoint_errors(what: str) -> Iterator[None]:
 
 
 def open_reader(prefix: str, what: str) -> Any:
-    """`tf.train.load_checkpoint(prefix)`, its errors as one ConfigError."""
+    """TensorFlow's reader of the checkpoint `prefix` (`dir/name`, or `dir/` for the empty name),
+    its errors as one ConfigError.
+
+    Not `tf.train.load_checkpoint`: given a path that is a directory, which the empty prefix
+    `dir/` is, it opens whatever the directory's `checkpoint` state file names, anywhere on this
+    machine. The reader below opens `prefix.index` and its shards, nothing else."""
     tf = import_tensorflow(what)
     with checkpoint_errors(what):
-        return tf.train.load_checkpoint(prefix)
+        return tf.compat.v1.train.NewCheckpointReader(prefix)
 
 
 def breadth_first(children: Callable[[int], Iterable[tuple[str, int]]], size: int,
@@ -103,15 +110,18 @@ def read_channels(reader: Any, key: str, what: str) -> tuple[np.ndarray, str]:
 def bn_variable_groups(named_keys: Iterable[tuple[str, str]]) -> dict[str, dict[str, str]]:
     """{owner scope: {array name: checkpoint key}} of the variables named `owner/moving_mean`,
     `owner/moving_variance` (and `owner/gamma`, `owner/beta`), for checkpoints whose objects say
-    nothing about layers. Owners without both moving statistics are not BN layers."""
+    nothing about layers. Owners without both moving statistics are not BN layers. Variables
+    outside any scope (hand-written TF1 code) are the owner `root`, unless a scope has that name."""
     owners: dict[str, dict[str, str]] = {}
     for name, key in named_keys:
         stripped = name[:-2] if name.endswith(":0") else name
         owner, _, leaf = stripped.rpartition("/")
-        if owner and leaf in BN_ARRAY_NAMES:
+        if leaf in BN_ARRAY_NAMES:
             owners.setdefault(owner, {}).setdefault(leaf, key)
+    if "" in owners and ROOT_SCOPE not in owners:
+        owners[ROOT_SCOPE] = owners.pop("")
     return {owner: keys for owner, keys in sorted(owners.items())
-            if {"moving_mean", "moving_variance"} <= keys.keys()}
+            if owner and {"moving_mean", "moving_variance"} <= keys.keys()}
 
 
 class CheckpointObjects:

@@ -467,8 +467,10 @@ RULES: tuple[Rule, ...] = (
             format including a KerasHub preset directory) stores its class and constructor arguments
             instead of a layer graph: the graph rules (BN009-BN012) cannot run, and where the file also
             lacks the BN layers' own configs (`.keras`, presets; a tf-keras SavedModel has them) neither
-            can the per-layer rules (BN008, BN013, BN016, BN018). Rules run wherever their inputs are
-            known, so the list names only what was really skipped.
+            can the per-layer rules (BN008, BN013, BN016, BN018). A TF1 checkpoint
+            (`tf.compat.v1.train.Saver`) holds the variables of a graph: its BN layers were made by graph
+            code (`tf.compat.v1.layers`, contrib/slim `batch_norm`, by hand), which has no layer configs to
+            save. Rules run wherever their inputs are known, so the list names only what was really skipped.
             """),
         why=_text("""
             Without the config bninspect does not know axis, momentum, trainable, dtype policy or how the
@@ -485,7 +487,8 @@ RULES: tuple[Rule, ...] = (
         fix=_text("""
             For a weights-only file, check the full model file (`model.save("model.keras")`) as well. For a
             code architecture the configs are built by the class: building it with Keras gives the graph
-            and every layer's config. Or ignore BN015 for such files.
+            and every layer's config. For a TF1 checkpoint, check axis, epsilon and momentum (`decay` in
+            contrib/slim) in the code that built the graph. Or ignore BN015 for such files.
             """),
         hint="check the full model file (model.save) to run every rule",
         check=None,  # reported by run_static_rules, which knows which rules it skipped
