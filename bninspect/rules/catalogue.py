@@ -567,6 +567,9 @@ RULES: tuple[Rule, ...] = (
             1) that is still in the moving statistics. It reports the layer when that share is above
             `[tool.bninspect.thresholds] unconverged-share` (default 0.05). Weights-only files and
             models saved with `include_optimizer=False` have no step count: the rule does not run.
+            Neither does it for a stored count of 0 while the statistics were updated: tf.keras
+            2.12+ saves 0 for an optimizer that never ran (a model compiled again after training),
+            which says nothing about the steps that trained the statistics.
             """),
         why=_text("""
             Keras updates the moving statistics once per training step, `moving = momentum * moving +

@@ -45,21 +45,16 @@ def _epsilon(layer: BNLayer) -> tuple[float, str]:
     return DEFAULT_EPSILON, f"{num(DEFAULT_EPSILON)} (assumed, no config)"
 
 
-def initial_channels(layer: BNLayer) -> np.ndarray:
-    """Per channel: moving mean exactly 0 and moving variance exactly 1 (never updated)."""
-    return (layer.moving_mean == 0.0) & (layer.moving_variance == 1.0)
-
-
 def untrained_moving_stats(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     for layer in description.bn_layers:
-        if layer.channels and initial_channels(layer).all():
+        if layer.channels and layer.initial_channels().all():
             yield Hit(layer.path, f"moving mean is exactly 0 and moving variance exactly 1 in all "
                                   f"{layer.channels} channels: the statistics were never updated")
 
 
 def partially_untrained(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     for layer in description.bn_layers:
-        initial = initial_channels(layer)
+        initial = layer.initial_channels()
         if initial.any() and not initial.all():
             yield Hit(layer.path, f"{int(initial.sum())} of {layer.channels} channels still hold the initial "
                                   f"statistics (mean 0, variance 1): {channel_list(initial)}")
@@ -98,7 +93,7 @@ def unconverged_layers(description: ModelDescription, limit: float) -> list[tupl
         if share is None or share <= limit or layer.trainable is False or not layer.channels:
             continue
         variance = layer.moving_variance
-        if initial_channels(layer).all() or not np.all(np.isfinite(variance)):
+        if layer.initial_channels().all() or not np.all(np.isfinite(variance)):
             continue
         if float(variance.min()) < share * (1.0 - SHARE_ROUNDING):
             continue
@@ -121,7 +116,7 @@ def unconverged_moving_stats(description: ModelDescription, thresholds: Threshol
 
 def untrained_affine(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     for layer in description.bn_layers:
-        if layer.trainable is False or not layer.channels or initial_channels(layer).all():
+        if layer.trainable is False or not layer.channels or layer.initial_channels().all():
             continue
         # Only the arrays that exist: scale=False has no gamma, center=False no beta.
         checks = [(name, values, initial) for name, values, initial in
