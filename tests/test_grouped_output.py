@@ -50,6 +50,17 @@ def test_messages_of_other_shapes_are_shown_by_an_example_and_groups_sort_by_sev
     assert many[0].layers_text() == "l0, l1 and 3 more"
 
 
+def test_findings_with_different_hints_are_different_groups():
+    """One code, two fixes (BN017 on a Lambda and on a custom class): each group's hint is true of
+    every layer in it."""
+    stored = [Finding("BN017", "code-in-model", Severity.INFO, "m.h5", "rescale", "a Lambda layer", "use --unsafe")]
+    named = [Finding("BN017", "code-in-model", Severity.INFO, "m.h5", layer, f"custom class {layer}",
+                     "supply the class") for layer in ("Scale", "Plain")]
+    groups = group_findings([named[0], *stored, named[1]])
+    assert [(group.code, group.count, group.hint) for group in groups] == [
+        ("BN017", 2, "supply the class"), ("BN017", 1, "use --unsafe")]
+
+
 @pytest.fixture(scope="module")
 def densenet_file(tmp_path_factory) -> Path:
     import keras

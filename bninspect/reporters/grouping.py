@@ -1,4 +1,4 @@
-"""Repeated findings of one model grouped for people: one entry per code and severity.
+"""Repeated findings of one model grouped for people: one entry per code, severity and hint.
 
 Real backbones have 50-300 BN layers, and some rules fire on most of them (121 "frozen-bn" infos
 for a frozen DenseNet121). The human outputs (`check` text, the table view, the HTML report, the
@@ -27,7 +27,9 @@ LAYERS_SHOWN = 2
 
 @dataclass(frozen=True)
 class FindingGroup:
-    """The findings of one code at one severity in one model, in the order the rules gave them."""
+    """The findings of one code at one severity with one hint in one model, in the order the rules
+    gave them. The hint is part of what makes a group: findings that need different fixes (a Lambda
+    whose code the file stores, a class it only names) are not one problem."""
 
     code: str
     name: str
@@ -40,7 +42,7 @@ class FindingGroup:
 
     @property
     def hint(self) -> str:
-        """The hint of the group: the rule's, or the first finding's when they differ per layer."""
+        """The hint every finding of the group has."""
         return self.findings[0].hint
 
     def layers_text(self, shown: int = LAYERS_SHOWN) -> str:
@@ -86,12 +88,13 @@ class FindingGroup:
 
 
 def group_findings(findings: Iterable[Finding]) -> list[FindingGroup]:
-    """Groups by code and severity: errors first, then warnings, then infos, each by code."""
-    by_key: dict[tuple[str, Severity], list[Finding]] = {}
+    """Groups by code, severity and hint: errors first, then warnings, then infos, each by code
+    (groups of one code in the order of their first finding)."""
+    by_key: dict[tuple[str, Severity, str], list[Finding]] = {}
     for finding in findings:
-        by_key.setdefault((finding.code, finding.severity), []).append(finding)
+        by_key.setdefault((finding.code, finding.severity, finding.hint), []).append(finding)
     groups = [FindingGroup(code, members[0].name, severity, tuple(members))
-              for (code, severity), members in by_key.items()]
+              for (code, severity, _), members in by_key.items()]
     return sorted(groups, key=lambda group: (-group.severity.rank, group.code))
 
 
