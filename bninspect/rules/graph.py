@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from bninspect.thresholds import Thresholds
-from bninspect.findings import Severity
+from bninspect.findings import Quantity, Severity
 from bninspect.model import BN_CLASS_NAMES, CODE, BNLayer, Layer, ModelDescription
 from bninspect.rules.base import Hit
+from bninspect.rules.stats import counted
 from bninspect.keras_classes import BUILTIN_LAYER_CLASSES, STORED_CODE_CLASSES, providing_library
 
 DROPOUT_CLASSES = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
@@ -231,7 +232,8 @@ def redundant_bias(description: ModelDescription, thresholds: Thresholds) -> Ite
             continue  # BN normalises another axis: the per-channel bias is not cancelled
         yield Hit(bn.path, f"{producer.path} ({producer.class_name}, use_bias=True, linear activation) feeds "
                            f"this centred BN directly: the mean subtraction cancels its {bn.channels} bias values "
-                           f"and beta takes their place")
+                           f"and beta takes their place",
+                  quantities=(counted("{} bias values", bn.channels, worse=None),))
 
 
 # --- BN012 dropout-before-bn -------------------------------------------------------------------
@@ -251,7 +253,8 @@ def dropout_before_bn(description: ModelDescription, thresholds: Thresholds) -> 
                     break  # rate 0 is the identity
                 rate_text = f", rate {rate:g}" if rate is not None else ""
                 yield Hit(bn.path, f"{producer.path} ({producer.class_name}{rate_text}) feeds this BN: the "
-                                   f"variance BN sees in training differs from the one at inference")
+                                   f"variance BN sees in training differs from the one at inference",
+                          quantities=(Quantity("dropout rate {}", rate, f"{rate:g}"),) if rate is not None else ())
                 break
 
 
@@ -313,6 +316,7 @@ def fine_tune_training_mode(description: ModelDescription, thresholds: Threshold
                                   f"recorded in the graph: {len(training)} of its {len(inside)} BN layers are trainable and "
                                   f"still normalise with batch statistics and overwrite the pretrained moving "
                                   f"statistics during fit",
+                      quantities=(counted("{} trainable BN layers", len(training)),),
                       hint="freeze the base's BatchNormalization layers (`layer.trainable = False` for each): "
                            "frozen BN layers run in inference mode in every Keras version")
             continue
@@ -321,7 +325,8 @@ def fine_tune_training_mode(description: ModelDescription, thresholds: Threshold
         yield Hit(layer.path, f"the pretrained base {layer.path} ({what}) is called {how}, and "
                               f"{len(training)} of its {len(inside)} BN layers are trainable: fine-tuning "
                               f"normalises with batch statistics and overwrites the pretrained moving "
-                              f"statistics with every batch")
+                              f"statistics with every batch",
+                  quantities=(counted("{} trainable BN layers", len(training)),))
 
 
 # --- BN017 code-in-model -----------------------------------------------------------------------
