@@ -51,10 +51,10 @@ class FindingGroup:
         """One message for the whole group, in which every number is one layer's own.
 
         The same message in every layer: that message. Otherwise the message of the worst layer
-        ("worst: block3/bn, 45 of 264 channels ..."), or of the first layer as an example when the
+        ("worst: block3_bn, 45 of 264 channels ..."), or of the first layer as an example when the
         rule does not rank them, then the range over the layers of each quantity that differs
-        ("per layer: 2…45 channels below epsilon, largest effective scale 12…316"). A range never
-        stands in a sentence of one layer's numbers.
+        ("per layer: 2…45 amplified collapsed channels, effective scale up to 15.81…63.25"). A range
+        never stands in a sentence of one layer's numbers.
         """
         first = self.findings[0]
         if all(finding.message == first.message for finding in self.findings):
@@ -98,7 +98,7 @@ def worst_finding(findings: tuple[Finding, ...]) -> Finding | None:
 
 
 def quantity_ranges(findings: tuple[Finding, ...]) -> str:
-    """"2…45 channels below epsilon, momentum 0.1…0.3": each shared quantity whose value differs
+    """"2…45 amplified collapsed channels, momentum 0.1…0.3": each shared quantity whose value differs
     between the layers, its lowest and highest value as the messages write them."""
     parts = []
     for column in _shared(findings):

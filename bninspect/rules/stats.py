@@ -126,6 +126,7 @@ def unconverged_message(steps: int, momentum: float, share: float, limit: float)
 
 
 def unconverged_quantities(momentum: float, share: float) -> tuple[Quantity, ...]:
+    """The numbers of `unconverged_message` that differ between layers (the step count does not)."""
     return (Quantity("{} still initial", share, f"{share:.0%}"), measured("momentum {}", momentum, worse=None))
 
 
