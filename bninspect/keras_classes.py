@@ -45,9 +45,8 @@ CuDNNGRU CuDNNLSTM PeepholeLSTMCell
 Merge Highway MaxoutDense AtrousConvolution1D AtrousConvolution2D Deconvolution2D Deconvolution3D
 """.split())
 
-# Layers whose config holds code Keras runs on load: marshalled bytecode (Lambda), a pickle
-# (TorchModuleWrapper).
-CODE_LAYER_CLASSES = frozenset({"Lambda", "TorchModuleWrapper"})
+# Layers whose config holds code Keras runs on load, and what that code is.
+STORED_CODE_CLASSES = {"Lambda": "Python bytecode", "TorchModuleWrapper": "a pickled PyTorch module"}
 
 # Keras 3 module prefixes of built-in objects (layers, initializers, dtype policies, ...).
 BUILTIN_MODULE_ROOTS = ("keras", "tf_keras")

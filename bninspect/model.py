@@ -98,11 +98,30 @@ class BNLayer:
     def channels(self) -> int:
         return int(self.moving_mean.size)
 
+    def initial_channels(self) -> np.ndarray:
+        """Per channel: moving mean exactly 0 and moving variance exactly 1, the values the layer is
+        created with. Exact on purpose: training moves them at the first update."""
+        return (self.moving_mean == 0.0) & (self.moving_variance == 1.0)
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays present in this layer, in Keras' order."""
         named = {"gamma": self.gamma, "beta": self.beta, "moving_mean": self.moving_mean,
                  "moving_variance": self.moving_variance}
         return {key: value for key, value in named.items() if value is not None}
+
+
+def credible_step_count(counter: int | None, bn_layers: tuple[BNLayer, ...]) -> int | None:
+    """The optimizer's stored step count, or None when the BN statistics contradict it.
+
+    Zero steps leave every moving statistic at its initial 0/1. tf.keras 2.12+ stores
+    `iteration:0 = 0` for an optimizer that was never built: a model trained, then compiled again
+    (a fresh optimizer) or saved before its optimizer ran; a live model compiled again counts 0
+    the same way. Its statistics moved in steps the counter does not know, so the count of those
+    steps is unknown, not 0 (0 would make BN018 read the statistics as 100% initial).
+    """
+    if counter == 0 and any(layer.channels and not layer.initial_channels().all() for layer in bn_layers):
+        return None
+    return counter
 
 
 @dataclass(frozen=True)
@@ -170,7 +189,8 @@ class ModelDescription:
     notes: tuple[str, ...] = ()
     # The optimizer's step count (`optimizer.iterations`) saved with the model: how many training
     # steps updated the moving statistics. None when the file has none (weights-only files,
-    # `include_optimizer=False`) or it cannot be read.
+    # `include_optimizer=False`), it cannot be read, or it contradicts the statistics
+    # (`credible_step_count`).
     training_steps: int | None = None
     # Graph, code or none. Left out, it follows has_config: a graph, or no architecture at all.
     architecture: Architecture | None = None
@@ -191,6 +211,8 @@ class ModelDescription:
         # whoever builds the description. The loader keeps the real URL to fetch.
         object.__setattr__(self, "source", redact(self.source))
         object.__setattr__(self, "notes", tuple(redact(note) for note in self.notes))
+        # Every reader, of a file or of a live model, gets the same step count for the same model.
+        object.__setattr__(self, "training_steps", credible_step_count(self.training_steps, self.bn_layers))
         if self.architecture is None:
             object.__setattr__(self, "architecture", Architecture(GRAPH if self.has_config else NO_ARCHITECTURE))
             return

@@ -10,10 +10,12 @@ import numpy as np
 HISTOGRAM_BARS = "▁▂▃▄▅▆▇█"
 
 
-def array_stats(values: np.ndarray | None) -> dict:
-    """min/max/mean/std over the finite values, plus how many are not finite. {} for None."""
+def array_stats(values: np.ndarray | None) -> dict | None:
+    """min/max/mean/std over the finite values, plus how many are not finite. None for an array
+    the layer does not have (gamma with scale=False, beta with center=False): no statistic, not
+    an empty one."""
     if values is None:
-        return {}
+        return None
     if values.size:
         low, high = values.min(), values.max()
         if np.isfinite(low) and np.isfinite(high):
@@ -31,7 +33,7 @@ def array_stats(values: np.ndarray | None) -> dict:
     return stats
 
 
-def array_stats_many(arrays: list[np.ndarray | None]) -> list[dict]:
+def array_stats_many(arrays: list[np.ndarray | None]) -> list[dict | None]:
     """`[array_stats(a) for a in arrays]`, computed a row per array on stacks of same-length arrays.
 
     A model with thousands of BN layers has thousands of small arrays, and numpy's per-call overhead
@@ -39,12 +41,12 @@ def array_stats_many(arrays: list[np.ndarray | None]) -> list[dict]:
     C-contiguous stack runs the same per-row summation as on each array alone, so the numbers are
     bit-for-bit those of `array_stats`; arrays with a NaN or Inf go through `array_stats` itself.
     """
-    results: list[dict | None] = [None] * len(arrays)
+    results: list[dict | None] = [None] * len(arrays)  # None stays for the absent arrays
     groups: dict[tuple[int, np.dtype], list[int]] = {}
     for index, values in enumerate(arrays):
         if values is None:
-            results[index] = {}
-        elif values.ndim == 1 and values.size and values.dtype.kind == "f":
+            continue
+        if values.ndim == 1 and values.size and values.dtype.kind == "f":
             groups.setdefault((values.size, values.dtype), []).append(index)
         else:
             results[index] = array_stats(values)
@@ -65,7 +67,7 @@ def array_stats_many(arrays: list[np.ndarray | None]) -> list[dict]:
                 row += 1
             else:
                 results[index] = array_stats(arrays[index])
-    return results  # type: ignore[return-value]
+    return results
 
 
 def _finite_range(values: np.ndarray) -> tuple[float | None, float | None, int]:

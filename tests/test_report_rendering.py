@@ -126,7 +126,7 @@ def test_html_export_keeps_the_styles():
 def _old_array_stats(values):
     """array_stats before the fast path: statistics of the finite values, always via the mask."""
     if values is None:
-        return {}
+        return None
     finite = values[np.isfinite(values)]
     stats = {"min": None, "max": None, "mean": None, "std": None}
     if finite.size:

@@ -246,3 +246,63 @@ def test_an_odd_step_counter_reads_as_unknown_and_the_file_stays_readable(tmp_pa
     description = loaders.load(copy)
     assert description.training_steps is None
     assert len(description.bn_layers) == 2
+
+
+# --- a stored counter of 0 on a trained model ---------------------------------------------------
+
+def _fit_then_compile_again(tf_keras):
+    """A tf-keras model fit for 30 steps on inputs of variance 25, then compiled again: the new
+    optimizer is never built, and tf.keras 2.12+ saves its `iteration:0` as 0."""
+    model = _fit(tf_keras, 1)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    return model
+
+
+@pytest.fixture(scope="module")
+def recompiled(tmp_path_factory):
+    import h5py
+    import tf_keras
+
+    model = _fit_then_compile_again(tf_keras)
+    path = tmp_path_factory.mktemp("recompiled") / "recompiled_tf2.h5"
+    model.save(path)
+    with h5py.File(path, "r") as handle:
+        assert handle["optimizer_weights/iteration:0"][()] == 0
+    return {"model": model, "path": str(path)}
+
+
+def test_a_zero_counter_on_a_trained_file_is_null_and_the_header_says_nothing(recompiled):
+    entry = _json("check", recompiled["path"])["models"][0]
+    assert entry["training_steps"] is None
+    # Trained statistics that a run from 0/1 with the counter's 0 steps cannot leave, yet as
+    # consistent with such a run as BN018's variance test can tell: only the counter can say.
+    assert max(layer["moving_variance"]["min"] for layer in entry["bn_layers"]) > 1
+    assert not [finding for finding in entry["findings"] if finding["code"] == "BN018"]
+    result = CliRunner().invoke(app, ["inspect", recompiled["path"]])
+    assert result.exit_code == 0, result.output
+    assert "training steps" not in result.stdout
+
+
+def test_the_live_model_reads_its_counter_like_its_file(recompiled, tmp_path):
+    """The recompiled model in memory has `optimizer.iterations == 0` too: the notebook API reads
+    it as its file does, null and no BN018 ("after 0 training steps, 100% still 0/1")."""
+    import bninspect
+    import tf_keras
+
+    model = recompiled["model"]
+    assert int(model.optimizer.iterations.numpy()) == 0
+    report = bninspect.inspect(model)
+    assert report.to_dict()["training_steps"] is None
+    assert report.description.training_steps is None
+    assert not [finding for finding in report.findings if finding.code == "BN018"]
+    # A model that was fit keeps its count, live and in its file alike.
+    trained = _fit(tf_keras, 1)
+    trained.save(tmp_path / "trained_tf2.h5")
+    assert bninspect.inspect(trained).to_dict()["training_steps"] == STEPS_PER_EPOCH
+    assert bninspect.inspect(str(tmp_path / "trained_tf2.h5")).to_dict()["training_steps"] == STEPS_PER_EPOCH
+    # Reloaded without its training config and compiled again: a fresh counter of 0.
+    reloaded = tf_keras.models.load_model(tmp_path / "trained_tf2.h5", compile=False)
+    reloaded.compile(optimizer="adam", loss="binary_crossentropy")
+    report = bninspect.inspect(reloaded)
+    assert report.to_dict()["training_steps"] is None
+    assert not [finding for finding in report.findings if finding.code == "BN018"]

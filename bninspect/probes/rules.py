@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from bninspect.findings import Finding, Severity
+from bninspect.findings import Finding, Quantity, Severity
 from bninspect.model import ModelDescription
 from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, constant_channels, drifting_channels
 from bninspect.probes.thresholds import ProbeThresholds
@@ -18,6 +18,16 @@ from bninspect.summary import fmt_number
 
 # Scales people commonly apply to image inputs; a drift that matches one of them is named in the hint.
 _COMMON_SCALES = {255.0: "1/255", 127.5: "1/127.5", 256.0: "1/256"}
+
+
+def _measured(label: str, value: float) -> Quantity:
+    """A measured number of a message as grouped outputs compare it (the higher, the worse)."""
+    return Quantity(label, float(value), fmt_number(float(value)))
+
+
+def _counted(label: str, count: int) -> Quantity:
+    """A count of a message (channels, values) as grouped outputs compare it (the higher, the worse)."""
+    return Quantity(label, float(count), str(int(count)))
 
 
 def _is_drifting(layer: LayerProbe, thresholds: ProbeThresholds) -> bool:
@@ -50,9 +60,11 @@ def _drift_findings(source: str, layers: tuple[LayerProbe, ...], thresholds: Pro
     findings = []
     for layer in drifting:
         count = int(drifting_channels(layer, thresholds).sum())
+        largest_shift = float(np.nanmax(layer.mean_shift))
         numbers = (f"{count} of {layer.channels} channels drift from the moving statistics "
-                   f"(mean shift median {fmt_number(_median(layer.mean_shift))}, max {fmt_number(float(np.nanmax(layer.mean_shift)))} stored std; "
+                   f"(mean shift median {fmt_number(_median(layer.mean_shift))}, max {fmt_number(largest_shift)} stored std; "
                    f"variance ratio median {fmt_number(_median(layer.variance_ratio))})")
+        quantities = (_counted("{} drifting channels", count), _measured("mean shift up to {} stored std", largest_shift))
         first = drifting[0]
         if layer is first and layer.order == 0:
             message = f"first drifting layer, and the first BN layer the data reaches: {numbers}"
@@ -72,7 +84,8 @@ def _drift_findings(source: str, layers: tuple[LayerProbe, ...], thresholds: Pro
                         f"{share:.0%} of them are still the initial 0/1")
             hint = ("The moving statistics never converged: recompute them from training data with "
                     "`bninspect recalibrate MODEL --data FILE -o OUT`, or train longer.")
-        findings.append(Finding("BN101", "stats-drift", Severity.WARNING, source, layer.path, message, hint))
+        findings.append(Finding("BN101", "stats-drift", Severity.WARNING, source, layer.path, message, hint,
+                                quantities))
     return findings
 
 
@@ -93,7 +106,9 @@ def _non_finite_findings(source: str, layers: tuple[LayerProbe, ...]) -> list[Fi
                     "in some channel (see BN003, BN005, BN007 from `bninspect MODEL`).")
         if layer is not affected[0]:
             message += f"; downstream of {affected[0].path}"
-        findings.append(Finding("BN103", "non-finite-activation", Severity.ERROR, source, layer.path, message, hint))
+        quantities = (_counted("{} non-finite input values", bad_in), _counted("{} non-finite output values", bad_out))
+        findings.append(Finding("BN103", "non-finite-activation", Severity.ERROR, source, layer.path, message, hint,
+                                quantities))
     return findings
 
 
@@ -108,7 +123,8 @@ def _dead_channel_findings(source: str, layers: tuple[LayerProbe, ...], threshol
         message = f"{constant.size} of {layer.channels} channels have a constant input on the data: channels {examples}{more}"
         hint = ("Dead units upstream (a ReLU that never fires, zeroed filters) or constant data: prune the channels, "
                 "or check the data and the layers that feed this one.")
-        findings.append(Finding("BN104", "dead-channel", Severity.INFO, source, layer.path, message, hint))
+        findings.append(Finding("BN104", "dead-channel", Severity.INFO, source, layer.path, message, hint,
+                                (_counted("{} constant channels", constant.size),)))
     return findings
 
 

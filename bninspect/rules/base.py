@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from bninspect.findings import Finding, Severity
+from bninspect.findings import Finding, Quantity, Severity
 from bninspect.model import ModelDescription
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ class Hit:
     message: str
     hint: str | None = None  # None: the rule's default hint
     severity: Severity | None = None  # None: the rule's default severity
+    quantities: tuple[Quantity, ...] = ()  # the message's numbers, for grouped outputs
 
 
 Check = Callable[[ModelDescription, "Thresholds"], Iterable[Hit]]
@@ -66,7 +67,7 @@ class Rule:
     def finding(self, source: str, hit: Hit) -> Finding:
         return Finding(code=self.code, name=self.name, severity=hit.severity or self.severity,
                        source=source, layer=hit.layer, message=hit.message,
-                       hint=hit.hint or self.hint)
+                       hint=hit.hint or self.hint, quantities=hit.quantities)
 
     def run(self, description: ModelDescription, thresholds: "Thresholds") -> list[Finding]:
         if self.check is None:

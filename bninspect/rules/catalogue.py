@@ -526,35 +526,51 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         code="BN017", name="code-in-model", severity=Severity.INFO,
-        summary="the config holds Lambda layers or custom classes: loading the model with Keras would run "
-                "code from the file",
+        summary="the config holds Lambda layers (code stored in the file, which loading the model with Keras "
+                "runs) or custom classes (only named: loading needs them supplied, nothing from the file runs)",
         what=_text("""
-            Finds Lambda layers, layer classes that are not Keras' own, and custom objects (activations,
-            initializers, ...) inside layer configs; for a model whose architecture is code (a subclassed
-            model), its class (`my_package>Net`) and the objects in its constructor arguments. Keras 3
-            configs are judged by the module and registered name they record, Keras 2 configs by the class
-            name. Classes of libraries that Keras loads by their registered names (keras_hub, keras_nlp,
-            keras_cv) are not reported: loading them needs the library installed, not your code.
+            Finds two kinds of code a model needs besides Keras. Code the file STORES: Lambda layers
+            with a Python function or lambda (marshalled bytecode), TorchModuleWrapper layers (a pickled
+            PyTorch module), Python lambdas inside Keras 3 configs. And classes and functions the file
+            only NAMES: layer classes that are not Keras' own, custom objects (activations,
+            initializers, ...) inside layer configs, a Lambda of a named function in Keras 3; for a
+            model whose architecture is code (a subclassed model), its class (`my_package>Net`) and the
+            objects in its constructor arguments. The message and the hint say which kind a layer has.
+            Keras 3 configs are judged by the module and registered name they record, Keras 2 configs by
+            the class name. Classes of libraries that Keras loads by their registered names (keras_hub,
+            keras_nlp, keras_cv) are not reported: loading them needs the library installed, not your
+            code.
             """),
         why=_text("""
-            Loading such a model with Keras runs code. A Lambda layer stores marshalled Python bytecode in
-            the file, which `keras.models.load_model` executes with `safe_mode=False` (Keras 3 refuses it
-            by default); custom classes run code from the `custom_objects` you pass. A model file from an
-            untrusted source with a Lambda can run anything. bninspect's static commands only read JSON and
-            arrays; `--data` loads the model with Keras and refuses such models unless you pass `--unsafe`
-            or `--custom-objects module.py`.
+            Code stored in the file runs when the model is loaded. `keras.models.load_model` executes a
+            Lambda's bytecode: Keras 3 (and tf.keras for `.keras` files) only with `safe_mode=False`,
+            while tf.keras and Keras 2 run the Lambda of a legacy `.h5` without asking. A model file from
+            an untrusted source with a Lambda can run anything.
+
+            A class the file only names holds no code: the config records its name and constructor
+            arguments. Keras fails to load the model (`Unknown layer: 'MyBlock'`) whatever `safe_mode`
+            is, until you supply the class (`custom_objects`, or importing the module that registers it);
+            then your code runs, nothing from the file. Such a model cannot be used without that code,
+            which the file does not ship. bninspect's static commands only read JSON and arrays; `--data`
+            loads the model with Keras and refuses stored code unless you pass `--unsafe`, and named
+            classes unless `--custom-objects module.py` defines them.
             """),
         example=_text("""
             ```python
-            x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+            x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)  # bytecode stored in the file
+            x = MyBlock(64)(x)  # the file stores "MyBlock" and its arguments, not its code
             ```
             """),
         fix=_text("""
-            Replace Lambda layers with built-in ones (`keras.layers.Rescaling(1 / 255)`), or with registered
-            custom layers (`@keras.saving.register_keras_serializable()`) whose code ships with the model.
-            Load models from untrusted sources only with `safe_mode=True`.
+            Replace Lambda layers with built-in ones (`keras.layers.Rescaling(1 / 255)`) or with a custom
+            layer class, whose code is yours and stays out of the file; load files with stored code only
+            if you trust them (`safe_mode=False`). For custom classes, ship the code that defines them
+            with the model (a package that registers them with
+            `@keras.saving.register_keras_serializable()`), and pass them to `load_model` as
+            `custom_objects` or import that package before loading.
             """),
-        hint="use built-in layers (e.g. Rescaling) instead of Lambda; never load untrusted files with safe_mode=False",
+        hint="a Lambda runs code stored in the file (safe_mode=False, --unsafe): use built-in layers; a custom "
+             "class is only named: supply it (custom_objects, --custom-objects)",
         needs=NEEDS_ARCHITECTURE,
         check=graph.code_in_model,
     ),
@@ -570,6 +586,9 @@ RULES: tuple[Rule, ...] = (
             1) that is still in the moving statistics. It reports the layer when that share is above
             `[tool.bninspect.thresholds] unconverged-share` (default 0.05). Weights-only files and
             models saved with `include_optimizer=False` have no step count: the rule does not run.
+            Neither does it for a stored count of 0 while the statistics were updated: tf.keras
+            2.12+ saves 0 for an optimizer that never ran (a model compiled again after training),
+            which says nothing about the steps that trained the statistics.
             """),
         why=_text("""
             Keras updates the moving statistics once per training step, `moving = momentum * moving +

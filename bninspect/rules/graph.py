@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from bninspect.thresholds import Thresholds
-from bninspect.findings import Severity
+from bninspect.findings import Quantity, Severity
 from bninspect.model import BN_CLASS_NAMES, CODE, BNLayer, Layer, ModelDescription
 from bninspect.rules.base import Hit
-from bninspect.keras_classes import BUILTIN_LAYER_CLASSES, CODE_LAYER_CLASSES, providing_library
+from bninspect.rules.stats import counted
+from bninspect.keras_classes import BUILTIN_LAYER_CLASSES, STORED_CODE_CLASSES, providing_library
 
 DROPOUT_CLASSES = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
                              "GaussianDropout", "AlphaDropout"})
@@ -231,7 +232,8 @@ def redundant_bias(description: ModelDescription, thresholds: Thresholds) -> Ite
             continue  # BN normalises another axis: the per-channel bias is not cancelled
         yield Hit(bn.path, f"{producer.path} ({producer.class_name}, use_bias=True, linear activation) feeds "
                            f"this centred BN directly: the mean subtraction cancels its {bn.channels} bias values "
-                           f"and beta takes their place")
+                           f"and beta takes their place",
+                  quantities=(counted("{} bias values", bn.channels, worse=None),))
 
 
 # --- BN012 dropout-before-bn -------------------------------------------------------------------
@@ -251,7 +253,8 @@ def dropout_before_bn(description: ModelDescription, thresholds: Thresholds) -> 
                     break  # rate 0 is the identity
                 rate_text = f", rate {rate:g}" if rate is not None else ""
                 yield Hit(bn.path, f"{producer.path} ({producer.class_name}{rate_text}) feeds this BN: the "
-                                   f"variance BN sees in training differs from the one at inference")
+                                   f"variance BN sees in training differs from the one at inference",
+                          quantities=(Quantity("dropout rate {}", rate, f"{rate:g}"),) if rate is not None else ())
                 break
 
 
@@ -313,6 +316,7 @@ def fine_tune_training_mode(description: ModelDescription, thresholds: Threshold
                                   f"recorded in the graph: {len(training)} of its {len(inside)} BN layers are trainable and "
                                   f"still normalise with batch statistics and overwrite the pretrained moving "
                                   f"statistics during fit",
+                      quantities=(counted("{} trainable BN layers", len(training)),),
                       hint="freeze the base's BatchNormalization layers (`layer.trainable = False` for each): "
                            "frozen BN layers run in inference mode in every Keras version")
             continue
@@ -321,10 +325,54 @@ def fine_tune_training_mode(description: ModelDescription, thresholds: Threshold
         yield Hit(layer.path, f"the pretrained base {layer.path} ({what}) is called {how}, and "
                               f"{len(training)} of its {len(inside)} BN layers are trainable: fine-tuning "
                               f"normalises with batch statistics and overwrites the pretrained moving "
-                              f"statistics with every batch")
+                              f"statistics with every batch",
+                  quantities=(counted("{} trainable BN layers", len(training)),))
 
 
 # --- BN017 code-in-model -----------------------------------------------------------------------
+#
+# Two different things, with different consequences, are "code in a model":
+# - code STORED in the file (a Lambda's marshalled bytecode, a TorchModuleWrapper's pickle, a
+#   Keras 3 `__lambda__` object): loading runs it. Keras 3 refuses unless safe_mode=False;
+#   tf.keras and Keras 2 run a legacy .h5's Lambda without asking (measured with tf-keras 2.21).
+# - classes and functions the file only NAMES (custom layers, activations, a Keras 3 Lambda of a
+#   named function): the file holds no code for them, and Keras fails ("Unknown layer: 'Name'")
+#   whatever safe_mode is, until the user supplies them. Nothing from the file runs.
+
+STORED_CODE_HINT = ("replace stored code with built-in layers (a Lambda dividing by 255: Rescaling(1 / 255)) or a "
+                    "registered class; load the file only if you trust it (safe_mode=False; bninspect: --unsafe)")
+NAMED_CODE_HINT = ("to load the model, supply the class (custom_objects, or import the module that registers it; "
+                   "bninspect: --custom-objects FILE.py); safe_mode changes nothing")
+
+
+@dataclass(frozen=True)
+class CodeNeeds:
+    """What loading a layer (or the model's class) with Keras needs besides Keras' own code."""
+
+    stored: tuple[str, ...] = ()  # code stored in the file, which loading would run
+    named: tuple[str, ...] = ()  # classes and functions the file only names, which the user supplies
+
+    def __bool__(self) -> bool:
+        return bool(self.stored or self.named)
+
+    def message(self) -> str:
+        clauses = []
+        if self.stored:
+            clauses.append(f"{_listed(self.stored)} stored in the file: loading the model with Keras runs that "
+                           f"code (Keras 3 refuses it unless safe_mode=False; tf.keras and Keras 2 run it from an "
+                           f".h5 without asking)")
+        if self.named:
+            definitions = "the definition is" if len(self.named) == 1 else "the definitions are"
+            clauses.append(f"{_listed(self.named)}, only named in the file (no code): loading the model with Keras "
+                           f"fails until {definitions} supplied (custom_objects), whatever safe_mode; no code from "
+                           f"the file runs")
+        return "; and ".join(clauses)
+
+    def hint(self) -> str:
+        if self.stored and self.named:
+            return f"{STORED_CODE_HINT}; and {NAMED_CODE_HINT}"
+        return STORED_CODE_HINT if self.stored else NAMED_CODE_HINT
+
 
 def _provided(module: str, registered: Any) -> bool:
     """Keras' own classes and those of libraries such as keras_hub, which Keras loads by their
@@ -332,13 +380,15 @@ def _provided(module: str, registered: Any) -> bool:
     return providing_library(module, registered if isinstance(registered, str) else None) is not None
 
 
-def _custom_objects(node: Any, depth: int = 0) -> list[str]:
-    """Names of Keras 3 serialised objects inside a layer config that are not Keras' own
-    (custom layers, initializers, activations, ...). Keras 2 configs have no `module` key.
+def _serialised_objects(node: Any, depth: int = 0) -> tuple[list[str], list[str]]:
+    """(stored, named) inside a Keras 3 layer config: the Python lambdas whose bytecode it holds
+    (`__lambda__` objects), and the serialised objects that are not Keras' own (custom layers,
+    initializers, activations, ...), by name. Keras 2 configs have no `module` key.
 
     A loop over a stack rather than recursive generators: it runs over every layer's config, and
     a model with thousands of layers made the generators a noticeable part of `bninspect check`."""
-    found: list[str] = []
+    stored: list[str] = []
+    named: list[str] = []
     stack = [(node, depth)]
     while stack:
         node, depth = stack.pop()
@@ -346,11 +396,13 @@ def _custom_objects(node: Any, depth: int = 0) -> list[str]:
             continue
         if isinstance(node, dict):
             module = node.get("module")
-            if "class_name" in node and isinstance(module, str):
+            if node.get("class_name") == "__lambda__":
+                stored.append("a Python lambda in its config")
+            elif "class_name" in node and isinstance(module, str):
                 registered = node.get("registered_name")
                 if not _provided(module, registered):
                     config = node.get("config")
-                    found.append(registered if isinstance(registered, str) and ">" in registered
+                    named.append(registered if isinstance(registered, str) and ">" in registered
                                  else config if node.get("class_name") == "function" and isinstance(config, str)
                                  else f"{module}.{node.get('class_name')}")
             children = node.values()
@@ -359,7 +411,7 @@ def _custom_objects(node: Any, depth: int = 0) -> list[str]:
         else:
             continue
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return found
+    return stored, named
 
 
 _WRAPPED_KEYS = ("layer", "cell", "forward_layer", "backward_layer")
@@ -373,33 +425,64 @@ def _keras2_custom_classes(config: Mapping[str, Any], depth: int = 0) -> Iterato
     for entry in wrapped:
         if isinstance(entry, dict) and isinstance(entry.get("class_name"), str):
             name = entry["class_name"]
-            if name in CODE_LAYER_CLASSES or name not in BUILTIN_LAYER_CLASSES:
+            if name in STORED_CODE_CLASSES or name not in BUILTIN_LAYER_CLASSES:
                 yield name
             if isinstance(entry.get("config"), dict):
                 yield from _keras2_custom_classes(entry["config"], depth + 1)
 
 
-def code_reasons(layer: Layer) -> list[str]:
-    """Why loading `layer` with Keras would run code that is not Keras' own; [] when it would not."""
-    reasons: list[str] = []
-    if layer.class_name in CODE_LAYER_CLASSES:
-        reasons.append(f"a {layer.class_name} layer (its code is stored in the file)")
+def _lambda_of_named_function(layer: Layer) -> bool:
+    """A Lambda whose config keeps its function by name, not as bytecode: Keras 2 writes
+    `function_type: "function"`, Keras 3 a serialised function object instead of `__lambda__`."""
+    function = layer.config.get("function")
+    return layer.class_name == "Lambda" and (
+        layer.config.get("function_type") == "function"
+        or (isinstance(function, dict) and function.get("class_name") != "__lambda__"))
+
+
+def _stored_code(layer: Layer) -> str | None:
+    """The code a Lambda or TorchModuleWrapper layer stores in the file; None when it stores none."""
+    what = STORED_CODE_CLASSES.get(layer.class_name)
+    if what is None or _lambda_of_named_function(layer):
+        return None
+    return f"a {layer.class_name} layer with {what}"
+
+
+def _listed(items: tuple[str, ...], shown: int = 5) -> str:
+    """"a, b and c"; beyond `shown` items, "a, b, c, d, e and 3 more"."""
+    if len(items) > shown:
+        return f"{', '.join(items[:shown])} and {len(items) - shown} more"
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def code_needs(layer: Layer) -> CodeNeeds:
+    """What loading `layer` with Keras needs that is not Keras' own; empty when nothing."""
+    stored: list[str] = []
+    named: list[str] = []
+    code = _stored_code(layer)
+    if code is not None:
+        stored.append(code)
+    if _lambda_of_named_function(layer) and isinstance(layer.config.get("function"), str):
+        named.append(f"function {layer.config['function']}")  # Keras 2 (Keras 3's is a custom object below)
     if layer.is_container:
-        return reasons  # the nested layers are checked on their own
+        return CodeNeeds(tuple(stored), tuple(named))  # the nested layers are checked on their own
     if layer.module is not None or layer.registered_name is not None:
         registered = layer.registered_name or ""
         if providing_library(layer.module, layer.registered_name) is None:
             module = f" (module {layer.module})" if layer.module else ""
-            reasons.append(f"custom class {registered or layer.class_name}{module}")
-        nested = sorted(set(_custom_objects(dict(layer.config))))
+            named.append(f"custom class {registered or layer.class_name}{module}")
+        lambdas, objects = _serialised_objects(dict(layer.config))
+        if code is None:  # a Lambda's own `__lambda__` is the layer's stored code, said already
+            stored.extend(sorted(set(lambdas)))
     else:
         if layer.class_name not in BUILTIN_LAYER_CLASSES:
-            reasons.append(f"custom class {layer.class_name}")
-        nested = sorted(set(_keras2_custom_classes(layer.config)))
-    if nested:
-        reasons.append("custom objects in its config: " + ", ".join(nested[:5]) +
-                       (f" and {len(nested) - 5} more" if len(nested) > 5 else ""))
-    return reasons
+            named.append(f"custom class {layer.class_name}")
+        wrapped = set(_keras2_custom_classes(layer.config))
+        stored.extend(f"a wrapped {name} layer with {STORED_CODE_CLASSES[name]}"
+                      for name in sorted(wrapped & set(STORED_CODE_CLASSES)))
+        objects = list(wrapped - set(STORED_CODE_CLASSES))
+    named.extend(f"custom object {name} in its config" for name in sorted(set(objects)))
+    return CodeNeeds(tuple(stored), tuple(named))
 
 
 def code_in_model(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
@@ -410,12 +493,10 @@ def code_in_model(description: ModelDescription, thresholds: Thresholds) -> Iter
         model = Layer(path="", name=architecture.class_name or "", class_name=architecture.class_name or "",
                       config=architecture.config, module=architecture.module,
                       registered_name=architecture.registered_name)
-        reasons = code_reasons(model)
-        if reasons:
-            yield Hit(None, f"the architecture is code: {'; '.join(reasons)}: loading the model with Keras needs "
-                            f"that code (custom_objects or the module that registers it) and runs it")
+        needs = code_needs(model)
+        if needs:
+            yield Hit(None, f"the architecture is code: {needs.message()}", hint=needs.hint())
     for layer in description.layers:
-        reasons = code_reasons(layer)
-        if reasons:
-            yield Hit(layer.path, "; ".join(reasons) + ": loading the model with Keras needs "
-                                  "safe_mode=False or custom_objects and would run code")
+        needs = code_needs(layer)
+        if needs:
+            yield Hit(layer.path, needs.message(), hint=needs.hint())

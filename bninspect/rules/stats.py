@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
+from bninspect.findings import HIGHER, LOWER, Quantity
 from bninspect.thresholds import Thresholds
 from bninspect.model import BNLayer, ModelDescription
 from bninspect.rules.base import Hit
@@ -32,6 +33,22 @@ def num(value: float) -> str:
     return f"{value:.4g}"
 
 
+def measured(label: str, value: float, worse: str | None = HIGHER) -> Quantity:
+    """A measured number of a message, written as `num` writes it; `label` reads with the number
+    in place of `{}`."""
+    return Quantity(label, float(value), num(float(value)), worse)
+
+
+def counted(label: str, count: int | np.integer, worse: str | None = HIGHER) -> Quantity:
+    """A count of a message (channels, layers), written in full as the messages write counts."""
+    return Quantity(label, float(count), str(int(count)), worse)
+
+
+def channel_total(layer: BNLayer) -> Quantity:
+    """The layer's channel count: a number of the message, but no measure of how bad it is."""
+    return counted("{} channels", layer.channels, worse=None)
+
+
 def channel_list(mask: np.ndarray, limit: int = 6) -> str:
     indices = np.flatnonzero(mask)
     shown = ", ".join(str(int(i)) for i in indices[:limit])
@@ -45,24 +62,21 @@ def _epsilon(layer: BNLayer) -> tuple[float, str]:
     return DEFAULT_EPSILON, f"{num(DEFAULT_EPSILON)} (assumed, no config)"
 
 
-def initial_channels(layer: BNLayer) -> np.ndarray:
-    """Per channel: moving mean exactly 0 and moving variance exactly 1 (never updated)."""
-    return (layer.moving_mean == 0.0) & (layer.moving_variance == 1.0)
-
-
 def untrained_moving_stats(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     for layer in description.bn_layers:
-        if layer.channels and initial_channels(layer).all():
+        if layer.channels and layer.initial_channels().all():
             yield Hit(layer.path, f"moving mean is exactly 0 and moving variance exactly 1 in all "
-                                  f"{layer.channels} channels: the statistics were never updated")
+                                  f"{layer.channels} channels: the statistics were never updated",
+                      quantities=(channel_total(layer),))
 
 
 def partially_untrained(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     for layer in description.bn_layers:
-        initial = initial_channels(layer)
+        initial = layer.initial_channels()
         if initial.any() and not initial.all():
             yield Hit(layer.path, f"{int(initial.sum())} of {layer.channels} channels still hold the initial "
-                                  f"statistics (mean 0, variance 1): {channel_list(initial)}")
+                                  f"statistics (mean 0, variance 1): {channel_list(initial)}",
+                      quantities=(counted("{} channels at the initial statistics", initial.sum()),))
 
 
 # float32 updates round: a run from the initial values can leave a channel's variance a hair under
@@ -98,7 +112,7 @@ def unconverged_layers(description: ModelDescription, limit: float) -> list[tupl
         if share is None or share <= limit or layer.trainable is False or not layer.channels:
             continue
         variance = layer.moving_variance
-        if initial_channels(layer).all() or not np.all(np.isfinite(variance)):
+        if layer.initial_channels().all() or not np.all(np.isfinite(variance)):
             continue
         if float(variance.min()) < share * (1.0 - SHARE_ROUNDING):
             continue
@@ -111,17 +125,23 @@ def unconverged_message(steps: int, momentum: float, share: float, limit: float)
             f"are still the initial 0/1 (below {limit:.0%} needs {steps_to_reach(momentum, limit)} steps)")
 
 
+def unconverged_quantities(momentum: float, share: float) -> tuple[Quantity, ...]:
+    """The numbers of `unconverged_message` that differ between layers (the step count does not)."""
+    return (Quantity("{} still initial", share, f"{share:.0%}"), measured("momentum {}", momentum, worse=None))
+
+
 def unconverged_moving_stats(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     limit = thresholds.unconverged_share
     for layer, share in unconverged_layers(description, limit):
         # unconverged_layers reports layers only when the step count and the momentum are known
-        yield Hit(layer.path, unconverged_message(int(description.training_steps), float(layer.momentum),
-                                                  share, limit))
+        momentum = float(layer.momentum)
+        yield Hit(layer.path, unconverged_message(int(description.training_steps), momentum, share, limit),
+                  quantities=unconverged_quantities(momentum, share))
 
 
 def untrained_affine(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     for layer in description.bn_layers:
-        if layer.trainable is False or not layer.channels or initial_channels(layer).all():
+        if layer.trainable is False or not layer.channels or layer.initial_channels().all():
             continue
         # Only the arrays that exist: scale=False has no gamma, center=False no beta.
         checks = [(name, values, initial) for name, values, initial in
@@ -129,15 +149,19 @@ def untrained_affine(description: ModelDescription, thresholds: Thresholds) -> I
         if checks and all(np.all(values == initial) for _, values, initial in checks):
             what = " and ".join(f"{name} is exactly {num(initial)}" for name, _, initial in checks)
             yield Hit(layer.path, f"{what} in all {layer.channels} channels although the moving "
-                                  f"statistics were updated: the affine parameters never trained")
+                                  f"statistics were updated: the affine parameters never trained",
+                      quantities=(channel_total(layer),))
 
 
 def non_finite(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     for layer in description.bn_layers:
         parts = []
+        affected = np.zeros(layer.channels, dtype=bool)
         for name, values in layer.arrays().items():
-            if np.isfinite(values).all():
+            finite = np.isfinite(values)
+            if finite.all():
                 continue  # the common case: one test instead of counting NaN and Inf separately
+            affected |= ~finite
             nans = int(np.isnan(values).sum())
             infs = int(np.isinf(values).sum())
             if nans:
@@ -145,16 +169,20 @@ def non_finite(description: ModelDescription, thresholds: Thresholds) -> Iterato
             if infs:
                 parts.append(f"{name} {infs} Inf")
         if parts:
-            yield Hit(layer.path, f"non-finite values in {layer.channels} channels: {', '.join(parts)}")
+            yield Hit(layer.path, f"non-finite values in {int(affected.sum())} of {layer.channels} channels: "
+                                  f"{', '.join(parts)}",
+                      quantities=(counted("{} channels with NaN/Inf", affected.sum()),))
 
 
 def negative_variance(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
     for layer in description.bn_layers:
         negative = layer.moving_variance < 0  # NaN compares False: BN003 reports those
         if negative.any():
+            lowest = float(layer.moving_variance[negative].min())
             yield Hit(layer.path, f"{int(negative.sum())} of {layer.channels} channels have a negative moving "
-                                  f"variance (min {num(float(layer.moving_variance[negative].min()))}): "
-                                  f"{channel_list(negative)}")
+                                  f"variance (min {num(lowest)}): {channel_list(negative)}",
+                      quantities=(counted("{} channels with a negative variance", negative.sum()),
+                                  measured("lowest variance {}", lowest, worse=LOWER)))
 
 
 def collapsed_variance(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
@@ -177,10 +205,13 @@ def collapsed_variance(description: ModelDescription, thresholds: Thresholds) ->
         quiet = int(collapsed.sum() - amplified.sum())
         also = (f"; {quiet} more collapsed channels have effective scale at most {num(limit_scale)}"
                 if quiet else "")
+        largest = float(scale[amplified].max())
         yield Hit(layer.path, f"{int(amplified.sum())} of {layer.channels} channels have moving variance "
                               f"below {limit} (min {num(float(variance[amplified].min()))}) and effective scale "
-                              f"|gamma|/sqrt(var+eps) up to {num(float(scale[amplified].max()))}, above "
-                              f"{num(limit_scale)}: {channel_list(amplified)}{also}")
+                              f"|gamma|/sqrt(var+eps) up to {num(largest)}, above "
+                              f"{num(limit_scale)}: {channel_list(amplified)}{also}",
+                  quantities=(counted("{} amplified collapsed channels", amplified.sum()),
+                              measured("effective scale up to {}", largest)))
 
 
 def zero_gamma(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
@@ -191,7 +222,8 @@ def zero_gamma(description: ModelDescription, thresholds: Thresholds) -> Iterato
         if zero.any():
             yield Hit(layer.path, f"{int(zero.sum())} of {layer.channels} channels have |gamma| <= "
                                   f"{num(thresholds.zero_gamma)} (they output the constant beta): "
-                                  f"{channel_list(zero)}")
+                                  f"{channel_list(zero)}",
+                      quantities=(counted("{} channels with gamma ~ 0", zero.sum()),))
 
 
 def effective_scale(layer: BNLayer) -> np.ndarray:
@@ -208,9 +240,12 @@ def extreme_scale(description: ModelDescription, thresholds: Thresholds) -> Iter
         # NaN (from NaN/negative inputs) compares False: BN003/BN004 report those layers.
         extreme = np.isfinite(scale) & (scale > thresholds.extreme_scale)
         if extreme.any():
+            largest = float(scale[extreme].max())
             yield Hit(layer.path, f"{int(extreme.sum())} of {layer.channels} channels have effective scale "
                                   f"|gamma|/sqrt(var+eps) above {num(thresholds.extreme_scale)} "
-                                  f"(max {num(float(scale[extreme].max()))})")
+                                  f"(max {num(largest)})",
+                      quantities=(counted("{} channels above the limit", extreme.sum()),
+                                  measured("effective scale up to {}", largest)))
 
 
 def pytorch_momentum(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
@@ -220,7 +255,8 @@ def pytorch_momentum(description: ModelDescription, thresholds: Thresholds) -> I
                                   f"every update keeps only {num(layer.momentum * 100)}% of the old moving "
                                   f"statistics (Keras default 0.99)",
                       hint=f"Keras momentum is 1 - PyTorch momentum: use {num(1 - layer.momentum)} "
-                           f"(or Keras' default 0.99)")
+                           f"(or Keras' default 0.99)",
+                      quantities=(measured("momentum {}", layer.momentum, worse=LOWER),))
 
 
 def frozen_bn(description: ModelDescription, thresholds: Thresholds) -> Iterator[Hit]:
@@ -237,4 +273,5 @@ def fp16_epsilon(description: ModelDescription, thresholds: Thresholds) -> Itera
         if half and layer.epsilon is not None and layer.epsilon < FLOAT16_SMALLEST_NORMAL:
             why = f"dtype policy {policy}" if policy in FLOAT16_POLICIES else "float16 weights"
             yield Hit(layer.path, f"epsilon {num(layer.epsilon)} is below {num(FLOAT16_SMALLEST_NORMAL)}, the "
-                                  f"smallest normal float16, under {why}")
+                                  f"smallest normal float16, under {why}",
+                      quantities=(measured("epsilon {}", layer.epsilon, worse=LOWER),))
