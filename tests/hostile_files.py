@@ -86,26 +86,26 @@ def external_storage_kernel(directory: Path) -> Path:
     return path
 
 
-def external_storage_fifo(directory: Path) -> Path:
-    """External storage on a FIFO: reading it would wait for a writer forever."""
-    fifo = directory / "pipe"
+def _externally_on_fifo(directory: Path, name: str, where: str, shape: tuple[int, ...], dtype: str) -> Path:
+    """A copy of the weights sample whose dataset `where` is stored externally on a FIFO."""
+    fifo = directory / f"{name}_pipe"
     if not fifo.exists():
         os.mkfifo(fifo)
-    path = _copy(WEIGHTS, directory, "external_fifo.weights.h5")
-    _replace_dataset(path, f"{BN_VARS}/3", lambda group, name: group.create_dataset(
-        name, shape=(8,), dtype="float32", external=[(str(fifo), 0, 32)]))
+    path = _copy(WEIGHTS, directory, f"{name}.weights.h5")
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    _replace_dataset(path, where, lambda group, leaf: group.create_dataset(
+        leaf, shape=shape, dtype=dtype, external=[(str(fifo), 0, size)]))
     return path
+
+
+def external_storage_fifo(directory: Path) -> Path:
+    """External storage on a FIFO: reading it would wait for a writer forever."""
+    return _externally_on_fifo(directory, "external_fifo", f"{BN_VARS}/3", (8,), "float32")
 
 
 def external_step_counter_fifo(directory: Path) -> Path:
     """The optimizer's step counter (read for BN018) stored externally on a FIFO."""
-    fifo = directory / "counter_pipe"
-    if not fifo.exists():
-        os.mkfifo(fifo)
-    path = _copy(WEIGHTS, directory, "external_counter.weights.h5")
-    _replace_dataset(path, "optimizer/vars/0", lambda group, name: group.create_dataset(
-        name, shape=(1,), dtype="int64", external=[(str(fifo), 0, 8)]))
-    return path
+    return _externally_on_fifo(directory, "external_counter", "optimizer/vars/0", (1,), "int64")
 
 
 def virtual_dataset(directory: Path) -> Path:

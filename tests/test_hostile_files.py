@@ -2,8 +2,8 @@
 the model is read, nothing hangs, each costs at most 10 s and 1 GiB, the refusal is one line
 naming the file and the reason, exit 2, no traceback, and the input is unchanged.
 
-Each file runs in a fresh process whose time and peak memory (VmHWM, from wait4's rusage) are
-measured alone: these are bounds on hostile input, not performance targets.
+Each file runs in a fresh process whose time and peak memory are measured alone
+(tests/bounded_cli.py): these are bounds on hostile input, not performance targets.
 """
 
 from __future__ import annotations
@@ -13,52 +13,18 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import hostile_files as hostile
+from bounded_cli import Run, run_bounded
 
 MAX_SECONDS = 10.0
 MAX_BYTES = 1 << 30
 # The content of /etc/passwd as float32, had it been read: "root:x:0:0:root:/root:/bin/bash".
 OUTSIDE_BYTES = Path(hostile.OUTSIDE_FILE).read_bytes()[:32] if Path(hostile.OUTSIDE_FILE).exists() else b""
-
-
-@dataclass(frozen=True)
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    peak_bytes: int
-
-
-def run_bounded(*args: str, timeout: float = 60.0, cwd: Path | None = None) -> Run:
-    """`python -m bninspect ARGS` in a fresh process: its exit code, output, wall time and peak
-    resident memory. Killed after `timeout` (a hang), which then fails the time bound."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.monotonic()
-        process = subprocess.Popen([sys.executable, "-m", "bninspect", *args], stdout=out, stderr=err, cwd=cwd)
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - start > timeout:
-                process.kill()
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.02)
-        seconds = time.monotonic() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Run(process.returncode, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"),
-                   seconds, usage.ru_maxrss * 1024)
 
 
 def assert_bounded(run: Run) -> None:

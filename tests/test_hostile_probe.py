@@ -22,18 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bounded_cli import Run, run_bounded
 from hostile_files import (config_layer, edited_config, free_image_input, huge_dense_input, large_image_input,
                            layer_config, model_named, png_images, renamed_copy, upsampling_instead_of_pooling)
 
@@ -55,44 +50,9 @@ MEMORY_BAR = (1 << 30) + (600 << 20)
 SECONDS_BAR = 30
 
 
-@dataclass(frozen=True)
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    peak_bytes: int
-
-
-def _resident_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):  # the process's peak resident memory so far
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_cli(*args: str, timeout: float = 300) -> Run:
-    """The real CLI in a child process, its peak memory sampled; killed past MEMORY_CAP."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "bninspect", *args], stdout=out, stderr=err,
-                                 start_new_session=True)
-        peak = 0
-        while child.poll() is None:
-            peak = max(peak, _resident_bytes(child.pid))
-            if peak > MEMORY_CAP or time.perf_counter() - started > timeout:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-                break
-            time.sleep(0.02)
-        seconds = time.perf_counter() - started
-        out.seek(0)
-        err.seek(0)
-        return Run(child.returncode, out.read().decode("utf-8"), err.read().decode("utf-8"), seconds, peak)
+    """The real CLI in a child process, its peak memory measured; killed past MEMORY_CAP."""
+    return run_bounded(*args, timeout=timeout, memory_cap=MEMORY_CAP)
 
 
 def shown(path: Path | str) -> str:
