@@ -379,10 +379,13 @@ def _collect(results: Iterable[ModelReport], on_done, into: list[ModelReport] | 
     return reports
 
 
-def exit_status(reports: list[ModelReport], settings: Settings) -> int:
-    """2 when any file was unreadable, else 1 when any finding is at the failing severity, else 0."""
+def exit_status(reports: list[ModelReport], settings: Settings,
+                known: Callable[[Finding], bool] | None = None) -> int:
+    """2 when any file was unreadable, else 1 when any finding is at the failing severity, else 0.
+    `known`: findings accepted in a baseline (`BaselineResult.is_known`), which never fail."""
     if any(report.error is not None for report in reports):
         return EXIT_FAILURE
-    if any(settings.fails(finding) for report in reports for finding in report.findings):
+    if any(settings.fails(finding) and not (known is not None and known(finding))
+           for report in reports for finding in report.findings):
         return EXIT_FINDINGS
     return EXIT_OK

@@ -9,6 +9,7 @@ flags are applied on top with `Settings.with_overrides`.
     ignore = ["BN013", "zero-gamma"]
     strict = false                   # true: warnings fail `bninspect check` too
     build = false                    # true: as --build (check, inspect, report)
+    baseline = "bninspect-baseline.json"  # as `check --baseline`, relative to this file
 
     [tool.bninspect.severity]        # override a rule's severity: error, warning or info
     BN013 = "warning"
@@ -39,7 +40,7 @@ from bninspect.errors import SettingsError
 from bninspect.findings import Finding, Severity
 from bninspect.thresholds import Thresholds
 
-TABLE_KEYS = ("select", "ignore", "strict", "build", "severity", "per-layer-ignores", "thresholds")
+TABLE_KEYS = ("select", "ignore", "strict", "build", "baseline", "severity", "per-layer-ignores", "thresholds")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class Settings:
     per_layer_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
     thresholds: Thresholds = field(default_factory=Thresholds)
     config_file: str | None = None  # where these came from, for messages
+    # The baseline file of `check` (`baseline` in the config, resolved against the config's
+    # directory; `--baseline` on the command line); None: no baseline.
+    baseline: str | None = None
 
     @property
     def fail_severity(self) -> Severity:
@@ -94,7 +98,8 @@ class Settings:
         return finding.severity.rank >= self.fail_severity.rank
 
     def with_overrides(self, select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
-                       strict: bool | None = None, build: bool | None = None) -> "Settings":
+                       strict: bool | None = None, build: bool | None = None,
+                       baseline: str | None = None) -> "Settings":
         """Command-line flags on top of the config, the way ruff layers them: a `--select`
         replaces the configured selection (and its ignores); `--ignore` adds to what is ignored.
         Raises SettingsError for unknown codes."""
@@ -105,7 +110,8 @@ class Settings:
         else:
             updated = replace(self, ignore=self.ignore | cli_ignore)
         return replace(updated, strict=self.strict if strict is None else strict,
-                       build=self.build if build is None else build)
+                       build=self.build if build is None else build,
+                       baseline=self.baseline if baseline is None else baseline)
 
 
 # --- rule selectors ---------------------------------------------------------------------------
@@ -227,11 +233,22 @@ def settings_from_table(table: Any, origin: str) -> Settings:
     if not isinstance(build, bool):
         raise SettingsError(f"{where} build: expected true or false, got {build!r}")
     return Settings(select=select, ignore=ignore, strict=strict, build=build,
+                    baseline=_baseline(table.get("baseline"), origin, f"{where} baseline"),
                     severity_overrides=_severities(table.get("severity", {}), f"{where}.severity"),
                     per_layer_ignores=_layer_ignores(table.get("per-layer-ignores", {}),
                                                      f"{where}.per-layer-ignores"),
                     thresholds=_thresholds(table.get("thresholds", {}), f"{where}.thresholds"),
                     config_file=origin)
+
+
+def _baseline(value: Any, origin: str, where: str) -> str | None:
+    """The baseline file, relative to the config file's directory (as ruff resolves its paths):
+    the same file whatever directory `bninspect check` runs from."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SettingsError(f"{where}: expected a file name, got {value!r}")
+    return str(Path(origin).resolve().parent / value)
 
 
 def _string_list(value: Any, where: str) -> list[str]:
