@@ -97,10 +97,10 @@ def check(
         other_inputs["--baseline"] = Path(settings.baseline)
     outputs = {"--output": output, "--update-baseline": update_baseline}
     with one_line_errors(debug):
+        refuse_writing_inputs(outputs, paths, other_inputs)
         # Read before any model: a malformed baseline stops the run at once.
         accepted = _read_baseline(settings, update_baseline)
         if data is not None:
-            refuse_writing_inputs(outputs, paths, other_inputs)
             reports = _check_with_data(paths, settings, data, batch_size or 32, limit, rescale, unsafe,
                                        custom_objects, debug, remote)
         else:
