@@ -17,6 +17,9 @@ flags are applied on top with `Settings.with_overrides`.
     [tool.bninspect.per-layer-ignores]   # glob on the layer path ("outer/inner/bn")
     "head/*" = ["BN010"]
 
+    [tool.bninspect.per-file-ignores]    # glob on the model path, relative to this file (as ruff)
+    "legacy/*.h5" = ["BN001"]        # a glob without "/" also matches the file name anywhere
+
     [tool.bninspect.thresholds]      # keys of `Thresholds`, kebab- or snake_case
     extreme-scale = 1000.0
 
@@ -33,14 +36,16 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from bninspect.errors import SettingsError
-from bninspect.findings import Finding, Severity
+from bninspect.findings import Finding, Severity, Suppressed
 from bninspect.thresholds import Thresholds
 
-TABLE_KEYS = ("select", "ignore", "strict", "build", "baseline", "severity", "per-layer-ignores", "thresholds")
+TABLE_KEYS = ("select", "ignore", "strict", "build", "baseline", "severity", "per-layer-ignores",
+              "per-file-ignores", "thresholds")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,11 @@ class Settings:
     severity_overrides: tuple[tuple[str, Severity], ...] = ()
     # (glob on the layer path, codes ignored for layers matching it)
     per_layer_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
+    # (glob on the model path relative to `root`, codes ignored in the models matching it)
+    per_file_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
+    # The config file's directory, which per-file-ignores globs are relative to; None: the
+    # working directory.
+    root: str | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     config_file: str | None = None  # where these came from, for messages
     # The baseline file of `check` (`baseline` in the config, resolved against the config's
@@ -81,18 +91,39 @@ class Settings:
         return any(code in codes and fnmatch.fnmatchcase(layer, pattern)
                    for pattern, codes in self.per_layer_ignores)
 
+    def suppression(self, finding: Finding) -> str | None:
+        """The per-layer or per-file ignore that suppresses `finding` ("per-file-ignores
+        'legacy/*'"), or None. (`select`/`ignore` deselect a rule everywhere: not a suppression.)"""
+        if self.ignored_for_layer(finding.code, finding.layer):
+            pattern = next(pattern for pattern, codes in self.per_layer_ignores
+                           if finding.code in codes and fnmatch.fnmatchcase(finding.layer, pattern))
+            return f"per-layer-ignores {pattern!r}"
+        for pattern, codes in self.per_file_ignores:
+            if finding.code in codes and model_matches(finding.source, pattern, self.root):
+                return f"per-file-ignores {pattern!r}"
+        return None
+
     def apply(self, findings: Iterable[Finding]) -> tuple[Finding, ...]:
-        """Drop deselected and per-layer-ignored findings; apply severity overrides.
+        """Drop deselected and per-layer/per-file-ignored findings; apply severity overrides.
 
         Static rules go through this in `run_static_rules`; the dynamic probes call it too.
         """
+        return self.apply_tracked(findings)[0]
+
+    def apply_tracked(self, findings: Iterable[Finding]) -> tuple[tuple[Finding, ...], tuple[Suppressed, ...]]:
+        """`apply`, and the findings a per-layer or per-file ignore dropped, with which one."""
         kept = []
+        suppressed = []
         for finding in findings:
-            if not self.enabled(finding.code) or self.ignored_for_layer(finding.code, finding.layer):
+            if not self.enabled(finding.code):
+                continue
+            by = self.suppression(finding) if (self.per_layer_ignores or self.per_file_ignores) else None
+            if by is not None:
+                suppressed.append(Suppressed(finding, by))
                 continue
             severity = self.severity_for(finding.code, finding.severity)
             kept.append(finding if severity == finding.severity else replace(finding, severity=severity))
-        return tuple(kept)
+        return tuple(kept), tuple(suppressed)
 
     def fails(self, finding: Finding) -> bool:
         return finding.severity.rank >= self.fail_severity.rank
@@ -112,6 +143,23 @@ class Settings:
         return replace(updated, strict=self.strict if strict is None else strict,
                        build=self.build if build is None else build,
                        baseline=self.baseline if baseline is None else baseline)
+
+
+@lru_cache(maxsize=4096)
+def _relative_posix(source: str, root: str | None) -> str:
+    try:
+        return Path(os.path.relpath(os.path.abspath(source), root or os.getcwd())).as_posix()
+    except ValueError:  # another drive on Windows
+        return Path(os.path.abspath(source)).as_posix()
+
+
+def model_matches(source: str, pattern: str, root: str | None) -> bool:
+    """Whether a per-file-ignores glob matches the model at `source`: on its path relative to
+    `root`, and for a glob without "/" also on its file name (as ruff matches "__init__.py")."""
+    relative = _relative_posix(source, root)
+    if fnmatch.fnmatchcase(relative, pattern):
+        return True
+    return "/" not in pattern and fnmatch.fnmatchcase(relative.rpartition("/")[2], pattern)
 
 
 # --- rule selectors ---------------------------------------------------------------------------
@@ -235,8 +283,10 @@ def settings_from_table(table: Any, origin: str) -> Settings:
     return Settings(select=select, ignore=ignore, strict=strict, build=build,
                     baseline=_baseline(table.get("baseline"), origin, f"{where} baseline"),
                     severity_overrides=_severities(table.get("severity", {}), f"{where}.severity"),
-                    per_layer_ignores=_layer_ignores(table.get("per-layer-ignores", {}),
+                    per_layer_ignores=_pattern_ignores(table.get("per-layer-ignores", {}),
                                                      f"{where}.per-layer-ignores"),
+                    per_file_ignores=_pattern_ignores(table.get("per-file-ignores", {}), f"{where}.per-file-ignores"),
+                    root=str(Path(origin).resolve().parent),
                     thresholds=_thresholds(table.get("thresholds", {}), f"{where}.thresholds"),
                     config_file=origin)
 
@@ -277,7 +327,7 @@ def _severities(value: Any, where: str) -> tuple[tuple[str, Severity], ...]:
     return tuple(sorted(overrides.items()))
 
 
-def _layer_ignores(value: Any, where: str) -> tuple[tuple[str, frozenset[str]], ...]:
+def _pattern_ignores(value: Any, where: str) -> tuple[tuple[str, frozenset[str]], ...]:
     return tuple((pattern, _codes(_string_list(codes, f"{where} {pattern!r}"), f"{where} {pattern!r}"))
                  for pattern, codes in _table(value, where).items())
 

@@ -47,6 +47,10 @@ def check(
                                                    help="Write the current findings to this baseline file (keeping "
                                                         "each entry's `reason`, dropping fixed entries) and "
                                                         "pass them as known."),
+    show_suppressed: bool = typer.Option(False, "--show-suppressed",
+                                         help="Text and JSON: also list the findings per-layer-ignores and "
+                                              "per-file-ignores suppressed, by which entry, and the entries "
+                                              "that suppressed nothing in this run (unused)."),
     verbose: bool = typer.Option(False, "--verbose", "-v",
                                  help="Text: every finding on its own line (default: repeated findings of a "
                                       "model grouped by code, with the count and the first layers)."),
@@ -112,9 +116,16 @@ def check(
                 reports = check_targets(items, settings, jobs=workers, on_done=advance, build=building)
     compared = _compare_with_baseline(accepted, reports, settings, update_baseline)
     code = exit_status(reports, settings, compared.is_known if compared is not None else None)
-    emit(_render(reports, output_format, settings, code, output, verbose, statistics, compared), output)
+    suppressions = _suppressions(reports, settings) if show_suppressed else None
+    emit(_render(reports, output_format, settings, code, output, verbose, statistics, compared, suppressions), output)
     _errors_to_stderr(reports)
     raise typer.Exit(code)
+
+
+def _suppressions(reports, settings):
+    from bninspect.checking import suppression_uses
+
+    return suppression_uses(reports, settings)
 
 
 def _read_baseline(settings, update_baseline: Optional[Path]):
@@ -196,11 +207,11 @@ def _check_with_data(paths: List[str], settings, data: Path, batch_size: int, li
 
 
 def _render(reports, output_format: OutputFormat, settings, code: int, output: Optional[Path],
-            verbose: bool = False, statistics: bool = False, baseline=None) -> str:
+            verbose: bool = False, statistics: bool = False, baseline=None, suppressions=None) -> str:
     if output_format is OutputFormat.JSON:
         from bninspect.reporters import json_report
 
-        return json_report.render(reports, baseline)
+        return json_report.render(reports, baseline, suppressions)
     if output_format is OutputFormat.SARIF:
         from bninspect.reporters import sarif
 
@@ -220,7 +231,8 @@ def _render(reports, output_format: OutputFormat, settings, code: int, output: O
     from bninspect.reporters import check_text
 
     return check_text.render(reports, fail_severity=settings.fail_severity, exit_code=code,
-                             color=use_color(output), verbose=verbose, statistics=statistics, baseline=baseline)
+                             color=use_color(output), verbose=verbose, statistics=statistics, baseline=baseline,
+                             suppressions=suppressions)
 
 
 class _progress:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from bninspect.baseline import BaselineResult
+from bninspect.checking import SuppressionUse
 from bninspect.findings import Finding, Severity
 from bninspect.model import GRAPH
 from bninspect.report import ModelReport, architecture_label
@@ -87,6 +88,23 @@ def _split(report: ModelReport, baseline: BaselineResult | None) -> tuple[list[F
     return new, known
 
 
+def suppression_lines(reports: list[ModelReport], uses: tuple[SuppressionUse, ...]) -> Text:
+    """`--show-suppressed`: what the per-layer and per-file ignores suppressed, and by which entry;
+    then the entries that suppressed nothing in this run."""
+    text = Text()
+    suppressed = [(report, item) for report in reports for item in report.suppressed]
+    text.append(f"suppressed: {_plural(len(suppressed), 'finding')}\n", style="bold")
+    for report, item in suppressed:
+        finding = item.finding
+        text.append(printable(f"  {report.source}  {finding.layer or '(model)'}  {finding.code} {finding.name}  "
+                              f"by {item.by}") + "\n", style="dim")
+    for use in uses:
+        if use.unused:
+            text.append("  unused ", style="yellow")
+            text.append(printable(f"{use.kind} {use.pattern!r} = {use.code}: suppressed nothing in this run") + "\n")
+    return text
+
+
 def baseline_lines(reports: list[ModelReport], baseline: BaselineResult) -> Text:
     """What the baseline changed: how many findings it knows, and the entries that were fixed."""
     known, new = baseline.counts(reports)
@@ -133,7 +151,8 @@ def summary_line(reports: list[ModelReport], fail_severity: Severity, exit_code:
 
 def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR, exit_code: int = 0,
            color: bool = False, width: int | None = None, verbose: bool = False,
-           statistics: bool = False, baseline: BaselineResult | None = None) -> str:
+           statistics: bool = False, baseline: BaselineResult | None = None,
+           suppressions: tuple[SuppressionUse, ...] | None = None) -> str:
     """Per model a line, its findings grouped by code (`verbose`: one by one; `statistics`: none,
     the counts per code over all models instead), and the verdict last."""
     buffer = io.StringIO()
@@ -151,6 +170,10 @@ def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR,
         counts.end = ""
         console.print(FittingText(counts))
         console.print()
+    if suppressions is not None:
+        lines = suppression_lines(reports, suppressions)
+        lines.end = ""
+        console.print(FittingText(lines))
     if baseline is not None:
         lines = baseline_lines(reports, baseline)
         lines.end = ""
