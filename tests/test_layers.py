@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # dynamic analysis (with SavedModel reading, the only callers of tf_runtime.import_tensorflow)
     ("probes", ("bninspect.probes",)),
     # the engine: read, run rules and probes with settings, decide the exit status
-    ("engine", ("bninspect.checking",)),
+    ("engine", ("bninspect.checking", "bninspect.changed")),
     # plain data in, text out
     ("reporters", ("bninspect.reporters",)),
     # the Python API and its facade

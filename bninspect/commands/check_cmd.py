@@ -47,6 +47,10 @@ def check(
                                                    help="Write the current findings to this baseline file (keeping "
                                                         "each entry's `reason`, dropping fixed entries) and "
                                                         "pass them as known."),
+    changed_since: Optional[str] = typer.Option(None, "--changed-since", metavar="REF",
+                                                help="Only the model files under PATHS that differ from this "
+                                                     "git ref (added, modified or renamed: `git diff --name-status "
+                                                     "-M REF`), e.g. origin/main in a pull request."),
     show_suppressed: bool = typer.Option(False, "--show-suppressed",
                                          help="Text and JSON: also list the findings per-layer-ignores and "
                                               "per-file-ignores suppressed, by which entry, and the entries "
@@ -94,6 +98,8 @@ def check(
     workers = jobs or os.cpu_count() or 1
     remote = remote_options(storage_options, download)
     paths = [location(path) for path in paths]
+    if changed_since is not None and data is not None:
+        fail("--changed-since selects models under directories; with --data, name the model files to run")
     if data is None:
         refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects, settings.build)
     other_inputs = {"--data": data, "--config": config, "--custom-objects": custom_objects}
@@ -109,6 +115,8 @@ def check(
                                        custom_objects, debug, remote)
         else:
             items = targets(paths, remote)
+            if changed_since is not None:
+                items = _changed_only(items, paths, changed_since)
             # The models found in the directories are inputs too: compared before any is read.
             refuse_writing_inputs(outputs, [*paths, *(item.path for item in items)], other_inputs)
             building = _build_options(settings, unsafe, custom_objects, debug)
@@ -120,6 +128,15 @@ def check(
     emit(_render(reports, output_format, settings, code, output, verbose, statistics, compared, suppressions), output)
     _errors_to_stderr(reports)
     raise typer.Exit(code)
+
+
+def _changed_only(items, paths, ref: str):
+    """The targets with a file that differs from `ref`; error entries (a directory with no models)
+    stay, they are a broken setup whatever changed. Raises ChangedFilesError (exit 2)."""
+    from bninspect.changed import changed_files, is_changed
+
+    changed = changed_files(paths, ref)
+    return [item for item in items if item.error is not None or is_changed(item.path, changed)]
 
 
 def _suppressions(reports, settings):
