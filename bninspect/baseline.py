@@ -146,7 +146,8 @@ def read_baseline(path: str | os.PathLike) -> Baseline:
         raise BaselineError(f"{path}: no such baseline file (write one with `bninspect check "
                             f"--update-baseline {path} PATHS`)") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise BaselineError(f"{path}: cannot read the baseline ({getattr(error, 'strerror', None) or error})") from None
+        reason = getattr(error, "strerror", None) or error
+        raise BaselineError(f"{path}: cannot read the baseline ({reason})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -156,7 +157,8 @@ def read_baseline(path: str | os.PathLike) -> Baseline:
 
 
 def _entries(data: object, path: Path) -> tuple[BaselineEntry, ...]:
-    if not isinstance(data, dict) or data.get(FORMAT_KEY) != FORMAT_VERSION or not isinstance(data.get("findings"), list):
+    if (not isinstance(data, dict) or data.get(FORMAT_KEY) != FORMAT_VERSION
+            or not isinstance(data.get("findings"), list)):
         raise BaselineError(f"{path}: not a bninspect baseline (expected an object with "
                             f"\"{FORMAT_KEY}\": {FORMAT_VERSION} and a \"findings\" list)")
     return tuple(_entry(item, index, path) for index, item in enumerate(data["findings"]))
@@ -187,7 +189,8 @@ def render_baseline(entries: Iterable[BaselineEntry]) -> str:
     unique = {entry.fingerprint: entry for entry in entries}
     ordered = sorted(unique.values(), key=lambda entry: (entry.model, entry.layer or "", entry.code))
     document = {FORMAT_KEY: FORMAT_VERSION, "findings": [entry.to_dict() for entry in ordered]}
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    # ASCII (\u escapes): a file name that is not UTF-8 (surrogates) must not stop the write.
+    return json.dumps(document, indent=2) + "\n"
 
 
 # --- comparing a run with a baseline ------------------------------------------------------------
@@ -232,7 +235,8 @@ def updated_entries(baseline: Baseline, result: BaselineResult, reports: list[Mo
     reasons = {entry.fingerprint: entry.reason for entry in baseline.entries}
     fixed = {entry.fingerprint for entry in result.fixed}
     current = set(result.fingerprints.values())
-    entries = [entry for entry in baseline.entries if entry.fingerprint not in fixed and entry.fingerprint not in current]
+    entries = [entry for entry in baseline.entries
+               if entry.fingerprint not in fixed and entry.fingerprint not in current]
     for report in reports:
         model = relative_model_path(report.source, baseline.directory)
         for finding in report.findings:

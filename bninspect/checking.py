@@ -413,7 +413,8 @@ def suppression_uses(reports: list[ModelReport], settings: Settings) -> tuple[Su
             key = (item.by, item.finding.code)
             counts[key] = counts.get(key, 0) + 1
     read = [report.source for report in reports if report.error is None]
-    uses = [SuppressionUse("per-layer-ignores", pattern, code, counts.get((f"per-layer-ignores {pattern!r}", code), 0))
+    uses = [SuppressionUse("per-layer-ignores", pattern, code,
+                           counts.get((f"per-layer-ignores {pattern!r}", code), 0))
             for pattern, codes in settings.per_layer_ignores for code in sorted(codes)]
     for pattern, codes in settings.per_file_ignores:
         in_scope = any(model_matches(source, pattern, settings.root) for source in read)

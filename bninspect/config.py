@@ -94,10 +94,10 @@ class Settings:
     def suppression(self, finding: Finding) -> str | None:
         """The per-layer or per-file ignore that suppresses `finding` ("per-file-ignores
         'legacy/*'"), or None. (`select`/`ignore` deselect a rule everywhere: not a suppression.)"""
-        if self.ignored_for_layer(finding.code, finding.layer):
-            pattern = next(pattern for pattern, codes in self.per_layer_ignores
-                           if finding.code in codes and fnmatch.fnmatchcase(finding.layer, pattern))
-            return f"per-layer-ignores {pattern!r}"
+        if finding.layer is not None:
+            for pattern, codes in self.per_layer_ignores:
+                if finding.code in codes and fnmatch.fnmatchcase(finding.layer, pattern):
+                    return f"per-layer-ignores {pattern!r}"
         for pattern, codes in self.per_file_ignores:
             if finding.code in codes and model_matches(finding.source, pattern, self.root):
                 return f"per-file-ignores {pattern!r}"
@@ -146,17 +146,22 @@ class Settings:
 
 
 @lru_cache(maxsize=4096)
-def _relative_posix(source: str, root: str | None) -> str:
+def _relative_posix(absolute: str, root: str) -> str:
+    # Cached on absolute paths: one relpath per model, not per finding and pattern.
     try:
-        return Path(os.path.relpath(os.path.abspath(source), root or os.getcwd())).as_posix()
+        return Path(os.path.relpath(absolute, root)).as_posix()
     except ValueError:  # another drive on Windows
-        return Path(os.path.abspath(source)).as_posix()
+        return Path(absolute).as_posix()
 
 
 def model_matches(source: str, pattern: str, root: str | None) -> bool:
     """Whether a per-file-ignores glob matches the model at `source`: on its path relative to
-    `root`, and for a glob without "/" also on its file name (as ruff matches "__init__.py")."""
-    relative = _relative_posix(source, root)
+    `root` (None: the working directory), and for a glob without "/" also on its file name (as
+    ruff matches "__init__.py"). A URL is matched as it is."""
+    if "://" in source:
+        relative = source
+    else:
+        relative = _relative_posix(os.path.abspath(source), root or os.getcwd())
     if fnmatch.fnmatchcase(relative, pattern):
         return True
     return "/" not in pattern and fnmatch.fnmatchcase(relative.rpartition("/")[2], pattern)

@@ -78,8 +78,8 @@ def test_a_new_bad_model_fails_and_is_the_only_new_one(repo: Path):
     github = run("check", "--baseline", "baseline.json", "models", "--format", "github").stdout.splitlines()
     errors = [line for line in github if line.startswith("::error ")]
     assert len(errors) == 2 and all("file=models/added.h5," in line for line in errors)
-    assert any(line.startswith("::notice file=models/cnn_untrained.keras,title=known BN001 untrained-moving-stats::bn1: ")
-               for line in github)
+    known = "::notice file=models/cnn_untrained.keras,title=known BN001 untrained-moving-stats::bn1: "
+    assert any(line.startswith(known) for line in github)
     assert github[-1] == "::notice title=bninspect baseline::4 known, 2 new, 0 fixed (baseline.json)"
 
 
@@ -94,7 +94,8 @@ def test_a_repaired_model_is_reported_fixed_and_dropped_on_update(repo: Path):
     assert code == 0
     assert [(entry["path"], entry["layer"], entry["code"], entry["baseline_state"])
             for entry in document["baseline"]["fixed"]] == [
-        ("models/cnn_untrained.keras", "bn1", "BN001", "absent"), ("models/cnn_untrained.keras", "bn2", "BN001", "absent")]
+        ("models/cnn_untrained.keras", "bn1", "BN001", "absent"),
+        ("models/cnn_untrained.keras", "bn2", "BN001", "absent")]
     text = run("check", "--baseline", "baseline.json", "models").stdout
     assert "2 known, 0 new, 2 fixed" in text and "fixed models/cnn_untrained.keras  bn1  BN001" in text
     # Without --update-baseline the baseline never changes; with it, it only loses the fixed entries.
@@ -147,7 +148,8 @@ def test_fingerprints_survive_saving_again_with_other_statistics(repo: Path):
         results = json.loads(sarif)["runs"][0]["results"]
         return {(result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"], result["ruleId"],
                  result["locations"][0].get("logicalLocations", [{}])[0].get("name")):
-                (result["partialFingerprints"]["bninspectBaseline/v1"], result["message"]["text"]) for result in results}
+                (result["partialFingerprints"]["bninspectBaseline/v1"], result["message"]["text"])
+                for result in results}
 
     old, new = prints(before), prints(after)
     assert old.keys() == new.keys()
