@@ -236,7 +236,7 @@ def _render(reports, output_format: OutputFormat, settings, code: int, output: O
     if output_format is OutputFormat.JUNIT:
         from bninspect.reporters import junit
 
-        return junit.render(reports, fail_severity=settings.fail_severity)
+        return junit.render(reports, fail_severity=settings.fail_severity, baseline=baseline)
     if output_format is OutputFormat.GITHUB:
         from bninspect.reporters import github
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import h5py
@@ -81,6 +82,18 @@ def test_a_new_bad_model_fails_and_is_the_only_new_one(repo: Path):
     known = "::notice file=models/cnn_untrained.keras,title=known BN001 untrained-moving-stats::bn1: "
     assert any(line.startswith(known) for line in github)
     assert github[-1] == "::notice title=bninspect baseline::4 known, 2 new, 0 fixed (baseline.json)"
+
+
+def test_junit_known_findings_do_not_fail(repo: Path):
+    run("check", "--update-baseline", "baseline.json", "models")
+    shutil.copy(SAMPLES / "cnn_untrained.h5", repo / "models" / "added.h5")
+    result = run("check", "--baseline", "baseline.json", "models", "--format", "junit")
+    assert result.exit_code == 1
+    suite = ElementTree.fromstring(result.stdout).find("testsuite")
+    failed = {case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None}
+    assert failed == {"models/added.h5"}
+    outputs = {case.get("name"): case.findtext("system-out") or "" for case in suite.iter("testcase")}
+    assert "BN001 untrained-moving-stats [error, known] bn1" in outputs["models/cnn_untrained.keras"]
 
 
 def test_a_repaired_model_is_reported_fixed_and_dropped_on_update(repo: Path):
