@@ -248,3 +248,18 @@ def test_gitlab_code_quality(repo: Path):
     assert by_check[("models/twice.h5", "bninspect/BN008")] == "minor"
     assert by_check[("models/bn_last_layer.keras", "bninspect/BN011")] == "info"
     assert by_check[("models/broken.h5", "bninspect/unreadable-model")] == "blocker"
+
+
+def test_names_from_files_are_escaped_in_the_baseline_outputs(repo: Path):
+    hostile = repo / "models" / "evil\x1b[31m\nname.h5"
+    write_model(hostile, trained_arrays(1), bn_config={"momentum": 0.1}, name="bn\x07\r")
+    run("check", "--update-baseline", "baseline.json", "models")
+    assert json.loads((repo / "baseline.json").read_text(encoding="ascii"))  # \u escapes, valid JSON
+    hostile.unlink()  # its entry is now fixed: named from the baseline file in every output
+    for output_format in ("text", "github"):
+        result = run("check", "--baseline", "baseline.json", "models", "--format", output_format)
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "\r" not in result.stdout
+        fixed = [line for line in result.stdout.splitlines() if "evil" in line]
+        assert fixed and all("BN008" in line for line in fixed)  # one line each: the newline is escaped
+    issues = json.loads(run("check", "models", "--format", "gitlab").stdout)
+    assert len({issue["fingerprint"] for issue in issues}) == len(issues)
