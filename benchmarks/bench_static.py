@@ -8,7 +8,9 @@ Prints, for legacy .h5 files written by Keras 3:
   3. a file with 2,000 BN layers, end to end through the CLI in a fresh process each: the JSON
      report, the text table (`bninspect FILE`) and `bninspect check FILE` (target: under 2 s each),
      for the legacy .h5 and for the same model saved as .keras;
-  4. `bninspect --version` and `--help` start-up (target: under 0.5 s).
+  4. `bninspect check --baseline` on the 2,000-BN .h5 against `check` with the same output
+     (JSON), the baseline holding every finding of the file (target: at most 5% more);
+  5. `bninspect --version` and `--help` start-up (target: under 0.5 s).
 
 Usage: python benchmarks/bench_static.py [--work DIR] [--repeat N] [--keep]
 The files are written to benchmarks/_work/ (git-ignored) and reused when present.
@@ -111,6 +113,18 @@ def end_to_end_line(label: str, times: dict[str, float]) -> str:
             f"(target < 2 s each: {verdict})")
 
 
+def baseline_cost(path: Path, work: Path, repeat: int) -> tuple[float, float]:
+    """(`check`, `check --baseline`) on `path`, alternating so that a busy machine slows both alike;
+    the fastest of each (the least disturbed run). The baseline is written once, with every finding."""
+    baseline = work / f"{path.stem}.baseline.json"
+    subprocess.run([sys.executable, "-m", "bninspect", "check", "--update-baseline", str(baseline), str(path)],
+                   stdout=subprocess.DEVNULL, cwd=ROOT, check=True)
+    plain = [sys.executable, "-m", "bninspect", "check", str(path), "--format", "json", "--output", str(work / "out.json")]
+    with_baseline = [*plain, "--baseline", str(baseline)]
+    pairs = [(timed(plain, 1, ok_codes=(0, 1)), timed(with_baseline, 1)) for _ in range(max(3, repeat))]
+    return min(pair[0] for pair in pairs), min(pair[1] for pair in pairs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
@@ -137,6 +151,7 @@ def main() -> None:
     ours_small = timed(bninspect_command(small, work), args.repeat)
     ours_many = end_to_end(many, work, args.repeat)
     ours_many_keras = end_to_end(many_keras, work, args.repeat)
+    plain_check, baseline_check = baseline_cost(many, work, args.repeat)
     version = timed([sys.executable, "-m", "bninspect", "--version"], args.repeat)
     help_time = timed([sys.executable, "-m", "bninspect", "--help"], args.repeat)
 
@@ -148,6 +163,8 @@ def main() -> None:
           f"| ratio {ours_big / ours_small:4.2f}x (target <= 1.3x)")
     print(end_to_end_line("legacy .h5", ours_many))
     print(end_to_end_line(".keras", ours_many_keras))
+    print(f"2,000 BN layers: `check` {plain_check:5.2f} s | `check --baseline` {baseline_check:5.2f} s "
+          f"| {(baseline_check / plain_check - 1) * 100:+.1f}% (target <= +5%)")
     print(f"bninspect --version {version:5.2f} s, --help {help_time:5.2f} s (target < 0.5 s)")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from bninspect.config import Settings
-from bninspect.findings import Finding
+from bninspect.findings import Finding, Suppressed
 from bninspect.model import CODE, NO_ARCHITECTURE, ModelDescription
 from bninspect.report import ModelReport
 
@@ -67,9 +67,15 @@ CONFIG_UNAVAILABLE = "BN015"
 
 def run_static_rules(description: ModelDescription, settings: Settings | None = None) -> tuple[Finding, ...]:
     """Every enabled static rule of the catalogue, with the settings applied (selection, severity
-    overrides, per-layer ignores). A rule runs whenever its inputs are known: graph rules when the
-    file holds the layer graph, per-layer rules on the BN layers whose config is known, BN017 when
-    there is any architecture. BN015 names what was skipped and why."""
+    overrides, per-layer and per-file ignores). A rule runs whenever its inputs are known: graph
+    rules when the file holds the layer graph, per-layer rules on the BN layers whose config is
+    known, BN017 when there is any architecture. BN015 names what was skipped and why."""
+    return run_static_rules_tracked(description, settings)[0]
+
+
+def run_static_rules_tracked(description: ModelDescription, settings: Settings | None = None
+                             ) -> tuple[tuple[Finding, ...], tuple[Suppressed, ...]]:
+    """`run_static_rules`, and the findings a per-layer or per-file ignore suppressed."""
     from bninspect.rules.base import NEEDS_ARCHITECTURE, NEEDS_GRAPH, NEEDS_LAYER_CONFIG, STATIC
     from bninspect.rules.catalogue import RULES
 
@@ -89,7 +95,7 @@ def run_static_rules(description: ModelDescription, settings: Settings | None = 
         findings.extend(rule.run(description, settings.thresholds))
     if skipped:
         findings.append(_config_unavailable(description, skipped, without_config))
-    return settings.apply(findings)
+    return settings.apply_tracked(findings)
 
 
 def _config_unavailable(description: ModelDescription, skipped: list[Any], without_config: list[str]) -> Finding:
@@ -153,8 +159,8 @@ def inspect_path(path: str | os.PathLike, settings=None, remote=None,
         from bninspect.probes.build import build_description
 
         description, _ = build_description(description, unsafe=build.unsafe, custom_objects=build.custom_objects)
-    return ModelReport(source=str(path), description=description,
-                       findings=run_static_rules(description, settings))
+    findings, suppressed = run_static_rules_tracked(description, settings)
+    return ModelReport(source=str(path), description=description, findings=findings, suppressed=suppressed)
 
 
 def build_options(unsafe: bool, custom_objects: Mapping[str, Any] | str | os.PathLike | None) -> BuildOptions:
@@ -379,10 +385,52 @@ def _collect(results: Iterable[ModelReport], on_done, into: list[ModelReport] | 
     return reports
 
 
-def exit_status(reports: list[ModelReport], settings: Settings) -> int:
-    """2 when any file was unreadable, else 1 when any finding is at the failing severity, else 0."""
+@dataclass(frozen=True)
+class SuppressionUse:
+    """One (pattern, code) of the per-layer or per-file ignores, and how a run used it."""
+
+    kind: str  # "per-layer-ignores" or "per-file-ignores"
+    pattern: str
+    code: str
+    count: int  # findings it suppressed in this run
+    # per-file-ignores: whether the glob matched a model of this run at all. One that did not is
+    # out of scope (a run over some of the models, a pre-commit hook), not unused.
+    in_scope: bool = True
+
+    @property
+    def unused(self) -> bool:
+        return self.in_scope and self.count == 0
+
+
+def suppression_uses(reports: list[ModelReport], settings: Settings) -> tuple[SuppressionUse, ...]:
+    """Every configured per-layer and per-file ignore, with the number of findings it suppressed
+    over `reports` (unreadable models do not count as in scope: nothing was checked there)."""
+    from bninspect.config import model_matches
+
+    counts: dict[tuple[str, str], int] = {}
+    for report in reports:
+        for item in report.suppressed:
+            key = (item.by, item.finding.code)
+            counts[key] = counts.get(key, 0) + 1
+    read = [report.source for report in reports if report.error is None]
+    uses = [SuppressionUse("per-layer-ignores", pattern, code,
+                           counts.get((f"per-layer-ignores {pattern!r}", code), 0))
+            for pattern, codes in settings.per_layer_ignores for code in sorted(codes)]
+    for pattern, codes in settings.per_file_ignores:
+        in_scope = any(model_matches(source, pattern, settings.root) for source in read)
+        uses.extend(SuppressionUse("per-file-ignores", pattern, code,
+                                   counts.get((f"per-file-ignores {pattern!r}", code), 0), in_scope)
+                    for code in sorted(codes))
+    return tuple(uses)
+
+
+def exit_status(reports: list[ModelReport], settings: Settings,
+                known: Callable[[Finding], bool] | None = None) -> int:
+    """2 when any file was unreadable, else 1 when any finding is at the failing severity, else 0.
+    `known`: findings accepted in a baseline (`BaselineResult.is_known`), which never fail."""
     if any(report.error is not None for report in reports):
         return EXIT_FAILURE
-    if any(settings.fails(finding) for report in reports for finding in report.findings):
+    if any(settings.fails(finding) and not (known is not None and known(finding))
+           for report in reports for finding in report.findings):
         return EXIT_FINDINGS
     return EXIT_OK

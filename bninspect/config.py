@@ -9,12 +9,16 @@ flags are applied on top with `Settings.with_overrides`.
     ignore = ["BN013", "zero-gamma"]
     strict = false                   # true: warnings fail `bninspect check` too
     build = false                    # true: as --build (check, inspect, report)
+    baseline = "bninspect-baseline.json"  # as `check --baseline`, relative to this file
 
     [tool.bninspect.severity]        # override a rule's severity: error, warning or info
     BN013 = "warning"
 
     [tool.bninspect.per-layer-ignores]   # glob on the layer path ("outer/inner/bn")
     "head/*" = ["BN010"]
+
+    [tool.bninspect.per-file-ignores]    # glob on the model path, relative to this file (as ruff)
+    "legacy/*.h5" = ["BN001"]        # a glob without "/" also matches the file name anywhere
 
     [tool.bninspect.thresholds]      # keys of `Thresholds`, kebab- or snake_case
     extreme-scale = 1000.0
@@ -32,14 +36,16 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from bninspect.errors import SettingsError
-from bninspect.findings import Finding, Severity
+from bninspect.findings import Finding, Severity, Suppressed
 from bninspect.thresholds import Thresholds
 
-TABLE_KEYS = ("select", "ignore", "strict", "build", "severity", "per-layer-ignores", "thresholds")
+TABLE_KEYS = ("select", "ignore", "strict", "build", "baseline", "severity", "per-layer-ignores",
+              "per-file-ignores", "thresholds")
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,16 @@ class Settings:
     severity_overrides: tuple[tuple[str, Severity], ...] = ()
     # (glob on the layer path, codes ignored for layers matching it)
     per_layer_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
+    # (glob on the model path relative to `root`, codes ignored in the models matching it)
+    per_file_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
+    # The config file's directory, which per-file-ignores globs are relative to; None: the
+    # working directory.
+    root: str | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     config_file: str | None = None  # where these came from, for messages
+    # The baseline file of `check` (`baseline` in the config, resolved against the config's
+    # directory; `--baseline` on the command line); None: no baseline.
+    baseline: str | None = None
 
     @property
     def fail_severity(self) -> Severity:
@@ -77,24 +91,46 @@ class Settings:
         return any(code in codes and fnmatch.fnmatchcase(layer, pattern)
                    for pattern, codes in self.per_layer_ignores)
 
+    def suppression(self, finding: Finding) -> str | None:
+        """The per-layer or per-file ignore that suppresses `finding` ("per-file-ignores
+        'legacy/*'"), or None. (`select`/`ignore` deselect a rule everywhere: not a suppression.)"""
+        if finding.layer is not None:
+            for pattern, codes in self.per_layer_ignores:
+                if finding.code in codes and fnmatch.fnmatchcase(finding.layer, pattern):
+                    return f"per-layer-ignores {pattern!r}"
+        for pattern, codes in self.per_file_ignores:
+            if finding.code in codes and model_matches(finding.source, pattern, self.root):
+                return f"per-file-ignores {pattern!r}"
+        return None
+
     def apply(self, findings: Iterable[Finding]) -> tuple[Finding, ...]:
-        """Drop deselected and per-layer-ignored findings; apply severity overrides.
+        """Drop deselected and per-layer/per-file-ignored findings; apply severity overrides.
 
         Static rules go through this in `run_static_rules`; the dynamic probes call it too.
         """
+        return self.apply_tracked(findings)[0]
+
+    def apply_tracked(self, findings: Iterable[Finding]) -> tuple[tuple[Finding, ...], tuple[Suppressed, ...]]:
+        """`apply`, and the findings a per-layer or per-file ignore dropped, with which one."""
         kept = []
+        suppressed = []
         for finding in findings:
-            if not self.enabled(finding.code) or self.ignored_for_layer(finding.code, finding.layer):
+            if not self.enabled(finding.code):
+                continue
+            by = self.suppression(finding) if (self.per_layer_ignores or self.per_file_ignores) else None
+            if by is not None:
+                suppressed.append(Suppressed(finding, by))
                 continue
             severity = self.severity_for(finding.code, finding.severity)
             kept.append(finding if severity == finding.severity else replace(finding, severity=severity))
-        return tuple(kept)
+        return tuple(kept), tuple(suppressed)
 
     def fails(self, finding: Finding) -> bool:
         return finding.severity.rank >= self.fail_severity.rank
 
     def with_overrides(self, select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
-                       strict: bool | None = None, build: bool | None = None) -> "Settings":
+                       strict: bool | None = None, build: bool | None = None,
+                       baseline: str | None = None) -> "Settings":
         """Command-line flags on top of the config, the way ruff layers them: a `--select`
         replaces the configured selection (and its ignores); `--ignore` adds to what is ignored.
         Raises SettingsError for unknown codes."""
@@ -105,7 +141,30 @@ class Settings:
         else:
             updated = replace(self, ignore=self.ignore | cli_ignore)
         return replace(updated, strict=self.strict if strict is None else strict,
-                       build=self.build if build is None else build)
+                       build=self.build if build is None else build,
+                       baseline=self.baseline if baseline is None else baseline)
+
+
+@lru_cache(maxsize=4096)
+def _relative_posix(absolute: str, root: str) -> str:
+    # Cached on absolute paths: one relpath per model, not per finding and pattern.
+    try:
+        return Path(os.path.relpath(absolute, root)).as_posix()
+    except ValueError:  # another drive on Windows
+        return Path(absolute).as_posix()
+
+
+def model_matches(source: str, pattern: str, root: str | None) -> bool:
+    """Whether a per-file-ignores glob matches the model at `source`: on its path relative to
+    `root` (None: the working directory), and for a glob without "/" also on its file name (as
+    ruff matches "__init__.py"). A URL is matched as it is."""
+    if "://" in source:
+        relative = source
+    else:
+        relative = _relative_posix(os.path.abspath(source), root or os.getcwd())
+    if fnmatch.fnmatchcase(relative, pattern):
+        return True
+    return "/" not in pattern and fnmatch.fnmatchcase(relative.rpartition("/")[2], pattern)
 
 
 # --- rule selectors ---------------------------------------------------------------------------
@@ -227,11 +286,24 @@ def settings_from_table(table: Any, origin: str) -> Settings:
     if not isinstance(build, bool):
         raise SettingsError(f"{where} build: expected true or false, got {build!r}")
     return Settings(select=select, ignore=ignore, strict=strict, build=build,
+                    baseline=_baseline(table.get("baseline"), origin, f"{where} baseline"),
                     severity_overrides=_severities(table.get("severity", {}), f"{where}.severity"),
-                    per_layer_ignores=_layer_ignores(table.get("per-layer-ignores", {}),
+                    per_layer_ignores=_pattern_ignores(table.get("per-layer-ignores", {}),
                                                      f"{where}.per-layer-ignores"),
+                    per_file_ignores=_pattern_ignores(table.get("per-file-ignores", {}), f"{where}.per-file-ignores"),
+                    root=str(Path(origin).resolve().parent),
                     thresholds=_thresholds(table.get("thresholds", {}), f"{where}.thresholds"),
                     config_file=origin)
+
+
+def _baseline(value: Any, origin: str, where: str) -> str | None:
+    """The baseline file, relative to the config file's directory (as ruff resolves its paths):
+    the same file whatever directory `bninspect check` runs from."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SettingsError(f"{where}: expected a file name, got {value!r}")
+    return str(Path(origin).resolve().parent / value)
 
 
 def _string_list(value: Any, where: str) -> list[str]:
@@ -260,7 +332,7 @@ def _severities(value: Any, where: str) -> tuple[tuple[str, Severity], ...]:
     return tuple(sorted(overrides.items()))
 
 
-def _layer_ignores(value: Any, where: str) -> tuple[tuple[str, frozenset[str]], ...]:
+def _pattern_ignores(value: Any, where: str) -> tuple[tuple[str, frozenset[str]], ...]:
     return tuple((pattern, _codes(_string_list(codes, f"{where} {pattern!r}"), f"{where} {pattern!r}"))
                  for pattern, codes in _table(value, where).items())
 

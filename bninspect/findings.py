@@ -60,3 +60,11 @@ class Finding:
         data = {name: getattr(self, name) for name in FINDING_FIELDS}
         data["severity"] = self.severity.value
         return data
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """A finding a per-layer or per-file ignore dropped, and which one (`--show-suppressed`)."""
+
+    finding: Finding
+    by: str  # "per-file-ignores 'legacy/*'"

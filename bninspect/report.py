@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bninspect._version import __version__
-from bninspect.findings import Finding, Severity
+from bninspect.findings import Finding, Severity, Suppressed
 from bninspect.model import CODE, GRAPH, BNLayer, ModelDescription
 from bninspect.summary import array_stats, array_stats_many
 from bninspect.untrusted import redact
@@ -84,6 +84,8 @@ class ModelReport:
     # The dynamic analysis of this model (a `bninspect.probes.ProbeReport`) when it was run on data;
     # its JSON is extra["probe"]. Kept whole for the reporters that plot its measurements.
     probe: Any = field(default=None, compare=False, repr=False)
+    # The findings a per-layer or per-file ignore dropped (`check --show-suppressed`).
+    suppressed: tuple[Suppressed, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # What every output shows of the model (the JSON `path`, SARIF, JUnit, HTML, stderr): a

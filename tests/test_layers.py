@@ -27,11 +27,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # settings: which rules run, at what severity, with which thresholds
     ("settings", ("bninspect.config",)),
     # result types: a model's report and the JSON document, a recalibration's result
-    ("results", ("bninspect.report", "bninspect.recalibration")),
+    ("results", ("bninspect.report", "bninspect.recalibration", "bninspect.baseline")),
     # dynamic analysis (with SavedModel reading, the only callers of tf_runtime.import_tensorflow)
     ("probes", ("bninspect.probes",)),
     # the engine: read, run rules and probes with settings, decide the exit status
-    ("engine", ("bninspect.checking",)),
+    ("engine", ("bninspect.checking", "bninspect.changed")),
     # plain data in, text out
     ("reporters", ("bninspect.reporters",)),
     # the Python API and its facade

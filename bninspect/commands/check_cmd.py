@@ -36,9 +36,25 @@ def check(
     select: Optional[List[str]] = SelectOption,
     ignore: Optional[List[str]] = IgnoreOption,
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f",
-                                               help="text, json, sarif, junit or github."),
+                                               help="text, json, sarif, junit, github or gitlab."),
     output: Optional[Path] = OutputOption,
     config: Optional[Path] = ConfigOption,
+    baseline: Optional[Path] = typer.Option(None, "--baseline", dir_okay=False,
+                                            help="Findings in this baseline file are known: shown and counted, "
+                                                 "but only new findings fail; entries whose finding is gone are "
+                                                 "reported as fixed (default: the config's `baseline`)."),
+    update_baseline: Optional[Path] = typer.Option(None, "--update-baseline", dir_okay=False,
+                                                   help="Write the current findings to this baseline file (keeping "
+                                                        "each entry's `reason`, dropping fixed entries) and "
+                                                        "pass them as known."),
+    changed_since: Optional[str] = typer.Option(None, "--changed-since", metavar="REF",
+                                                help="Only the model files under PATHS that differ from this "
+                                                     "git ref (added, modified or renamed: `git diff --name-status "
+                                                     "-M REF`), e.g. origin/main in a pull request."),
+    show_suppressed: bool = typer.Option(False, "--show-suppressed",
+                                         help="Text and JSON: also list the findings per-layer-ignores and "
+                                              "per-file-ignores suppressed, by which entry, and the entries "
+                                              "that suppressed nothing in this run (unused)."),
     verbose: bool = typer.Option(False, "--verbose", "-v",
                                  help="Text: every finding on its own line (default: repeated findings of a "
                                       "model grouped by code, with the count and the first layers)."),
@@ -73,7 +89,8 @@ def check(
     """
     from bninspect.checking import check_targets, exit_status, targets
 
-    settings = command_settings(config, select, ignore, strict, debug, build=build)
+    settings = command_settings(config, select, ignore, strict, debug, build=build,
+                                baseline=str(baseline) if baseline is not None else None)
     if statistics and output_format is not OutputFormat.TEXT:
         fail(f"--statistics is for --format text; --format {output_format.value} lists every finding")
     if jobs < 0:
@@ -81,25 +98,84 @@ def check(
     workers = jobs or os.cpu_count() or 1
     remote = remote_options(storage_options, download)
     paths = [location(path) for path in paths]
+    if changed_since is not None and data is not None:
+        fail("--changed-since selects models under directories; with --data, name the model files to run")
     if data is None:
         refuse_data_options_without_data(batch_size, limit, rescale, unsafe, custom_objects, settings.build)
     other_inputs = {"--data": data, "--config": config, "--custom-objects": custom_objects}
+    if update_baseline is None and settings.baseline is not None:
+        other_inputs["--baseline"] = Path(settings.baseline)
+    outputs = {"--output": output, "--update-baseline": update_baseline}
     with one_line_errors(debug):
+        refuse_writing_inputs(outputs, paths, other_inputs)
+        # Read before any model: a malformed baseline stops the run at once.
+        accepted = _read_baseline(settings, update_baseline)
         if data is not None:
-            refuse_writing_inputs({"--output": output}, paths, other_inputs)
             reports = _check_with_data(paths, settings, data, batch_size or 32, limit, rescale, unsafe,
                                        custom_objects, debug, remote)
         else:
             items = targets(paths, remote)
+            if changed_since is not None:
+                items = _changed_only(items, paths, changed_since)
             # The models found in the directories are inputs too: compared before any is read.
-            refuse_writing_inputs({"--output": output}, [*paths, *(item.path for item in items)], other_inputs)
+            refuse_writing_inputs(outputs, [*paths, *(item.path for item in items)], other_inputs)
             building = _build_options(settings, unsafe, custom_objects, debug)
             with _progress(len(items)) as advance:
                 reports = check_targets(items, settings, jobs=workers, on_done=advance, build=building)
-    code = exit_status(reports, settings)
-    emit(_render(reports, output_format, settings, code, output, verbose, statistics), output)
+    compared = _compare_with_baseline(accepted, reports, settings, update_baseline)
+    code = exit_status(reports, settings, compared.is_known if compared is not None else None)
+    suppressions = _suppressions(reports, settings) if show_suppressed else None
+    emit(_render(reports, output_format, settings, code, output, verbose, statistics, compared, suppressions), output)
     _errors_to_stderr(reports)
     raise typer.Exit(code)
+
+
+def _changed_only(items, paths, ref: str):
+    """The targets with a file that differs from `ref`; error entries (a directory with no models)
+    stay, they are a broken setup whatever changed. Raises ChangedFilesError (exit 2)."""
+    from bninspect.changed import changed_files, is_changed
+
+    changed = changed_files(paths, ref)
+    return [item for item in items if item.error is not None or is_changed(item.path, changed)]
+
+
+def _suppressions(reports, settings):
+    from bninspect.checking import suppression_uses
+
+    return suppression_uses(reports, settings)
+
+
+def _read_baseline(settings, update_baseline: Optional[Path]):
+    """The baseline the run is compared with: the file --update-baseline rewrites (none yet: an
+    empty one), else --baseline or the config's `baseline`, else None. Raises BaselineError."""
+    from bninspect.baseline import Baseline, read_baseline
+
+    if update_baseline is not None:
+        if update_baseline.exists():
+            return read_baseline(update_baseline)
+        return Baseline(directory=str(update_baseline.resolve().parent))
+    return read_baseline(settings.baseline) if settings.baseline is not None else None
+
+
+def _compare_with_baseline(accepted, reports, settings, update_baseline: Optional[Path]):
+    """The run against the baseline (None without one). With --update-baseline, the file is
+    rewritten first and every current finding is known; the dropped entries are the fixed ones."""
+    from dataclasses import replace
+
+    from bninspect.baseline import compare, render_baseline, updated_entries
+
+    if accepted is None:
+        return None
+    file = str(update_baseline if update_baseline is not None else settings.baseline)
+    compared = compare(accepted, reports, file, settings.enabled)
+    if update_baseline is None:
+        return compared
+    entries = updated_entries(accepted, compared, reports)
+    try:
+        update_baseline.write_text(render_baseline(entries), encoding="utf-8")
+    except OSError as error:
+        fail(f"{update_baseline}: cannot write the baseline ({error.strerror or error})")
+    return replace(compared, known=frozenset(entry.fingerprint for entry in entries))
 
 
 def _build_options(settings, unsafe: bool, custom_objects: Optional[Path], debug: bool):
@@ -148,27 +224,32 @@ def _check_with_data(paths: List[str], settings, data: Path, batch_size: int, li
 
 
 def _render(reports, output_format: OutputFormat, settings, code: int, output: Optional[Path],
-            verbose: bool = False, statistics: bool = False) -> str:
+            verbose: bool = False, statistics: bool = False, baseline=None, suppressions=None) -> str:
     if output_format is OutputFormat.JSON:
         from bninspect.reporters import json_report
 
-        return json_report.render(reports)
+        return json_report.render(reports, baseline, suppressions)
     if output_format is OutputFormat.SARIF:
         from bninspect.reporters import sarif
 
-        return sarif.render(reports)
+        return sarif.render(reports, baseline)
     if output_format is OutputFormat.JUNIT:
         from bninspect.reporters import junit
 
-        return junit.render(reports, fail_severity=settings.fail_severity)
+        return junit.render(reports, fail_severity=settings.fail_severity, baseline=baseline)
     if output_format is OutputFormat.GITHUB:
         from bninspect.reporters import github
 
-        return github.render(reports, group_infos=not verbose)
+        return github.render(reports, group_infos=not verbose, baseline=baseline)
+    if output_format is OutputFormat.GITLAB:
+        from bninspect.reporters import gitlab
+
+        return gitlab.render(reports, root=os.getcwd())
     from bninspect.reporters import check_text
 
     return check_text.render(reports, fail_severity=settings.fail_severity, exit_code=code,
-                             color=use_color(output), verbose=verbose, statistics=statistics)
+                             color=use_color(output), verbose=verbose, statistics=statistics, baseline=baseline,
+                             suppressions=suppressions)
 
 
 class _progress:

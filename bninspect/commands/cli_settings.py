@@ -23,11 +23,12 @@ IgnoreOption = typer.Option(None, "--ignore", help="Skip these rules: codes, nam
 
 def command_settings(config: Optional[Path] = None, select: Optional[List[str]] = None,
                      ignore: Optional[List[str]] = None, strict: Optional[bool] = None, debug: bool = False,
-                     build: Optional[bool] = None):
+                     build: Optional[bool] = None, baseline: Optional[str] = None):
     from bninspect.config import SettingsError, load_settings
 
     try:
-        return load_settings(config).with_overrides(select=select, ignore=ignore, strict=strict, build=build)
+        return load_settings(config).with_overrides(select=select, ignore=ignore, strict=strict, build=build,
+                                                         baseline=baseline)
     except SettingsError as error:
         if debug:
             raise

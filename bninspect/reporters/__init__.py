@@ -12,3 +12,4 @@ class OutputFormat(str, Enum):
     SARIF = "sarif"
     JUNIT = "junit"
     GITHUB = "github"
+    GITLAB = "gitlab"

@@ -13,7 +13,9 @@ import io
 from rich.console import Console
 from rich.text import Text
 
-from bninspect.findings import Severity
+from bninspect.baseline import BaselineResult
+from bninspect.checking import SuppressionUse
+from bninspect.findings import Finding, Severity
 from bninspect.model import GRAPH
 from bninspect.report import ModelReport, architecture_label
 from bninspect.reporters.grouping import group_findings, one_by_one
@@ -34,7 +36,7 @@ def _counts(report: ModelReport) -> str:
 
 
 def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = False,
-                 statistics: bool = False) -> Text:
+                 statistics: bool = False, baseline: BaselineResult | None = None) -> Text:
     text = Text()
     text.append(printable(report.source), style="bold")
     if report.error is not None and report.description is None:
@@ -52,8 +54,11 @@ def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = F
         if description.architecture.kind != GRAPH:
             about.append(architecture_label(description))
         about.append(_plural(len(description.bn_layers), "BN layer"))
-    failing = any(f.severity.rank >= fail_severity.rank for f in report.findings)
+    new, known = _split(report, baseline)
+    failing = any(f.severity.rank >= fail_severity.rank for f in new)
     status = _counts(report) or ("no static findings" if report.error else "ok")
+    if baseline is not None and report.findings:
+        status += f" ({len(known)} known, {len(new)} new)"
     text.append(f"  {status}", style="bold red" if failing else ("yellow" if report.findings else "green"))
     text.append(f"  ({printable(', '.join(about))})\n" if about else "\n", style="dim")
     if report.error is not None:
@@ -62,8 +67,53 @@ def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = F
         text.append(f"{printable(report.error)}\n")
     if statistics:
         return text
-    for group in (one_by_one if verbose else group_findings)(report.findings):
+    grouped = one_by_one if verbose else group_findings
+    for group in grouped(new):
         group_lines(text, group, indent="  ", name=True)
+    if known:
+        text.append("  known (in the baseline, not failing):\n", style="dim")
+        for group in grouped(known):
+            group_lines(text, group, indent="    ", name=True)
+    return text
+
+
+def _split(report: ModelReport, baseline: BaselineResult | None) -> tuple[list[Finding], list[Finding]]:
+    """(new, known) findings of a model; without a baseline every finding is new."""
+    if baseline is None:
+        return list(report.findings), []
+    new: list[Finding] = []
+    known: list[Finding] = []
+    for finding in report.findings:
+        (known if baseline.is_known(finding) else new).append(finding)
+    return new, known
+
+
+def suppression_lines(reports: list[ModelReport], uses: tuple[SuppressionUse, ...]) -> Text:
+    """`--show-suppressed`: what the per-layer and per-file ignores suppressed, and by which entry;
+    then the entries that suppressed nothing in this run."""
+    text = Text()
+    suppressed = [(report, item) for report in reports for item in report.suppressed]
+    text.append(f"suppressed: {_plural(len(suppressed), 'finding')}\n", style="bold")
+    for report, item in suppressed:
+        finding = item.finding
+        text.append(printable(f"  {report.source}  {finding.layer or '(model)'}  {finding.code} {finding.name}  "
+                              f"by {item.by}") + "\n", style="dim")
+    for use in uses:
+        if use.unused:
+            text.append("  unused ", style="yellow")
+            text.append(printable(f"{use.kind} {use.pattern!r} = {use.code}: suppressed nothing in this run") + "\n")
+    return text
+
+
+def baseline_lines(reports: list[ModelReport], baseline: BaselineResult) -> Text:
+    """What the baseline changed: how many findings it knows, and the entries that were fixed."""
+    known, new = baseline.counts(reports)
+    text = Text()
+    text.append(printable(f"baseline {baseline.file}: {known} known, {new} new, {len(baseline.fixed)} fixed") + "\n")
+    for entry in baseline.fixed:
+        text.append("  fixed ", style="green")
+        text.append(printable(f"{baseline.fixed_path(entry)}  {entry.layer or '(model)'}  {entry.code} {entry.name}")
+                    + "\n")
     return text
 
 
@@ -101,7 +151,8 @@ def summary_line(reports: list[ModelReport], fail_severity: Severity, exit_code:
 
 def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR, exit_code: int = 0,
            color: bool = False, width: int | None = None, verbose: bool = False,
-           statistics: bool = False) -> str:
+           statistics: bool = False, baseline: BaselineResult | None = None,
+           suppressions: tuple[SuppressionUse, ...] | None = None) -> str:
     """Per model a line, its findings grouped by code (`verbose`: one by one; `statistics`: none,
     the counts per code over all models instead), and the verdict last."""
     buffer = io.StringIO()
@@ -109,7 +160,7 @@ def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR,
                       color_system="standard" if color else None, width=width or 200,
                       highlight=False, soft_wrap=True)
     for report in reports:
-        lines = _model_lines(report, fail_severity, verbose, statistics)
+        lines = _model_lines(report, fail_severity, verbose, statistics, baseline)
         lines.end = ""  # the lines end in a newline already
         console.print(FittingText(lines))
     if reports:
@@ -119,5 +170,13 @@ def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR,
         counts.end = ""
         console.print(FittingText(counts))
         console.print()
+    if suppressions is not None:
+        lines = suppression_lines(reports, suppressions)
+        lines.end = ""
+        console.print(FittingText(lines))
+    if baseline is not None:
+        lines = baseline_lines(reports, baseline)
+        lines.end = ""
+        console.print(FittingText(lines))
     console.print(summary_line(reports, fail_severity, exit_code))
     return buffer.getvalue()

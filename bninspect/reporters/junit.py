@@ -14,17 +14,36 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
 
+from bninspect.baseline import BaselineResult
 from bninspect.findings import Finding, Severity
 from bninspect.report import ModelReport
 from bninspect.untrusted import printable
 
 
-def _finding_line(finding: Finding) -> str:
-    return printable(f"{finding.code} {finding.name} [{finding.severity.value}] {finding.layer or '(model)'}: "
-                     f"{finding.message} (hint: {finding.hint})")
+def _finding_line(finding: Finding, known: bool = False) -> str:
+    return printable(f"{finding.code} {finding.name} [{finding.severity.value}{', known' if known else ''}] "
+                     f"{finding.layer or '(model)'}: {finding.message} (hint: {finding.hint})")
 
 
-def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR) -> str:
+def _partition(findings, fail_severity: Severity, baseline: BaselineResult | None):
+    """(failing, passing, known) findings, in one pass (a dict lookup each for the baseline)."""
+    failing: list[Finding] = []
+    passing: list[Finding] = []
+    known: list[Finding] = []
+    for finding in findings:
+        if baseline is not None and baseline.is_known(finding):
+            known.append(finding)
+        elif finding.severity.rank >= fail_severity.rank:
+            failing.append(finding)
+        else:
+            passing.append(finding)
+    return failing, passing, known
+
+
+def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR,
+           baseline: BaselineResult | None = None) -> str:
+    """With a `baseline`, its known findings never make a failure: they go to <system-out>,
+    marked "known", as the exit status treats them."""
     failures = errors = 0
     suites = ElementTree.Element("testsuites", name="bninspect")
     suite = ElementTree.SubElement(suites, "testsuite", name="bninspect check")
@@ -37,8 +56,7 @@ def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR)
             element = ElementTree.SubElement(case, "error", message=reason, type="unreadable")
             element.text = f"{source}: {reason}"
             continue
-        failing = [f for f in report.findings if f.severity.rank >= fail_severity.rank]
-        passing = [f for f in report.findings if f.severity.rank < fail_severity.rank]
+        failing, passing, known = _partition(report.findings, fail_severity, baseline)
         if failing:
             failures += 1
             codes = ", ".join(sorted({f.code for f in failing}))
@@ -46,8 +64,9 @@ def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR)
                                              message=f"{len(failing)} finding(s) at {fail_severity.value} "
                                                      f"or above: {codes}")
             element.text = "\n".join(_finding_line(f) for f in failing)
-        if passing:
-            ElementTree.SubElement(case, "system-out").text = "\n".join(_finding_line(f) for f in passing)
+        if passing or known:
+            lines = [_finding_line(f) for f in passing] + [_finding_line(f, known=True) for f in known]
+            ElementTree.SubElement(case, "system-out").text = "\n".join(lines)
     for element in (suites, suite):
         element.set("tests", str(len(reports)))
         element.set("failures", str(failures))

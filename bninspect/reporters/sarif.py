@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from bninspect._version import __version__
+from bninspect.baseline import ABSENT, BaselineEntry, BaselineResult
 from bninspect.findings import Finding, Severity
 from bninspect.loaders.remote import is_url
 from bninspect.report import ModelReport
@@ -64,7 +65,7 @@ def _location(source: str, layer: str | None) -> dict:
     return location
 
 
-def _result(finding: Finding, rule_index: dict[str, int]) -> dict:
+def _result(finding: Finding, rule_index: dict[str, int], baseline: BaselineResult | None = None) -> dict:
     result = {
         "ruleId": finding.code,
         "level": LEVELS[finding.severity],
@@ -78,14 +79,39 @@ def _result(finding: Finding, rule_index: dict[str, int]) -> dict:
     }
     if finding.code in rule_index:
         result["ruleIndex"] = rule_index[finding.code]
+    if baseline is not None:
+        result["baselineState"] = baseline.state(finding)
+        # The baseline's fingerprint: the model path relative to the baseline file, so it is the
+        # same in every checkout and from every working directory.
+        result["partialFingerprints"]["bninspectBaseline/v1"] = baseline.fingerprint(finding)
     return result
 
 
-def document(reports: list[ModelReport]) -> dict:
+def _fixed_result(entry: BaselineEntry, baseline: BaselineResult, rule_index: dict[str, int]) -> dict:
+    """A baseline entry whose finding is gone: SARIF's baselineState "absent"."""
+    from bninspect.rules.catalogue import RULES_BY_CODE
+
+    rule = RULES_BY_CODE.get(entry.code)
+    result = {
+        "ruleId": entry.code,
+        "level": LEVELS[rule.severity] if rule is not None else "note",
+        "message": {"text": f"fixed: {entry.code} {entry.name} is no longer found (it was in the baseline)"},
+        "locations": [_location(baseline.fixed_path(entry), entry.layer)],
+        "partialFingerprints": {"bninspectBaseline/v1": entry.fingerprint},
+        "baselineState": ABSENT,
+    }
+    if entry.code in rule_index:
+        result["ruleIndex"] = rule_index[entry.code]
+    return result
+
+
+def document(reports: list[ModelReport], baseline: BaselineResult | None = None) -> dict:
     from bninspect.rules.catalogue import RULES
 
     rule_index = {rule.code: index for index, rule in enumerate(RULES)}
-    results = [_result(finding, rule_index) for report in reports for finding in report.findings]
+    results = [_result(finding, rule_index, baseline) for report in reports for finding in report.findings]
+    if baseline is not None:
+        results.extend(_fixed_result(entry, baseline, rule_index) for entry in baseline.fixed)
     notifications = [{
         "level": "error",
         "message": {"text": f"{report.source}: {report.error}"},
@@ -106,5 +132,5 @@ def document(reports: list[ModelReport]) -> dict:
     }
 
 
-def render(reports: list[ModelReport]) -> str:
-    return json.dumps(document(reports), indent=2) + "\n"
+def render(reports: list[ModelReport], baseline: BaselineResult | None = None) -> str:
+    return json.dumps(document(reports, baseline), indent=2) + "\n"
