@@ -86,8 +86,8 @@ class _Watched:
     def moved(self, arrays: dict[str, np.ndarray]) -> float:
         """The largest change of a moving statistic since train begin (0.0: unchanged, exactly)."""
         changes = [np.abs(arrays[name] - start) for name, start in zip(("moving_mean", "moving_variance"), self.start)]
-        largest = max(float(np.nanmax(change)) if change.size else 0.0 for change in changes)
-        return largest if np.isfinite(largest) else float("inf")
+        largest = max(float(np.max(change)) if change.size else 0.0 for change in changes)
+        return largest if np.isfinite(largest) else float("inf")  # NaN: BN003 says more
 
 
 class BNMonitor:
@@ -135,15 +135,27 @@ class BNMonitor:
         self._watched: list[_Watched] = []
         self._reported: set[tuple[str, str | None]] = set()
         self._last_check_step = 0
+        self._since_step = 0  # where movement is measured from
 
     # --- Keras hooks --------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self.step = self._batches = self._last_check_step = self._since_step = 0
+        self._start_iterations = self._iterations() or 0
+        self._description = None
+        self._watched = []
+        # A subclassed model that was never called builds its BN layers in the first step: the
+        # monitor then starts at the first check, and movement is measured from there.
+        if _bn_built(self.model):
+            self._start()
+
+    def _start(self) -> None:
+        """Describe the live model, run the configuration rules once and note where the moving
+        statistics start."""
         report = inspect_model(self.model, self.settings)
         self._description = report.description
         self._watched = list(_watch(self.model, report.description))
-        self.step = self._batches = self._last_check_step = 0
-        self._start_iterations = self._iterations() or 0
+        self._since_step = self.step
         self._emit([finding for finding in report.findings if finding.code in TRAIN_BEGIN_CODES])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -160,11 +172,14 @@ class BNMonitor:
 
     def _check(self) -> list[dict[str, np.ndarray]]:
         """Read every BN layer's variables once and report what is new; returns the readings."""
-        readings = [watched.read() for watched in self._watched]
         self.step = self._last_check_step = self._steps_done()
+        started_here = self._description is None
+        if started_here:
+            self._start()
+        readings = [watched.read() for watched in self._watched]
         self._description = _with_arrays(self._description, self._watched, readings)
         found = self._rule_findings(self._description)
-        if self.step > 0:
+        if self.step > self._since_step and not started_here:
             found += [finding for watched, arrays in zip(self._watched, readings)
                       for finding in self._movement(watched, arrays)]
         self._emit(found)
@@ -176,11 +191,12 @@ class BNMonitor:
         found = [finding for code in WATCHED_CODES if self.settings.enabled(code)
                  for finding in RULES_BY_CODE[code].run(description, self.settings.thresholds)]
         return [replace(finding, message=f"{finding.message} (first seen at step {self.step}"
-                                         f"{self._previous_check()})")
+                                         f"{self._cadence()})")
                 for finding in self.settings.apply(found) if (finding.code, finding.layer) not in self._reported]
 
-    def _previous_check(self) -> str:
-        """When the values were last seen fine, so that the step is read as an upper bound."""
+    def _cadence(self) -> str:
+        """How often the values are read: a problem first seen at step N may have started after
+        the check before."""
         interval = self.every_n_steps
         if interval is None or interval == 1:
             return "" if interval == 1 else ", checked at epoch ends"
@@ -192,7 +208,7 @@ class BNMonitor:
         moved = watched.moved(arrays)
         if watched.inference_reason is None and moved == 0.0:
             return self._finding(STALE_CODE, watched.path, Severity.WARNING,
-                                 f"moving statistics unchanged after {self.step} training steps although the layer "
+                                 f"moving statistics unchanged {self._span()} although the layer "
                                  "is trainable and not called with training=False: it always runs in inference mode "
                                  "(e.g. a base called with training=False in a subclassed model's call) or has "
                                  "momentum 1",
@@ -202,12 +218,18 @@ class BNMonitor:
             known_bug = ISSUE_23364 if "training=False" in watched.inference_reason else None
             cause = f" (a Keras 3 bug before 3.16, {known_bug})" if known_bug else ""
             return self._finding(MOVED_CODE, watched.path, Severity.WARNING,
-                                 f"moving statistics changed by up to {moved:.3g} by step {self.step} although the "
+                                 f"moving statistics changed by up to {moved:.3g} {self._span()} although the "
                                  f"layer is {watched.inference_reason}{cause}: fit overwrites the pretrained "
                                  "statistics with batch statistics",
                                  "freeze the BatchNormalization layers (layer.trainable = False for each): frozen BN "
                                  "layers run in inference mode in every Keras version")
         return []
+
+    def _span(self) -> str:
+        """The training steps a movement was measured over."""
+        if self._since_step == 0:
+            return f"in the first {self.step} training steps"
+        return f"from step {self._since_step} to step {self.step}"
 
     def _finding(self, code: str, layer: str, severity: Severity, message: str, hint: str) -> list[Finding]:
         from bninspect.rules.catalogue import RULES_BY_CODE
@@ -297,19 +319,22 @@ class _EveryNSteps:
             self._check()
 
 
+@functools.lru_cache(maxsize=None)
 def _keras_class(per_step: bool) -> type:
     """BNMonitor joined with keras.callbacks.Callback, made once per kind: the Keras import
     happens here, when the first monitor is made."""
-    return _make_keras_class(per_step)
-
-
-@functools.lru_cache(maxsize=None)
-def _make_keras_class(per_step: bool) -> type:
     import keras
 
     bases = (_EveryNSteps, BNMonitor, keras.callbacks.Callback) if per_step else (BNMonitor, keras.callbacks.Callback)
     return type("BNMonitor", bases, {"__module__": __name__, "__doc__": BNMonitor.__doc__,
                                      "__qualname__": "BNMonitor"})
+
+
+def _bn_built(model: Any) -> bool:
+    """Whether every BN layer has its variables (a subclassed model builds them when first called)."""
+    from bninspect.loaders.in_memory import bn_layers_by_path
+
+    return all(getattr(layer, "built", True) for _, layer in bn_layers_by_path(model))
 
 
 def _watch(model: Any, description: ModelDescription) -> Iterable[_Watched]:

@@ -186,7 +186,7 @@ def test_base_called_with_training_false_still_moves_in_keras_3_15():
     version = tuple(int(part) for part in keras.__version__.split(".")[:2])
     if version < (3, 16):
         assert [finding.layer for finding in moved] == ["base/bn"]
-        assert "keras-team/keras#23364" in moved[0].message and "by step 4" in moved[0].message
+        assert "keras-team/keras#23364" in moved[0].message and "in the first 4 training steps" in moved[0].message
     else:
         assert moved == []
 
@@ -196,6 +196,31 @@ def test_base_called_without_training_false_trains_and_is_not_reported():
     monitor = bninspect.BNMonitor()
     _fit(_fine_tune(), monitor)
     assert monitor.findings == []
+
+
+@pytest.mark.slow
+def test_statistics_that_never_move_in_training_are_reported():
+    """A subclassed model whose call() always runs its BN with training=False: the layer is
+    trainable, nothing in a graph says inference mode, and its statistics never move."""
+    import keras
+
+    class AlwaysInference(keras.Model):
+        def __init__(self):
+            super().__init__(name="always_inference")
+            self.conv = keras.layers.Conv2D(4, 3, padding="same")
+            self.bn = keras.layers.BatchNormalization(momentum=0.6, name="bn")
+            self.pool = keras.layers.GlobalAveragePooling2D()
+            self.head = keras.layers.Dense(1)
+
+        def call(self, inputs, training=None):
+            return self.head(self.pool(self.bn(self.conv(inputs), training=False)))
+
+    keras.utils.set_random_seed(0)
+    monitor = bninspect.BNMonitor(every_n_steps=2)
+    _fit(AlwaysInference(), monitor)
+    stale = [finding for finding in monitor.findings if finding.code == "BN001"]
+    assert [finding.layer for finding in stale] == ["bn"]
+    assert "unchanged from step 2 to step 4" in stale[0].message
 
 
 @pytest.mark.slow
