@@ -68,12 +68,36 @@ def bench(name: str, args) -> None:
         for _ in range(args.repeat):
             for label, make in configurations.items():
                 times[label].append(time_fit(model, x, y, args, make()))
+        begin, check = hook_costs(model, args.repeat)
     alone = statistics.median(times["fit alone"])
     print(f"{name}: {model.count_params():,} parameters, {args.epochs} epochs x {args.steps} steps, batch {args.batch}")
     for label, values in times.items():
         median = statistics.median(values)
         print(f"  {label:34s} {median:8.3f} s  ({(median / alone - 1) * 100:+.1f}%)  runs: "
               + ", ".join(f"{value:.3f}" for value in values))
+    # On a shared machine the fit times vary more than the monitor costs; its own hooks, timed
+    # alone, give the overhead without that noise.
+    per_epoch = (begin + args.epochs * check) / alone * 100
+    per_step = (begin + (args.epochs + args.epochs * args.steps // args.every) * check) / alone * 100
+    print(f"  monitor hooks timed alone: train begin {begin * 1000:.1f} ms, one check {check * 1000:.1f} ms "
+          f"-> {per_epoch:.2f}% of fit at epoch ends, {per_step:.2f}% every {args.every} steps")
+
+
+def hook_costs(model, repeat: int) -> tuple[float, float]:
+    """Median seconds of the monitor's train-begin work and of one check, on the trained model."""
+    import bninspect
+
+    monitor = bninspect.BNMonitor()
+    monitor.set_model(model)
+    begins, checks = [], []
+    for _ in range(max(repeat, 5)):
+        start = time.perf_counter()
+        monitor.on_train_begin()
+        begins.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        monitor.on_epoch_end(0, {})
+        checks.append(time.perf_counter() - start)
+    return statistics.median(begins), statistics.median(checks)
 
 
 def main() -> None:

@@ -95,6 +95,13 @@ def _fit(model, monitor, epochs=2, data=None, optimizer="sgd"):
     return history, [str(w.message) for w in caught if "BNMonitor" in str(w.message)]
 
 
+def _message(monitor, code, layer):
+    """The message of the one finding of `code`, which must be on `layer`."""
+    found = [finding for finding in monitor.findings if finding.code == code]
+    assert [finding.layer for finding in found] == [layer], monitor.findings
+    return found[0].message
+
+
 def _codes(monitor):
     return sorted({(finding.code, finding.layer) for finding in monitor.findings})
 
@@ -134,9 +141,25 @@ def test_nan_from_one_data_batch_is_caught_at_its_step():
     keras.utils.set_random_seed(0)
     monitor = bninspect.BNMonitor(every_n_steps=1)
     _fit(_conv_bn(), monitor, epochs=1, data=_data(nan_batch=2))  # the third batch: step 3
-    nan = [finding for finding in monitor.findings if finding.code == "BN003"]
-    assert [finding.layer for finding in nan] == ["bn"]
-    assert "first seen at step 3)" in nan[0].message
+    assert "first seen at step 3)" in _message(monitor, "BN003", "bn")
+
+
+@pytest.mark.slow
+def test_collapsing_variance_of_a_constant_input_is_caught_at_the_epoch_end_it_appears():
+    """One input feature is constant: its batch variance is 0, and at momentum 0.5 the moving
+    variance halves every step, below epsilon (0.001) after 10 steps, i.e. at the third epoch end."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    x = keras.layers.BatchNormalization(momentum=0.5, name="bn")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x), name="flat")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(SAMPLES, 3)).astype("float32")
+    features[:, 0] = 5.0
+    monitor = bninspect.BNMonitor()
+    _fit(model, monitor, epochs=4, data=(features, rng.normal(size=(SAMPLES, 1)).astype("float32")))
+    assert "first seen at step 12, checked at epoch ends)" in _message(monitor, "BN005", "bn")
 
 
 @pytest.mark.slow
@@ -182,13 +205,12 @@ def test_base_called_with_training_false_still_moves_in_keras_3_15():
 
     monitor = bninspect.BNMonitor()
     _fit(_fine_tune(training=False), monitor, epochs=1)
-    moved = [finding for finding in monitor.findings if finding.code == "BN019"]
     version = tuple(int(part) for part in keras.__version__.split(".")[:2])
     if version < (3, 16):
-        assert [finding.layer for finding in moved] == ["base/bn"]
-        assert "keras-team/keras#23364" in moved[0].message and "in the first 4 training steps" in moved[0].message
+        message = _message(monitor, "BN019", "base/bn")
+        assert "keras-team/keras#23364" in message and "in the first 4 training steps" in message
     else:
-        assert moved == []
+        assert [finding for finding in monitor.findings if finding.code == "BN019"] == []
 
 
 @pytest.mark.slow
@@ -218,9 +240,7 @@ def test_statistics_that_never_move_in_training_are_reported():
     keras.utils.set_random_seed(0)
     monitor = bninspect.BNMonitor(every_n_steps=2)
     _fit(AlwaysInference(), monitor)
-    stale = [finding for finding in monitor.findings if finding.code == "BN001"]
-    assert [finding.layer for finding in stale] == ["bn"]
-    assert "unchanged from step 2 to step 4" in stale[0].message
+    assert "unchanged from step 2 to step 4" in _message(monitor, "BN001", "bn")
 
 
 @pytest.mark.slow
