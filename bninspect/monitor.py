@@ -47,6 +47,8 @@ STALE_CODE = "BN001"
 # Statistics that move although they should not: BN019 (fine-tune-training-mode) is the file's view.
 MOVED_CODE = "BN019"
 UNCONVERGED_CODE = "BN018"
+# The probe's checks run on validation_data at epoch ends: stats drift and the train/inference gap.
+VALIDATION_CODES = ("BN101", "BN102")
 ISSUE_23364 = "keras-team/keras#23364"
 _ARRAYS = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -103,7 +105,10 @@ class BNMonitor:
     then keeps dispatching batch callbacks asynchronously). on_finding: "warn" (warnings.warn, one
     per group of findings), "stop" (also `model.stop_training = True`; `monitor.stop_reason` is the
     finding) or "raise" (BNMonitorError); stop and raise act on warnings and errors, infos are
-    only reported. log_layers: also put per-layer summaries into `logs` (and so History):
+    only reported. validation_data: inputs (arrays, or a path, as `bninspect.inspect(data=...)`)
+    on which the model runs in inference mode at every epoch end for BN101 (stats drift) and BN102
+    (train/inference gap), with `bninspect probe`'s thresholds and messages, on the first
+    `validation_samples` samples in batches of `validation_batch_size`. log_layers: also put per-layer summaries into `logs` (and so History):
     `bn/<layer>/moving_variance_min` and `bn/<layer>/moving_mean_abs_max`; the model-wide
     `bn/moving_variance_min` is always there.
     """
@@ -115,7 +120,8 @@ class BNMonitor:
 
     def __init__(self, *, select: Iterable[str] | str | None = None, ignore: Iterable[str] | str | None = None,
                  settings: "Settings | None" = None, config: str | os.PathLike | None = None,
-                 every_n_steps: int | None = None, on_finding: str = "warn", log_layers: bool = False) -> None:
+                 every_n_steps: int | None = None, on_finding: str = "warn", log_layers: bool = False,
+                 validation_data: Any = None, validation_samples: int = 256, validation_batch_size: int = 32) -> None:
         super().__init__()  # keras.callbacks.Callback's
         if on_finding not in ON_FINDING:
             raise ValueError(f"on_finding must be one of {', '.join(ON_FINDING)}, not {on_finding!r}")
@@ -126,6 +132,9 @@ class BNMonitor:
         self.every_n_steps = every_n_steps
         self.on_finding = on_finding
         self.log_layers = log_layers
+        self.validation_data = validation_data
+        self.validation_samples = validation_samples
+        self.validation_batch_size = validation_batch_size
         self.findings: list[Finding] = []
         self.stop_reason: Finding | None = None
         self.step = 0  # training steps of this fit at the last check
@@ -160,6 +169,8 @@ class BNMonitor:
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         readings = self._check()
+        if self.validation_data is not None:
+            self._emit(self._validation_findings(epoch))
         if logs is not None:
             logs.update(self._summaries(readings))
 
@@ -193,6 +204,19 @@ class BNMonitor:
         return [replace(finding, message=f"{finding.message} (first seen at step {self.step}"
                                          f"{self._cadence()})")
                 for finding in self.settings.apply(found) if (finding.code, finding.layer) not in self._reported]
+
+    def _validation_findings(self, epoch: int) -> list[Finding]:
+        """BN101/BN102 from the probe, run on the validation samples with the weights of now."""
+        from bninspect.probes import run_probe
+
+        if not any(self.settings.enabled(code) for code in VALIDATION_CODES):
+            return []
+        probe = run_probe(self.model, self.validation_data, batch_size=self.validation_batch_size,
+                          limit=self.validation_samples, thresholds=self.settings.thresholds, progress=False)
+        found = [finding for finding in self.settings.apply(probe.findings) if finding.code in VALIDATION_CODES]
+        return [replace(finding, message=f"{finding.message} (validation data, end of epoch {epoch + 1}, step "
+                                         f"{self.step})")
+                for finding in found if (finding.code, finding.layer) not in self._reported]
 
     def _cadence(self) -> str:
         """How often the values are read: a problem first seen at step N may have started after

@@ -95,11 +95,14 @@ def _fit(model, monitor, epochs=2, data=None, optimizer="sgd"):
     return history, [str(w.message) for w in caught if "BNMonitor" in str(w.message)]
 
 
+def _layers(monitor, code):
+    return [finding.layer for finding in monitor.findings if finding.code == code]
+
+
 def _message(monitor, code, layer):
     """The message of the one finding of `code`, which must be on `layer`."""
-    found = [finding for finding in monitor.findings if finding.code == code]
-    assert [finding.layer for finding in found] == [layer], monitor.findings
-    return found[0].message
+    assert _layers(monitor, code) == [layer], monitor.findings
+    return next(finding.message for finding in monitor.findings if finding.code == code)
 
 
 def _codes(monitor):
@@ -210,7 +213,7 @@ def test_base_called_with_training_false_still_moves_in_keras_3_15():
         message = _message(monitor, "BN019", "base/bn")
         assert "keras-team/keras#23364" in message and "in the first 4 training steps" in message
     else:
-        assert [finding for finding in monitor.findings if finding.code == "BN019"] == []
+        assert _layers(monitor, "BN019") == []
 
 
 @pytest.mark.slow
@@ -262,6 +265,21 @@ def test_ignore_drops_the_codes_like_the_cli():
     monitor = bninspect.BNMonitor(ignore=["pytorch-momentum"])
     _fit(_conv_bn(momentum=0.1), monitor, epochs=1)
     assert monitor.findings == []
+
+
+@pytest.mark.slow
+def test_validation_data_from_another_distribution_drifts_and_the_same_does_not():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    same = bninspect.BNMonitor(validation_data=_data(seed=1)[0])
+    _fit(_conv_bn(), same)
+    assert _layers(same, "BN101") == []
+    keras.utils.set_random_seed(0)
+    shifted_inputs = _data(seed=1)[0] * 10.0 + 40.0
+    shifted = bninspect.BNMonitor(validation_data=shifted_inputs, validation_samples=16)
+    _fit(_conv_bn(), shifted)
+    assert "(validation data, end of epoch 1, step 4)" in _message(shifted, "BN101", "bn")
 
 
 @pytest.mark.slow
