@@ -127,6 +127,23 @@ def test_healthy_run_has_no_finding_and_logs_the_lowest_variance():
 
 
 @pytest.mark.slow
+def test_watching_does_not_change_training():
+    """Same seed, same data: the weights after fit are the same with the monitor (every step, with
+    validation runs at epoch ends) as without it."""
+    import keras
+
+    trained = []
+    for callbacks in ([], [bninspect.BNMonitor(every_n_steps=1, validation_data=_data(seed=1)[0])]):
+        keras.utils.set_random_seed(0)
+        model = _conv_bn()
+        model.compile("sgd", "mse")
+        model.fit(*_data(), batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        trained.append(model.get_weights())
+    for without, with_monitor in zip(*trained):
+        np.testing.assert_array_equal(without, with_monitor)
+
+
+@pytest.mark.slow
 def test_pytorch_momentum_is_reported_once_at_train_begin():
     import keras
 
