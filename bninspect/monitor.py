@@ -108,7 +108,9 @@ class BNMonitor:
     only reported. validation_data: inputs (arrays, or a path, as `bninspect.inspect(data=...)`)
     on which the model runs in inference mode at every epoch end for BN101 (stats drift) and BN102
     (train/inference gap), with `bninspect probe`'s thresholds and messages, on the first
-    `validation_samples` samples in batches of `validation_batch_size`. log_layers: also put per-layer summaries into `logs` (and so History):
+    `validation_samples` samples in batches of `validation_batch_size`. log_dir: write the
+    per-layer numbers (and histograms of the moving statistics) at every check as TensorBoard
+    summaries there (tf.summary: TensorFlow backend only; other backends get one warning). log_layers: also put per-layer summaries into `logs` (and so History):
     `bn/<layer>/moving_variance_min` and `bn/<layer>/moving_mean_abs_max`; the model-wide
     `bn/moving_variance_min` is always there.
     """
@@ -121,7 +123,8 @@ class BNMonitor:
     def __init__(self, *, select: Iterable[str] | str | None = None, ignore: Iterable[str] | str | None = None,
                  settings: "Settings | None" = None, config: str | os.PathLike | None = None,
                  every_n_steps: int | None = None, on_finding: str = "warn", log_layers: bool = False,
-                 validation_data: Any = None, validation_samples: int = 256, validation_batch_size: int = 32) -> None:
+                 validation_data: Any = None, validation_samples: int = 256, validation_batch_size: int = 32,
+                 log_dir: str | os.PathLike | None = None) -> None:
         super().__init__()  # keras.callbacks.Callback's
         if on_finding not in ON_FINDING:
             raise ValueError(f"on_finding must be one of {', '.join(ON_FINDING)}, not {on_finding!r}")
@@ -135,6 +138,8 @@ class BNMonitor:
         self.validation_data = validation_data
         self.validation_samples = validation_samples
         self.validation_batch_size = validation_batch_size
+        self.log_dir = log_dir
+        self._writer: Any = None  # a tf.summary writer, made at train begin when log_dir is given
         self.findings: list[Finding] = []
         self.stop_reason: Finding | None = None
         self.step = 0  # training steps of this fit at the last check
@@ -153,6 +158,8 @@ class BNMonitor:
         self._start_iterations = self._iterations() or 0
         self._description = None
         self._watched = []
+        if self.log_dir is not None and self._writer is None:
+            self._writer = _summary_writer(self.log_dir)
         # A subclassed model that was never called builds its BN layers in the first step: the
         # monitor then starts at the first check, and movement is measured from there.
         if _bn_built(self.model):
@@ -177,6 +184,8 @@ class BNMonitor:
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._steps_done() != self._last_check_step:
             self._check()
+        if self._writer is not None:
+            self._writer.flush()
         self._emit(self._unconverged())
 
     # --- checks -------------------------------------------------------------------------------
@@ -189,6 +198,8 @@ class BNMonitor:
             self._start()
         readings = [watched.read() for watched in self._watched]
         self._description = _with_arrays(self._description, self._watched, readings)
+        if self._writer is not None:
+            self._write_summaries(readings)
         found = self._rule_findings(self._description)
         if self.step > self._since_step and not started_here:
             found += [finding for watched, arrays in zip(self._watched, readings)
@@ -322,6 +333,18 @@ class BNMonitor:
                     summaries[f"bn/{watched.path}/moving_mean_abs_max"] = float(np.max(np.abs(arrays["moving_mean"])))
         return summaries
 
+    def _write_summaries(self, readings: list[dict[str, np.ndarray]]) -> None:
+        """TensorBoard scalars (the `logs` numbers of every layer) and histograms of the moving
+        statistics, at the optimizer's step."""
+        step = self._iterations() or self.step
+        for watched, arrays in zip(self._watched, readings):
+            if arrays["moving_variance"].size:
+                self._writer.scalar(f"bn/{watched.path}/moving_variance_min", np.min(arrays["moving_variance"]), step)
+                self._writer.scalar(f"bn/{watched.path}/moving_mean_abs_max",
+                                    np.max(np.abs(arrays["moving_mean"])), step)
+                self._writer.histogram(f"bn/{watched.path}/moving_mean", arrays["moving_mean"], step)
+                self._writer.histogram(f"bn/{watched.path}/moving_variance", arrays["moving_variance"], step)
+
     @property
     def report(self) -> ModelReport:
         """The findings so far, with the BN layers as last read: the ModelReport the CLI renders
@@ -352,6 +375,57 @@ def _keras_class(per_step: bool) -> type:
     bases = (_EveryNSteps, BNMonitor, keras.callbacks.Callback) if per_step else (BNMonitor, keras.callbacks.Callback)
     return type("BNMonitor", bases, {"__module__": __name__, "__doc__": BNMonitor.__doc__,
                                      "__qualname__": "BNMonitor"})
+
+
+class _SummaryWriter:
+    """TensorBoard summaries through TensorFlow's own summary ops (`tf.summary.write`), in the
+    formats of TensorBoard's scalar and histogram plugins: `tf.summary.scalar` and
+    `tf.summary.histogram` are TensorBoard's code, which a TensorFlow install may not have."""
+
+    HISTOGRAM_BINS = 30
+
+    def __init__(self, tf: Any, log_dir: str) -> None:
+        from tensorflow.core.framework import summary_pb2
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(log_dir)
+        self._metadata = {}
+        for plugin in ("scalars", "histograms"):
+            metadata = summary_pb2.SummaryMetadata()
+            metadata.plugin_data.plugin_name = plugin
+            self._metadata[plugin] = metadata
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._write(tag, np.float32(value), "scalars", step)
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        finite = values[np.isfinite(values)]
+        if not finite.size:
+            return
+        counts, edges = np.histogram(finite, bins=min(self.HISTOGRAM_BINS, finite.size))
+        # TensorBoard's histogram format: one row (left edge, right edge, count) per bucket.
+        self._write(tag, np.stack([edges[:-1], edges[1:], counts]).T.astype(np.float64), "histograms", step)
+
+    def _write(self, tag: str, tensor: np.ndarray, plugin: str, step: int) -> None:
+        with self._writer.as_default(step=step):
+            self._tf.summary.write(tag, self._tf.constant(tensor), metadata=self._metadata[plugin])
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+
+def _summary_writer(log_dir: str | os.PathLike) -> _SummaryWriter | None:
+    """A TensorBoard writer, or None (with one warning) on a backend other than TensorFlow."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        warnings.warn(f"bninspect.BNMonitor: log_dir needs the TensorFlow backend (tf.summary), not {backend}: "
+                      "no TensorBoard summaries; the numbers are still in logs/History", stacklevel=3)
+        return None
+    from bninspect.tf_runtime import import_tensorflow
+
+    return _SummaryWriter(import_tensorflow(needed_for="TensorBoard summaries"), os.fspath(log_dir))
 
 
 def _bn_built(model: Any) -> bool:

@@ -300,6 +300,31 @@ def test_validation_data_from_another_distribution_drifts_and_the_same_does_not(
 
 
 @pytest.mark.slow
+def test_log_dir_gets_tensorboard_summaries_of_every_layer(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    monitor = bninspect.BNMonitor(every_n_steps=2, log_dir=tmp_path / "tb")
+    history, _ = _fit(_conv_bn(), monitor)
+    steps_by_tag: dict[str, set[int]] = {}
+    last: dict[str, tuple] = {}
+    for path in (tmp_path / "tb").iterdir():
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                steps_by_tag.setdefault(value.tag, set()).add(event.step)
+                last[value.tag] = (value.metadata.plugin_data.plugin_name, tf.make_ndarray(value.tensor))
+    plugin, lowest = last["bn/bn/moving_variance_min"]
+    assert plugin == "scalars" and float(lowest) == pytest.approx(history.history["bn/moving_variance_min"][-1])
+    plugin, buckets = last["bn/bn/moving_variance"]
+    assert plugin == "histograms" and buckets.shape[1] == 3 and buckets[:, 2].sum() == 4  # 4 channels
+    assert set(steps_by_tag) == {"bn/bn/moving_variance_min", "bn/bn/moving_mean_abs_max",
+                                 "bn/bn/moving_mean", "bn/bn/moving_variance"}
+    assert steps_by_tag["bn/bn/moving_variance_min"] == {2, 4, 6, 8}
+
+
+@pytest.mark.slow
 def test_report_renders_with_the_json_reporter():
     import keras
     from bninspect.reporters import json_report
