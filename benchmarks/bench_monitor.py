@@ -56,7 +56,7 @@ def bench(name: str, args) -> None:
     x = rng.normal(size=(args.steps * args.batch, size, size, 3)).astype("float32")
     y = rng.integers(0, 10, size=(args.steps * args.batch,))
     configurations = {
-        "fit alone": lambda: [],
+        "fit alone": list,
         "BNMonitor() (epoch ends)": lambda: [bninspect.BNMonitor()],
         f"BNMonitor(every_n_steps={args.every})": lambda: [bninspect.BNMonitor(every_n_steps=args.every)],
     }

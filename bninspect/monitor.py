@@ -110,27 +110,25 @@ class BNMonitor:
     (train/inference gap), with `bninspect probe`'s thresholds and messages, on the first
     `validation_samples` samples in batches of `validation_batch_size`. log_dir: write the
     per-layer numbers (and histograms of the moving statistics) at every check as TensorBoard
-    summaries there (tf.summary: TensorFlow backend only; other backends get one warning). log_layers: also put per-layer summaries into `logs` (and so History):
+    summaries there (tf.summary: TensorFlow backend only; other backends get one warning).
+    log_layers: also put per-layer summaries into `logs` (and so History):
     `bn/<layer>/moving_variance_min` and `bn/<layer>/moving_mean_abs_max`; the model-wide
     `bn/moving_variance_min` is always there.
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "BNMonitor":
-        if cls is BNMonitor:
-            cls = _keras_class(per_step=kwargs.get("every_n_steps") is not None)
-        return super().__new__(cls)
+    def __new__(cls, *args: Any, **kwargs: Any) -> BNMonitor:
+        # Bad options fail before Keras is imported; BNMonitor(...) then makes the Keras callback
+        # subclass (and Python runs its __init__).
+        _check_options(kwargs.get("on_finding", "warn"), kwargs.get("every_n_steps"))
+        made = _keras_class(per_step=kwargs.get("every_n_steps") is not None) if cls is BNMonitor else cls
+        return super().__new__(made)
 
     def __init__(self, *, select: Iterable[str] | str | None = None, ignore: Iterable[str] | str | None = None,
                  settings: "Settings | None" = None, config: str | os.PathLike | None = None,
                  every_n_steps: int | None = None, on_finding: str = "warn", log_layers: bool = False,
                  validation_data: Any = None, validation_samples: int = 256, validation_batch_size: int = 32,
                  log_dir: str | os.PathLike | None = None) -> None:
-        super().__init__()  # keras.callbacks.Callback's
-        if on_finding not in ON_FINDING:
-            raise ValueError(f"on_finding must be one of {', '.join(ON_FINDING)}, not {on_finding!r}")
-        if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int)
-                                          or every_n_steps < 1):
-            raise ValueError(f"every_n_steps must be a positive integer or None, not {every_n_steps!r}")
+        super().__init__()  # keras.callbacks.Callback's (__new__ checked on_finding and every_n_steps)
         self.settings = resolve_settings(settings, config, select, ignore)
         self.every_n_steps = every_n_steps
         self.on_finding = on_finding
@@ -296,7 +294,8 @@ class BNMonitor:
             return []
         described = replace(self._description, training_steps=steps)
         found = RULES_BY_CODE[UNCONVERGED_CODE].run(described, self.settings.thresholds)
-        return [finding for finding in self.settings.apply(found) if (finding.code, finding.layer) not in self._reported]
+        return [finding for finding in self.settings.apply(found)
+                if (finding.code, finding.layer) not in self._reported]
 
     # --- reporting ----------------------------------------------------------------------------
 
@@ -356,6 +355,14 @@ class BNMonitor:
                                 findings=tuple(self.findings))
 
 
+def _check_options(on_finding: Any, every_n_steps: Any) -> None:
+    if on_finding not in ON_FINDING:
+        raise ValueError(f"on_finding must be one of {', '.join(ON_FINDING)}, not {on_finding!r}")
+    if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int)
+                                      or every_n_steps < 1):
+        raise ValueError(f"every_n_steps must be a positive integer or None, not {every_n_steps!r}")
+
+
 class _EveryNSteps:
     """The per-batch hook, only on monitors given every_n_steps: a callback with a batch hook
     makes Keras call every callback synchronously after each batch."""
@@ -366,7 +373,7 @@ class _EveryNSteps:
             self._check()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keras_class(per_step: bool) -> type:
     """BNMonitor joined with keras.callbacks.Callback, made once per kind: the Keras import
     happens here, when the first monitor is made."""
