@@ -6,8 +6,8 @@ with `BNMonitor(every_n_steps=N)`, `--repeat` times each; the median of each is 
 overhead relative to `fit` alone. TensorFlow start-up and model building are excluded.
 
 Models: "tiny" (Conv+BN, a few hundred parameters, 16x16x3: the monitor's fixed cost is largest
-relative to a step) and "mobilenetv2" (keras.applications.MobileNetV2, weights=None, 52 BN layers,
-96x96x3 by default). Random data; the loss is irrelevant. Backend: whatever Keras is configured
+relative to a step), "mobilenetv2" (keras.applications.MobileNetV2, weights=None, 52 BN layers,
+96x96x3 by default) and "resnet50" (ResNet50, weights=None, 53 BN layers; not run by default). Random data; the loss is irrelevant. Backend: whatever Keras is configured
 with (KERAS_BACKEND); measured on TensorFlow.
 
 Usage: python benchmarks/bench_monitor.py [--models tiny,mobilenetv2] [--size 96] [--steps 8]
@@ -36,7 +36,9 @@ def build(name: str, size: int):
         return keras.Model(inputs, outputs), 16
     if name == "mobilenetv2":
         return keras.applications.MobileNetV2(input_shape=(size, size, 3), weights=None, classes=10), size
-    raise SystemExit(f"unknown model {name!r} (tiny, mobilenetv2)")
+    if name == "resnet50":
+        return keras.applications.ResNet50(input_shape=(size, size, 3), weights=None, classes=10), size
+    raise SystemExit(f"unknown model {name!r} (tiny, mobilenetv2, resnet50)")
 
 
 def time_fit(model, x, y, args, callbacks) -> float:
