@@ -8,6 +8,7 @@ In a notebook::
     report.findings, report.to_dict()
     bninspect.inspect(model, data=x_val)                # + the dynamic analysis (BN101-BN104)
     bninspect.check(["a.h5", "models/"])                # a flat tuple of findings
+    model.fit(x, y, callbacks=[bninspect.BNMonitor()])  # watch BN while training; monitor.report
 
 Importing bninspect is cheap: Keras/TensorFlow are imported only when a model has to run
 (`data=...`) or is passed in memory (then they are already imported).
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 from bninspect._version import __version__
 
-__all__ = ["__version__", "inspect", "check", "recalibrate", "ModelReport", "Finding", "Severity", "Settings", "ModelReadError"]
+__all__ = ["__version__", "inspect", "check", "recalibrate", "BNMonitor", "BNMonitorError", "ModelReport", "Finding",
+           "Severity", "Settings", "ModelReadError"]
 
 # Names re-exported lazily (PEP 562), so that `import bninspect` and `bninspect --version` stay fast.
 _LAZY = {
@@ -28,6 +30,9 @@ _LAZY = {
     "Severity": "bninspect.findings",
     "Settings": "bninspect.config",
     "ModelReadError": "bninspect.errors",
+    # A Keras callback; Keras itself is imported when the first monitor is made.
+    "BNMonitor": "bninspect.monitor",
+    "BNMonitorError": "bninspect.monitor",
 }
 
 

@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # plain data in, text out
     ("reporters", ("bninspect.reporters",)),
     # the Python API and its facade
-    ("api", ("bninspect.api", "bninspect")),
+    ("api", ("bninspect.api", "bninspect.monitor", "bninspect")),
     # one module per CLI command, then the CLI itself
     ("commands", ("bninspect.commands",)),
     ("cli", ("bninspect.cli", "bninspect.__main__")),

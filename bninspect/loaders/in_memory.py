@@ -27,7 +27,7 @@ def describe_keras_model(model: Any, source: str = "<in-memory>", fmt: str = IN_
     if not hasattr(model, "layers") or not hasattr(model, "get_config"):
         raise ConfigError(f"{type(model).__name__} is not a Keras model")
     keras_version, backend = _library_version(model)
-    live = dict(_bn_layers_by_path(model))
+    live = dict(bn_layers_by_path(model))
     model_config = _model_config(model)
     graph = None
     if model_config is not None:
@@ -159,7 +159,7 @@ def _library_version(model: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _bn_layers_by_path(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def bn_layers_by_path(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(path, layer) of every BN layer, walking nested models, wrappers and custom layers; the top
     model's name is not in paths."""
     for layer in _sublayers(model):
@@ -167,7 +167,7 @@ def _bn_layers_by_path(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]
         if type(layer).__name__ in BN_CLASS_NAMES or _is_bn(layer):
             yield path, layer
         else:
-            yield from _bn_layers_by_path(layer, path + "/")
+            yield from bn_layers_by_path(layer, path + "/")
 
 
 def _sublayers(layer: Any) -> list:
