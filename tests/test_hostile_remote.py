@@ -454,3 +454,15 @@ def test_a_report_next_to_the_models_of_a_searched_directory_is_written(tmp_path
     result = run_cli("check", "registry", "m.h5", "--format", "sarif", "-o", "registry/bninspect.sarif", cwd=inputs)
     assert result.returncode in (0, 1), result.stderr
     assert json.loads((inputs / "registry" / "bninspect.sarif").read_text())["runs"]
+
+
+def test_debug_traceback_redacts_the_url_secrets():
+    """--debug shows the traceback of a one-line error, with the URL's password and signature
+    redacted like every other output (the backend's exception text holds the URL)."""
+    url = "http://user:s3cr3tpass@127.0.0.1:9/m.h5?X-Amz-Signature=SECRETSIG"
+    result = subprocess.run([sys.executable, "-m", "bninspect", "inspect", url, "--debug"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+    assert "s3cr3tpass" not in result.stderr and "SECRETSIG" not in result.stderr
+    assert "user:***@127.0.0.1" in result.stderr

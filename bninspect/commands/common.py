@@ -85,7 +85,14 @@ def one_line_errors(debug: bool) -> Iterator[None]:
         yield
     except (ModelReadError, UsageProblem) as error:
         if debug:
-            raise
+            # The traceback, with URL secrets redacted as everywhere else (the text of a backend's
+            # exception may hold a presigned URL).
+            import traceback
+
+            from bninspect.untrusted import redact
+
+            sys.stderr.write(redact("".join(traceback.format_exception(error))))
+            raise typer.Exit(EXIT_FAILURE) from None
         fail(str(error))
 
 

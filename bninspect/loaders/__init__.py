@@ -15,6 +15,7 @@ import os
 import struct
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 from bninspect.errors import MissingExtra
 from bninspect.loaders.graph import ConfigError
@@ -278,12 +279,24 @@ def _discover_url(url: str, options: RemoteOptions) -> list[str]:
                                            for n in names)
 
     model_directories = sorted(d for d, names in names_in.items() if is_model_directory(names) or has_checkpoint(names))
+    # Linear in the listing, whatever a server lists: a set of model directories looked up by each
+    # file's ancestors, and each directory's shards computed once.
+    inside_model = set(model_directories)
+    shards_in = {directory: {n.rpartition(".data-")[0] for n in names if ".data-" in n}
+                 for directory, names in names_in.items()}
     found: list[str] = []
     for file in files:
-        if any(file.startswith(directory + "/") for directory in model_directories):
+        if any(ancestor in inside_model for ancestor in _ancestors(file)):
             continue
         directory, _, name = file.rpartition("/")
-        shards = {n.rpartition(".data-")[0] for n in names_in[directory] if ".data-" in n}
-        if name.lower().endswith(MODEL_SUFFIXES) or (name.endswith(INDEX_SUFFIX) and name[:-len(INDEX_SUFFIX)] in shards):
+        if name.lower().endswith(MODEL_SUFFIXES) or \
+                (name.endswith(INDEX_SUFFIX) and name[:-len(INDEX_SUFFIX)] in shards_in[directory]):
             found.append(file)
     return sorted(found + model_directories)
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """`a/b/c` -> `a/b`, `a`: the directories a listed file is in."""
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        yield path
