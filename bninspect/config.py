@@ -20,6 +20,12 @@ flags are applied on top with `Settings.with_overrides`.
     [tool.bninspect.per-file-ignores]    # glob on the model path, relative to this file (as ruff)
     "legacy/*.h5" = ["BN001"]        # a glob without "/" also matches the file name anywhere
 
+    [tool.bninspect.per-file-severity]   # same globs: severities for the models matching one
+    "legacy/**" = { BN001 = "warning" }
+
+    [tool.bninspect.per-file-strict]     # same globs: `strict` for the models matching one
+    "experiments/*.keras" = false
+
     [tool.bninspect.thresholds]      # keys of `Thresholds`, kebab- or snake_case
     extreme-scale = 1000.0
 
@@ -45,7 +51,7 @@ from bninspect.findings import Finding, Severity, Suppressed
 from bninspect.thresholds import Thresholds
 
 TABLE_KEYS = ("select", "ignore", "strict", "build", "baseline", "severity", "per-layer-ignores",
-              "per-file-ignores", "thresholds")
+              "per-file-ignores", "per-file-severity", "per-file-strict", "thresholds")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,12 @@ class Settings:
     per_layer_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
     # (glob on the model path relative to `root`, codes ignored in the models matching it)
     per_file_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
+    # (glob on the model path, severity overrides for the models matching it), in config order:
+    # the last matching entry that names a code wins over earlier ones and over `severity`.
+    per_file_severity: tuple[tuple[str, tuple[tuple[str, Severity], ...]], ...] = ()
+    # (glob on the model path, `strict` for the models matching it); the last match wins. Empty
+    # when --strict/--no-strict was given: the command line decides for every model.
+    per_file_strict: tuple[tuple[str, bool], ...] = ()
     # The config file's directory, which per-file-ignores globs are relative to; None: the
     # working directory.
     root: str | None = None
@@ -79,11 +91,24 @@ class Settings:
     def enabled(self, code: str) -> bool:
         return (self.select is None or code in self.select) and code not in self.ignore
 
-    def severity_for(self, code: str, severity: Severity) -> Severity:
-        for overridden, new in self.severity_overrides:
-            if overridden == code:
-                return new
-        return severity
+    def severity_for(self, code: str, severity: Severity, source: str | None = None) -> Severity:
+        """`code`'s severity in the model at `source`: the last matching per-file-severity entry
+        that names it, else `severity` in the config, else the rule's own."""
+        if source is not None:
+            for pattern, overrides in reversed(self.per_file_severity):
+                found = _override(overrides, code)
+                if found is not None and model_matches(source, pattern, self.root):
+                    return found
+        found = _override(self.severity_overrides, code)
+        return severity if found is None else found
+
+    def strict_for(self, source: str) -> bool:
+        """`strict` for the model at `source`: the last matching per-file-strict entry, else the
+        global one."""
+        for pattern, strict in reversed(self.per_file_strict):
+            if model_matches(source, pattern, self.root):
+                return strict
+        return self.strict
 
     def ignored_for_layer(self, code: str, layer: str | None) -> bool:
         if layer is None:
@@ -121,12 +146,13 @@ class Settings:
             if by is not None:
                 suppressed.append(Suppressed(finding, by))
                 continue
-            severity = self.severity_for(finding.code, finding.severity)
+            severity = self.severity_for(finding.code, finding.severity, finding.source)
             kept.append(finding if severity == finding.severity else replace(finding, severity=severity))
         return tuple(kept), tuple(suppressed)
 
     def fails(self, finding: Finding) -> bool:
-        return finding.severity.rank >= self.fail_severity.rank
+        lowest = Severity.WARNING if self.strict_for(finding.source) else Severity.ERROR
+        return finding.severity.rank >= lowest.rank
 
     def with_overrides(self, select: Iterable[str] | None = None, ignore: Iterable[str] | None = None,
                        strict: bool | None = None, build: bool | None = None,
@@ -140,9 +166,18 @@ class Settings:
             updated = replace(self, select=cli_select, ignore=cli_ignore)
         else:
             updated = replace(self, ignore=self.ignore | cli_ignore)
+        if strict is not None:  # --strict/--no-strict wins over the config, per-file entries too
+            updated = replace(updated, per_file_strict=())
         return replace(updated, strict=self.strict if strict is None else strict,
                        build=self.build if build is None else build,
                        baseline=self.baseline if baseline is None else baseline)
+
+
+def _override(overrides: tuple[tuple[str, Severity], ...], code: str) -> Severity | None:
+    for overridden, severity in overrides:
+        if overridden == code:
+            return severity
+    return None
 
 
 @lru_cache(maxsize=4096)
@@ -155,7 +190,7 @@ def _relative_posix(absolute: str, root: str) -> str:
 
 
 def model_matches(source: str, pattern: str, root: str | None) -> bool:
-    """Whether a per-file-ignores glob matches the model at `source`: on its path relative to
+    """Whether a per-file-ignores (-severity, -strict) glob matches the model at `source`: on its path relative to
     `root` (None: the working directory), and for a glob without "/" also on its file name (as
     ruff matches "__init__.py"). A URL is matched as it is."""
     if "://" in source:
@@ -279,9 +314,7 @@ def settings_from_table(table: Any, origin: str) -> Settings:
     if "select" in table:
         select = _codes(_string_list(table["select"], f"{where} select"), f"{where} select")
     ignore = _codes(_string_list(table.get("ignore", []), f"{where} ignore"), f"{where} ignore")
-    strict = table.get("strict", False)
-    if not isinstance(strict, bool):
-        raise SettingsError(f"{where} strict: expected true or false, got {strict!r}")
+    strict = _bool(table.get("strict", False), f"{where} strict")
     build = table.get("build", False)
     if not isinstance(build, bool):
         raise SettingsError(f"{where} build: expected true or false, got {build!r}")
@@ -291,6 +324,11 @@ def settings_from_table(table: Any, origin: str) -> Settings:
                     per_layer_ignores=_pattern_ignores(table.get("per-layer-ignores", {}),
                                                      f"{where}.per-layer-ignores"),
                     per_file_ignores=_pattern_ignores(table.get("per-file-ignores", {}), f"{where}.per-file-ignores"),
+                    per_file_severity=_pattern_severities(table.get("per-file-severity", {}),
+                                                          f"{where}.per-file-severity"),
+                    per_file_strict=tuple((pattern, _bool(value, f"{where}.per-file-strict {pattern!r}"))
+                                          for pattern, value in _table(table.get("per-file-strict", {}),
+                                                                       f"{where}.per-file-strict").items()),
                     root=str(Path(origin).resolve().parent),
                     thresholds=_thresholds(table.get("thresholds", {}), f"{where}.thresholds"),
                     config_file=origin)
@@ -304,6 +342,12 @@ def _baseline(value: Any, origin: str, where: str) -> str | None:
     if not isinstance(value, str) or not value:
         raise SettingsError(f"{where}: expected a file name, got {value!r}")
     return str(Path(origin).resolve().parent / value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise SettingsError(f"{where}: expected true or false, got {value!r}")
+    return value
 
 
 def _string_list(value: Any, where: str) -> list[str]:
@@ -330,6 +374,11 @@ def _severities(value: Any, where: str) -> tuple[tuple[str, Severity], ...]:
         for code in _codes([key], where):
             overrides[code] = severity
     return tuple(sorted(overrides.items()))
+
+
+def _pattern_severities(value: Any, where: str) -> tuple[tuple[str, tuple[tuple[str, Severity], ...]], ...]:
+    return tuple((pattern, _severities(overrides, f"{where} {pattern!r}"))
+                 for pattern, overrides in _table(value, where).items())
 
 
 def _pattern_ignores(value: Any, where: str) -> tuple[tuple[str, frozenset[str]], ...]:
