@@ -236,7 +236,7 @@ def _render(reports, output_format: OutputFormat, settings, code: int, output: O
     if output_format is OutputFormat.JUNIT:
         from bninspect.reporters import junit
 
-        return junit.render(reports, fail_severity=settings.fail_severity, baseline=baseline)
+        return junit.render(reports, fail_severity=settings.fail_severity, baseline=baseline, fails=settings.fails)
     if output_format is OutputFormat.GITHUB:
         from bninspect.reporters import github
 
@@ -249,7 +249,8 @@ def _render(reports, output_format: OutputFormat, settings, code: int, output: O
 
     return check_text.render(reports, fail_severity=settings.fail_severity, exit_code=code,
                              color=use_color(output), verbose=verbose, statistics=statistics, baseline=baseline,
-                             suppressions=suppressions)
+                             suppressions=suppressions, fails=settings.fails,
+                             per_file_strict=bool(settings.per_file_strict))
 
 
 class _progress:

@@ -9,6 +9,7 @@ Layer: reporters (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 from rich.console import Console
 from rich.text import Text
@@ -36,7 +37,8 @@ def _counts(report: ModelReport) -> str:
 
 
 def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = False,
-                 statistics: bool = False, baseline: BaselineResult | None = None) -> Text:
+                 statistics: bool = False, baseline: BaselineResult | None = None,
+                 fails: Callable[[Finding], bool] | None = None) -> Text:
     text = Text()
     text.append(printable(report.source), style="bold")
     if report.error is not None and report.description is None:
@@ -55,7 +57,8 @@ def _model_lines(report: ModelReport, fail_severity: Severity, verbose: bool = F
             about.append(architecture_label(description))
         about.append(_plural(len(description.bn_layers), "BN layer"))
     new, known = _split(report, baseline)
-    failing = any(f.severity.rank >= fail_severity.rank for f in new)
+    fails = fails or (lambda finding: finding.severity.rank >= fail_severity.rank)
+    failing = any(fails(f) for f in new)
     status = _counts(report) or ("no static findings" if report.error else "ok")
     if baseline is not None and report.findings:
         status += f" ({len(known)} known, {len(new)} new)"
@@ -133,7 +136,8 @@ def statistics_lines(reports: list[ModelReport]) -> Text:
     return text
 
 
-def summary_line(reports: list[ModelReport], fail_severity: Severity, exit_code: int) -> Text:
+def summary_line(reports: list[ModelReport], fail_severity: Severity, exit_code: int,
+                 per_file_strict: bool = False) -> Text:
     counts = {severity: sum(report.count(severity) for report in reports) for severity in Severity}
     unreadable = sum(1 for report in reports if report.error is not None and report.description is None)
     not_run = sum(1 for report in reports if report.error is not None and report.description is not None)
@@ -143,6 +147,8 @@ def summary_line(reports: list[ModelReport], fail_severity: Severity, exit_code:
                 f"{_plural(counts[Severity.INFO], 'info')}, {unreadable} unreadable"
                 + (f", {not_run} could not be run on the data" if not_run else ""))
     failing = "errors and warnings fail" if fail_severity is Severity.WARNING else "errors fail"
+    if per_file_strict:  # the config's per-file-strict decides for some models
+        failing += ", per-file-strict elsewhere"
     verdict = "passed" if exit_code == 0 else "FAILED"
     text.append(f"  ({failing}) ")
     text.append(verdict, style="bold green" if exit_code == 0 else "bold red")
@@ -152,15 +158,17 @@ def summary_line(reports: list[ModelReport], fail_severity: Severity, exit_code:
 def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR, exit_code: int = 0,
            color: bool = False, width: int | None = None, verbose: bool = False,
            statistics: bool = False, baseline: BaselineResult | None = None,
-           suppressions: tuple[SuppressionUse, ...] | None = None) -> str:
+           suppressions: tuple[SuppressionUse, ...] | None = None,
+           fails: Callable[[Finding], bool] | None = None, per_file_strict: bool = False) -> str:
     """Per model a line, its findings grouped by code (`verbose`: one by one; `statistics`: none,
-    the counts per code over all models instead), and the verdict last."""
+    the counts per code over all models instead), and the verdict last. `fails` (`Settings.fails`)
+    decides which findings fail when it is not `fail_severity` for every model."""
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color,
                       color_system="standard" if color else None, width=width or 200,
                       highlight=False, soft_wrap=True)
     for report in reports:
-        lines = _model_lines(report, fail_severity, verbose, statistics, baseline)
+        lines = _model_lines(report, fail_severity, verbose, statistics, baseline, fails)
         lines.end = ""  # the lines end in a newline already
         console.print(FittingText(lines))
     if reports:
@@ -178,5 +186,5 @@ def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR,
         lines = baseline_lines(reports, baseline)
         lines.end = ""
         console.print(FittingText(lines))
-    console.print(summary_line(reports, fail_severity, exit_code))
+    console.print(summary_line(reports, fail_severity, exit_code, per_file_strict))
     return buffer.getvalue()

@@ -13,6 +13,7 @@ Layer: reporters (the layer order is written in tests/test_layers.py).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
+from typing import Callable
 
 from bninspect.baseline import BaselineResult
 from bninspect.findings import Finding, Severity
@@ -25,7 +26,7 @@ def _finding_line(finding: Finding, known: bool = False) -> str:
                      f"{finding.layer or '(model)'}: {finding.message} (hint: {finding.hint})")
 
 
-def _partition(findings, fail_severity: Severity, baseline: BaselineResult | None):
+def _partition(findings, fails: Callable[[Finding], bool], baseline: BaselineResult | None):
     """(failing, passing, known) findings, in one pass (a dict lookup each for the baseline)."""
     failing: list[Finding] = []
     passing: list[Finding] = []
@@ -33,7 +34,7 @@ def _partition(findings, fail_severity: Severity, baseline: BaselineResult | Non
     for finding in findings:
         if baseline is not None and baseline.is_known(finding):
             known.append(finding)
-        elif finding.severity.rank >= fail_severity.rank:
+        elif fails(finding):
             failing.append(finding)
         else:
             passing.append(finding)
@@ -41,9 +42,11 @@ def _partition(findings, fail_severity: Severity, baseline: BaselineResult | Non
 
 
 def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR,
-           baseline: BaselineResult | None = None) -> str:
+           baseline: BaselineResult | None = None, fails: Callable[[Finding], bool] | None = None) -> str:
     """With a `baseline`, its known findings never make a failure: they go to <system-out>,
-    marked "known", as the exit status treats them."""
+    marked "known", as the exit status treats them. `fails` (`Settings.fails`, which knows the
+    per-file strict settings) decides which findings fail; default: `fail_severity` and above."""
+    fails = fails or (lambda finding: finding.severity.rank >= fail_severity.rank)
     failures = errors = 0
     suites = ElementTree.Element("testsuites", name="bninspect")
     suite = ElementTree.SubElement(suites, "testsuite", name="bninspect check")
@@ -56,7 +59,7 @@ def render(reports: list[ModelReport], fail_severity: Severity = Severity.ERROR,
             element = ElementTree.SubElement(case, "error", message=reason, type="unreadable")
             element.text = f"{source}: {reason}"
             continue
-        failing, passing, known = _partition(report.findings, fail_severity, baseline)
+        failing, passing, known = _partition(report.findings, fails, baseline)
         if failing:
             failures += 1
             codes = ", ".join(sorted({f.code for f in failing}))

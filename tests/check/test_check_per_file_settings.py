@@ -97,3 +97,12 @@ def test_invalid_per_file_entries_exit_2_with_one_line(repo: Path, entry: str, m
     assert result.exit_code == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_text_and_junit_fail_what_the_exit_status_fails(repo: Path):
+    _configure(repo, '[tool.bninspect.per-file-strict]\n"current/*" = true\n')
+    text = run("check", "legacy/head.keras", "current/head.keras")
+    assert text.exit_code == 1
+    assert "(errors fail, per-file-strict elsewhere) FAILED" in text.stdout
+    junit = run("check", "legacy/head.keras", "current/head.keras", "--format", "junit").stdout
+    assert junit.count("<failure") == 1 and 'name="current/head.keras"' in junit
