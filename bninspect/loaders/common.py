@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 import numpy as np
 
 from bninspect.loaders.graph import ConfigError, dtype_policy_name
-from bninspect.loaders.hdf5_input import expand_chunk
+from bninspect.loaders.hdf5_input import chunk_size, expand_chunk, storage_outside_file
 from bninspect.loaders.remote import LaterVectors
 from bninspect.model import CODE, Architecture, BNLayer
 
@@ -128,32 +128,10 @@ def _charge(values: int, what: str) -> None:
         budget.charge(values, what)
 
 
-def _refuse_storage_outside(dataset: Any, what: str) -> int:
-    """Refuse a dataset whose bytes are not in the file (external raw storage, a virtual dataset
-    over other files): HDF5 would open those files, /etc/passwd or a FIFO as readily as any.
-    Returns the bytes one read of it costs (a chunk is read whole)."""
-    import h5py
-
-    plist = dataset.get_create_plist()
-    layout = plist.get_layout()
-    if layout == h5py.h5d.VIRTUAL:
-        raise ConfigError(f"{what} is a virtual dataset (its values live in other files): refusing to read it")
-    if plist.get_external_count() > 0:
-        name = plist.get_external(0)[0].decode("utf-8", errors="replace")
-        raise ConfigError(f"{what} keeps its values in an external file ({name!r}), not in the model file: "
-                          "refusing to read it")
-    if layout == h5py.h5d.CHUNKED:
-        chunk_values = 1
-        for size in plist.get_chunk():
-            chunk_values *= size
-        return chunk_values * dataset.get_type().get_size()
-    return 0
-
-
-def _read_filtered_chunks(dataset: Any, count: int, dtype: np.dtype, chunk_bytes: int, what: str) -> np.ndarray:
+def _read_filtered_chunks(dataset: Any, plist: Any, count: int, dtype: np.dtype, chunk_bytes: int,
+                          what: str) -> np.ndarray:
     """The values of a 1-D chunked dataset with filters, each chunk expanded to at most its size
     (hdf5_input.expand_chunk: HDF5's own deflate filter has no limit)."""
-    plist = dataset.get_create_plist()
     filters = [plist.get_filter(index)[0] for index in range(plist.get_nfilters())]
     chunk_values = chunk_bytes // dtype.itemsize
     out = np.empty(count, dtype=dtype)
@@ -244,13 +222,17 @@ def read_vector(group: Any, name: str, what: str, raw: BinaryIO | None = None,
         values = np.empty(shape, dtype=dtype)
         dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
     else:
-        chunk_bytes = _refuse_storage_outside(dataset, what)
+        plist = dataset.get_create_plist()
+        outside = storage_outside_file(plist)
+        if outside is not None:
+            raise ConfigError(f"{what} {outside}: refusing to read it")
+        chunk_bytes = chunk_size(dataset, plist)
         if chunk_bytes > MAX_CHUNK_BYTES:
             raise ConfigError(f"{what} is stored in chunks of more than {MAX_CHUNK_BYTES:,} bytes: refusing to read it")
         if chunk_bytes and -(-nbytes // chunk_bytes) > MAX_CHUNKS:
             raise ConfigError(f"{what} is stored in more than {MAX_CHUNKS:,} chunks: refusing to read it")
-        if chunk_bytes and dataset.get_create_plist().get_nfilters():
-            values = _read_filtered_chunks(dataset, shape[0], dtype, chunk_bytes, what)
+        if chunk_bytes and plist.get_nfilters():
+            values = _read_filtered_chunks(dataset, plist, shape[0], dtype, chunk_bytes, what)
         else:
             values = np.empty(shape, dtype=dtype)
             dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
@@ -382,7 +364,9 @@ def read_step_count(root: Any, path: str) -> int | None:
         item = root.get(path)
         if not isinstance(item, h5py.Dataset) or item.shape not in ((), (1,)):
             return None
-        if _refuse_storage_outside(item.id, path) > MAX_CHUNK_BYTES:
+        plist = item.id.get_create_plist()
+        # Extra information only: a counter stored outside the file, or in a huge chunk, is not read.
+        if storage_outside_file(plist) is not None or chunk_size(item.id, plist) > MAX_CHUNK_BYTES:
             return None
         return step_count_value(item[()])
     except (OSError, KeyError, ValueError, TypeError, RuntimeError):  # what h5py raises on damaged files

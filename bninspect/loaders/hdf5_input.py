@@ -470,21 +470,41 @@ def _refuse_outside_objects(file_object: BinaryIO, where: str) -> None:
         raise ConfigError(f"{problem}: refusing to load the model")
 
 
-def _dataset_problem(dataset: Any, text: str) -> str | None:
-    """Why HDF5 reading this whole dataset would read outside the file or without bounds."""
+def storage_outside_file(plist: Any) -> str | None:
+    """Where a dataset's values live when it is not in its own file (external raw storage, a
+    virtual dataset over other files), from its creation property list; None when they are in it.
+    HDF5 would open those files, /etc/passwd or a FIFO as readily as any."""
     import h5py
 
-    plist = dataset.get_create_plist()
-    layout = plist.get_layout()
-    if layout == h5py.h5d.VIRTUAL:
-        return f"{text} is a virtual dataset over other files"
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        return "is a virtual dataset (its values live in other files)"
     if plist.get_external_count() > 0:
-        return f"{text} keeps its values in an external file"
-    if layout != h5py.h5d.CHUNKED:
+        name = plist.get_external(0)[0].decode("utf-8", errors="replace")
+        return f"keeps its values in an external file ({name!r}), not in the model file"
+    return None
+
+
+def chunk_size(dataset: Any, plist: Any) -> int:
+    """The bytes of one chunk of a chunked dataset (HDF5 reads a chunk whole); 0 when not chunked."""
+    import h5py
+
+    if plist.get_layout() != h5py.h5d.CHUNKED:
+        return 0
+    size = dataset.get_type().get_size()
+    for extent in plist.get_chunk():
+        size *= extent
+    return size
+
+
+def _dataset_problem(dataset: Any, text: str) -> str | None:
+    """Why HDF5 reading this whole dataset would read outside the file or without bounds."""
+    plist = dataset.get_create_plist()
+    outside = storage_outside_file(plist)
+    if outside is not None:
+        return f"{text} {outside}"
+    chunk_bytes = chunk_size(dataset, plist)
+    if not chunk_bytes:
         return None
-    chunk_bytes = dataset.get_type().get_size()
-    for size in plist.get_chunk():
-        chunk_bytes *= size
     if chunk_bytes > MAX_LOADED_CHUNK_BYTES:
         return f"{text} is stored in chunks of {chunk_bytes:,} bytes, each read whole"
     if not plist.get_nfilters():
