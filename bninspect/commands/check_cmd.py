@@ -18,8 +18,8 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, IgnoreOption, SelectOption, command_settings
 from bninspect.commands.common import (VersionOption, DebugOption, OutputOption, emit, fail, one_line_errors,
-                                       quiet_tensorflow, refuse_writing_inputs, use_color)
-from bninspect.commands.data_options import (BuildOption, CustomObjectsOption, LimitOption, OptionalBatchSizeOption,
+                                       choose_backend, quiet_backend, refuse_writing_inputs, use_color)
+from bninspect.commands.data_options import (BackendOption, BuildOption, CustomObjectsOption, LimitOption, OptionalBatchSizeOption,
                                              RescaleOption, UnsafeOption, refuse_data_options_without_data)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
@@ -75,6 +75,7 @@ def check(
     limit: Optional[int] = LimitOption,
     rescale: Optional[str] = RescaleOption,
     unsafe: bool = UnsafeOption,
+    backend: Optional[str] = BackendOption,
     custom_objects: Optional[Path] = CustomObjectsOption,
     storage_options: Optional[List[str]] = StorageOption,
     download: bool = DownloadOption,
@@ -87,6 +88,7 @@ def check(
     Exit 0: nothing at the failing severity; 1: a finding at error (with --strict, warning too);
     2: bad usage, or a model that could not be read (or, with --data, loaded and run on the data).
     """
+    choose_backend(backend)
     from bninspect.checking import check_targets, exit_status, targets
 
     settings = command_settings(config, select, ignore, strict, debug, build=build,
@@ -185,7 +187,7 @@ def _build_options(settings, unsafe: bool, custom_objects: Optional[Path], debug
     from bninspect.checking import build_options
 
     if not debug:
-        quiet_tensorflow("check --build")
+        quiet_backend("check --build")
     return build_options(unsafe, custom_objects)
 
 
@@ -214,7 +216,7 @@ def _check_with_data(paths: List[str], settings, data: Path, batch_size: int, li
     if not data.exists():
         fail(f"--data {data}: no such file or directory")
     if not debug:
-        quiet_tensorflow("check --data")
+        quiet_backend("check --data")
     # Parsed once, up front: a bad --rescale is a usage error, and the custom-objects file runs once.
     options = probe_options(str(data), batch_size, limit, rescale, unsafe, custom_objects, progress=True)
     items = [Target(str(path), None, remote) for path in dict.fromkeys(paths)]

@@ -96,20 +96,32 @@ def one_line_errors(debug: bool) -> Iterator[None]:
         fail(str(error))
 
 
-def quiet_tensorflow(command: str) -> None:
-    """Import TensorFlow and Keras without their start-up chatter on stderr, with oneDNN on unless
-    the user set TF_ENABLE_ONEDNN_OPTS (see `bninspect.tf_runtime.import_tensorflow`). `--debug`
-    skips this: the probes then import TensorFlow themselves, with the same oneDNN default.
-
-    Called before the command reads or runs anything, so a light install without the `tensorflow`
-    extra stops at once with one line naming `command` (e.g. "probe", "check --data") and the pip
-    command, exit 2.
-    """
-    from bninspect.tf_runtime import import_tensorflow
+def choose_backend(backend: Optional[str]) -> None:
+    """`--backend`: run Keras on it in this process (None: as Keras chooses). One line, exit 2, for
+    an unknown name."""
+    from bninspect.keras_runtime import select_backend
 
     try:
-        import_tensorflow(quiet=True, needed_for=f"`bninspect {command}`")
-    except MissingExtra as error:
+        select_backend(backend)
+    except UsageProblem as error:
+        fail(str(error))
+
+
+def quiet_backend(command: str) -> None:
+    """Import Keras on the chosen backend without the backend's start-up chatter on stderr; on
+    TensorFlow with oneDNN on unless the user set TF_ENABLE_ONEDNN_OPTS (see
+    `bninspect.tf_runtime.import_tensorflow`). `--debug` skips this: the probes then import the
+    backend themselves, with the same defaults.
+
+    Called before the command reads or runs anything, so an install without the backend's extra
+    stops at once with one line naming `command` (e.g. "probe", "check --data"), the backend and
+    the pip command, exit 2.
+    """
+    from bninspect.keras_runtime import import_keras
+
+    try:
+        import_keras(needed_for=f"`bninspect {command}`", quiet=True)
+    except UsageProblem as error:
         fail(str(error))
 
 

@@ -27,8 +27,13 @@ OptionalBatchSizeOption = typer.Option(None, "--batch-size", "-b", min=1,
                                        help="With --data: samples per batch (default 32).")
 
 
+BackendOption = typer.Option(None, "--backend",
+                             help="The Keras backend that runs the model: tensorflow, jax or torch. Default: as Keras "
+                                  "chooses (KERAS_BACKEND, then the backend of ~/.keras/keras.json, then tensorflow).")
+
+
 BuildOption = typer.Option(None, "--build/--no-build",
-                           help="Build the architecture with Keras (imports TensorFlow; safe mode, the rules of "
+                           help="Build the architecture with Keras (imports Keras and its backend; safe mode, the rules of "
                                 "--unsafe and --custom-objects apply) to read what the file does not store: the "
                                 "BN layers' configs of subclassed and KerasHub models, and the graph of Functional "
                                 "subclasses; a file that stores all that is read as it is. Statistics always come from "

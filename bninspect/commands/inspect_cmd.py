@@ -11,10 +11,10 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.common import (VersionOption, DebugOption, OutputOption, emit, fail,
-                                       one_line_errors, quiet_tensorflow, refuse_writing_inputs, terminal_width,
+                                       one_line_errors, choose_backend, quiet_backend, refuse_writing_inputs, terminal_width,
                                        use_color)
 from bninspect.commands.cli_settings import ConfigOption, command_settings
-from bninspect.commands.data_options import (BuildOption, CustomObjectsOption, UnsafeOption,
+from bninspect.commands.data_options import (BackendOption, BuildOption, CustomObjectsOption, UnsafeOption,
                                              refuse_loading_options_without_loading)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
@@ -35,11 +35,13 @@ def inspect(
     download: bool = DownloadOption,
     build: Optional[bool] = BuildOption,
     unsafe: bool = UnsafeOption,
+    backend: Optional[str] = BackendOption,
     custom_objects: Optional[Path] = CustomObjectsOption,
     debug: bool = DebugOption,
     version: bool = VersionOption,
 ) -> None:
     """Show every BatchNormalization layer of MODEL: gamma, beta, moving statistics and findings."""
+    choose_backend(backend)
     from bninspect.checking import build_options, inspect_path
     from bninspect.reporters import json_report, table
 
@@ -54,7 +56,7 @@ def inspect(
         building = None
         if settings.build:
             if not debug:
-                quiet_tensorflow("inspect --build")
+                quiet_backend("inspect --build")
             building = build_options(unsafe, custom_objects)
         reports = [inspect_path(path, settings, remote, building) for path in models]
     if layer is not None and not any(table.matching_layers(report, layer) for report in reports):

@@ -12,9 +12,9 @@ import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
 from bninspect.commands.common import (VersionOption, EXIT_FINDINGS, EXIT_OK, DebugOption, OutputOption, emit, fail,
-                                       one_line_errors, quiet_tensorflow, refuse_writing_inputs, terminal_width,
+                                       one_line_errors, choose_backend, quiet_backend, refuse_writing_inputs, terminal_width,
                                        use_color)
-from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
+from bninspect.commands.data_options import BackendOption, DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.commands.remote_options import StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 
@@ -27,6 +27,7 @@ def probe(
     limit: Optional[int] = LimitOption,
     rescale: Optional[str] = RescaleOption,
     unsafe: bool = UnsafeOption,
+    backend: Optional[str] = BackendOption,
     custom_objects: Optional[Path] = CustomObjectsOption,
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     output: Optional[Path] = OutputOption,
@@ -39,6 +40,7 @@ def probe(
 
     Exit 0: no error-level findings; 1: error-level findings; 2: could not run.
     """
+    choose_backend(backend)
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; probe writes text or json")
     model = location(model)
@@ -46,7 +48,7 @@ def probe(
                           {"--data": data, "--config": config, "--custom-objects": custom_objects})
     settings = command_settings(config, debug=debug)
     if not debug:
-        quiet_tensorflow("probe")
+        quiet_backend("probe")
     remote = remote_options(storage_options, False)
     with one_line_errors(debug):
         from bninspect.loaders.remote import local_copy

@@ -14,9 +14,9 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
-from bninspect.commands.common import (VersionOption, DebugOption, UsageProblem, emit, fail, one_line_errors, quiet_tensorflow,
+from bninspect.commands.common import (VersionOption, DebugOption, UsageProblem, emit, fail, one_line_errors, choose_backend, quiet_backend,
                                        refuse_writing_inputs, terminal_width, use_color)
-from bninspect.commands.data_options import DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
+from bninspect.commands.data_options import BackendOption, DATA_HELP, CustomObjectsOption, LimitOption, RescaleOption, UnsafeOption
 from bninspect.commands.remote_options import StorageOption, location, remote_options
 from bninspect.reporters import OutputFormat
 from bninspect.model import NO_ARCHITECTURE
@@ -42,6 +42,7 @@ def recalibrate(
     limit: Optional[int] = LimitOption,
     rescale: Optional[str] = RescaleOption,
     unsafe: bool = UnsafeOption,
+    backend: Optional[str] = BackendOption,
     custom_objects: Optional[Path] = CustomObjectsOption,
     output_format: OutputFormat = typer.Option(OutputFormat.TEXT, "--format", "-f", help="text or json."),
     report_file: Optional[Path] = typer.Option(None, "--report", dir_okay=False,
@@ -60,6 +61,7 @@ def recalibrate(
 
     Exit 0: written; 2: could not recalibrate (nothing is written).
     """
+    choose_backend(backend)
     if output_format not in (OutputFormat.TEXT, OutputFormat.JSON):
         fail(f"--format {output_format.value} is for `bninspect check`; recalibrate writes text or json")
     from bninspect.loaders.remote import is_url, local_copy
@@ -75,7 +77,7 @@ def recalibrate(
     remote = remote_options(storage_options, False)
     settings = command_settings(config, debug=debug)
     if not debug:
-        quiet_tensorflow("recalibrate")
+        quiet_backend("recalibrate")
     with one_line_errors(debug):
         with local_copy(model, remote) as local_model, _local_output(target, remote) as local_target:
             summary = _recalibrate(Path(local_model), data, Path(local_target), layers=layers,

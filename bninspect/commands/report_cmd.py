@@ -15,10 +15,10 @@ from typing import List, Optional
 import typer
 
 from bninspect.commands.cli_settings import ConfigOption, command_settings
-from bninspect.commands.common import (EXIT_OK, DebugOption, VersionOption, fail, one_line_errors, quiet_tensorflow,
+from bninspect.commands.common import (EXIT_OK, DebugOption, VersionOption, fail, one_line_errors, choose_backend, quiet_backend,
                                        refuse_writing_inputs)
 from bninspect.commands.remote_options import URL_HELP, DownloadOption, StorageOption, location, remote_options
-from bninspect.commands.data_options import (DATA_HELP, BuildOption, CustomObjectsOption, LimitOption,
+from bninspect.commands.data_options import (BackendOption, DATA_HELP, BuildOption, CustomObjectsOption, LimitOption,
                                              OptionalBatchSizeOption, RescaleOption, UnsafeOption,
                                              refuse_data_options_without_data)
 from bninspect.untrusted import printable
@@ -42,6 +42,7 @@ def report(
     limit: Optional[int] = LimitOption,
     rescale: Optional[str] = RescaleOption,
     unsafe: bool = UnsafeOption,
+    backend: Optional[str] = BackendOption,
     custom_objects: Optional[Path] = CustomObjectsOption,
     layers: Optional[str] = typer.Option(None, "--layers", help="Draw per-channel plots of the BN layers matching "
                                                                  "PATTERN (glob on path or name, '*' for all) "
@@ -66,6 +67,7 @@ def report(
     findings with their documentation; with --data, stored vs observed statistics. Opens offline: no script, nothing
     fetched. Exit 0 when the report was written, 2 when it could not be.
     """
+    choose_backend(backend)
     from bninspect.checking import BuildOptions, build_options, inspect_path, probe_options
     from bninspect.reporters.plots import require_matplotlib
 
@@ -85,7 +87,7 @@ def report(
         fail(f"--data {data}: no such file or directory")
     with one_line_errors(debug):
         if (probing or settings.build) and not debug:
-            quiet_tensorflow("report --data" if probing else "report --build")
+            quiet_backend("report --data" if probing else "report --build")
         # Parsed once, up front: a bad --rescale is a usage error, and the custom-objects file runs once.
         options = probe_options(str(data), batch_size or 32, limit, rescale, unsafe, custom_objects,
                                 progress=True) if probing else None

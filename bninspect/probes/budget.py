@@ -14,9 +14,10 @@ before the memory is taken:
   building it, when the file's weights do not fit;
 - `check_inputs`: the batch itself (batch size x the bytes of one sample of every input), before
   any batch is read or decoded;
-- `check_graph`: the largest tensor of the traced step (every layer's output, the BN inputs among
-  them), after TensorFlow traced the step and before it runs; the batch axis is the one axis the
-  trace leaves free.
+- `check_tensor`: the largest tensor of the compiled step (every layer's output, the BN inputs
+  among them), after the backend traced the step and before it runs (the TensorFlow graph, the
+  JAX jaxpr); on PyTorch, which runs eagerly, the largest layer output the functional model
+  declares (`check_layer_outputs`).
 
 A real backbone stays far below: ResNet50 at 224x224 with a batch of 32 has 19 MB of input and
 103 MB in its largest tensor. Where a legitimate model exceeds the bound, the message says which
@@ -30,10 +31,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from bninspect.data import DataSource
 from bninspect.errors import UsageProblem
 from bninspect.model import ModelDescription
-from bninspect.probes.run_errors import layer_of_node
 
 MAX_BATCH_BYTES = 1 << 30
 _GIB = float(1 << 30)
@@ -65,32 +67,43 @@ def check_inputs(source: str, samples: DataSource, batch_size: int) -> None:
                          min(batch_size, samples.samples))
 
 
-def check_graph(source: str, model: Any, graph: Any, batch_size: int) -> None:
-    """Refuse when a tensor of the traced `graph` (a tf.Graph whose batch axis is None) holds
-    more than MAX_BATCH_BYTES for a batch of `batch_size` samples."""
-    largest, where = 0, None
-    for operation in graph.get_operations():
-        for tensor in operation.outputs:
-            per_sample = _bytes_per_sample(tensor)
-            if per_sample is not None and per_sample > largest:
-                largest, where = per_sample, (operation.name, tensor.shape.as_list()[1:])
-    if where is not None and largest * batch_size > MAX_BATCH_BYTES:
-        node, shape = where
-        place = layer_of_node(model, node) or f"op {node}"
-        raise _too_large(source, f"a tensor of {place}, {_shape_text(shape)} per sample,", largest * batch_size,
+def check_tensor(source: str, per_sample: int, place: str, shape: Any, batch_size: int) -> None:
+    """Refuse when the largest tensor of the step, `per_sample` bytes per sample (of `place`, with
+    `shape` without the batch axis), holds more than MAX_BATCH_BYTES for a batch of `batch_size`.
+    Each backend adapter finds that tensor in what it compiled."""
+    if per_sample * batch_size > MAX_BATCH_BYTES:
+        raise _too_large(source, f"a tensor of {place}, {_shape_text(shape)} per sample,", per_sample * batch_size,
                          batch_size)
 
 
-def _bytes_per_sample(tensor: Any) -> int | None:
-    """Bytes per sample of a tensor whose first axis is the batch (None) and whose other axes are
-    known; None for any other tensor (weights, scalars, shapes only known at run time)."""
-    dims = tensor.shape.as_list() if tensor.shape.rank is not None else None
-    if not dims or dims[0] is not None or any(size is None for size in dims[1:]):
-        return None
-    dtype = tensor.dtype
-    if not (dtype.is_floating or dtype.is_integer or dtype.is_bool or dtype.is_complex):
-        return None
-    return math.prod(dims[1:]) * dtype.size
+def check_layer_outputs(source: str, model: Any, batch_size: int) -> None:
+    """The largest output a layer of a functional model declares (Keras' symbolic shapes, nested
+    models included) against the bound: for a backend that runs eagerly and has no graph to read
+    before it allocates. A subclassed model declares none: its inputs' bound applies."""
+    largest, where = 0, None
+    for path, layer in _layers(model):
+        for node in list(getattr(layer, "_inbound_nodes", None) or ()):
+            for tensor in list(getattr(node, "outputs", None) or ()):
+                shape = tuple(getattr(tensor, "shape", None) or ())
+                if len(shape) < 1 or any(size is None for size in shape[1:]):
+                    continue
+                dtype = str(getattr(tensor, "dtype", "float32"))
+                try:
+                    itemsize = np.dtype(dtype).itemsize
+                except TypeError:
+                    itemsize = _FLOAT32  # bfloat16 and other names NumPy does not know
+                per_sample = math.prod(shape[1:]) * itemsize
+                if per_sample > largest:
+                    largest, where = per_sample, (f"layer {path} ({type(layer).__name__})", shape[1:])
+    if where is not None:
+        check_tensor(source, largest, where[0], where[1], batch_size)
+
+
+def _layers(container: Any, prefix: str = "") -> Any:
+    for layer in list(getattr(container, "layers", None) or ()):
+        path = prefix + str(layer.name)
+        yield path, layer
+        yield from _layers(layer, path + "/")
 
 
 def _too_large(source: str, what: str, needed: int, batch: int) -> TooLarge:

@@ -1,9 +1,12 @@
-"""Instrument the BatchNormalization layers of a live Keras model.
+"""Instrument the BatchNormalization layers of a live Keras model, on any Keras backend.
 
 Each BN layer's `call` is wrapped on the instance (Keras 3 and tf-keras both look `self.call` up at
-call time). While the model is traced inside one `tf.function`, the wrapper reduces the layer's
-input to per-channel (count, mean, M2, non-finite count) tensors, so one forward pass yields the
-model outputs plus a few small vectors per batch: the activations never leave the graph.
+call time). While the model runs inside one compiled step (`probes.backends`: a `tf.function`, a
+`jax.jit`, or torch eager), the wrapper reduces the layer's input to per-channel sums with
+`keras.ops`, so one forward pass yields the model outputs plus a few small vectors per batch: the
+activations never leave the device. This module is backend-neutral; what cannot be (the compiled
+step, the host transfer, a fast sum of squares, TensorFlow's concatenation shortcut) is the
+adapter's.
 
 The output of a stock Keras BN layer in inference mode is the per-channel affine map
 gamma * (x - moving_mean) / sqrt(moving_variance + eps) + beta of its input, so its statistics
@@ -13,14 +16,14 @@ follows), so the output is only measured where that map is not guaranteed: BN su
 layers that run with training=True although the model was called in inference mode.
 
 Three things keep the pass near the cost of `predict` on real backbones. Each input is reduced in
-one pass, one axis at a time (`_moments`; the caller redoes a batch in two passes where one pass
-is not precise enough). A concatenation along the channel axis is summarised from the summaries
-of its parts, so DenseNet's ever-growing concatenations are not reduced again at every BN layer
-(`_concat_parts`). And Keras 3's own BN
-layers are switched between moving and batch statistics by a boolean tensor of the traced step
-(`start_recording`), so BN102's train/inference gap runs through the same trace as the pass: no
-second trace, and no eager call (an eager Keras 3 functional call keeps every intermediate tensor
-until it returns: 7.3 GB for DenseNet121 on 32 images at 224x224, against 1.5 GB for `predict`).
+one pass, one axis at a time (`_reduce`; the caller redoes a batch in two passes where one pass
+is not precise enough). On TensorFlow, a concatenation along the channel axis is summarised from
+the summaries of its parts, so DenseNet's ever-growing concatenations are not reduced again at
+every BN layer (`concat_parts` of the TensorFlow adapter). And Keras 3's own BN layers are switched
+between moving and batch statistics by a boolean tensor of the step (`start_recording`), so
+BN102's train/inference gap runs through the same compiled step as the pass: no second trace, and
+no eager call (an eager Keras 3 functional call on TensorFlow keeps every intermediate tensor until
+it returns: 7.3 GB for DenseNet121 on 32 images at 224x224, against 1.5 GB for `predict`).
 
 The same wrapper can also put a BN layer on batch statistics while every other layer stays in
 inference mode: how the gap is measured for the layers that cannot be switched by a tensor
@@ -36,6 +39,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+import numpy as np
 
 from bninspect.model import BN_CLASS_NAMES
 
@@ -56,12 +61,9 @@ class Entry:
     channels: int
     axes: tuple[int, ...]
     rank: int
-
-    @property
-    def squares_in_float32(self) -> bool:
-        """Whether one pass over this tensor sums float32 squares (`_moments`): it reduces axes
-        besides the batch axis. Only those sums lose the variance when |mean| >> std."""
-        return self.rank - len(self.axes) > 1
+    # Whether one pass over this tensor sums float32 squares (`_reduce`): it reduces axes besides
+    # the batch axis, or the backend has no float64. Only those sums lose the variance when |mean| >> std.
+    squares_in_float32: bool = True
 
 
 class Reduction(enum.Enum):
@@ -124,146 +126,168 @@ def layer_axes(layer: Any, rank: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class _Summary:
-    """Per-channel summaries of one tensor in one batch, flat over the channel axes.
+    """Per-channel sums of one tensor in one batch, flat over the channel axes.
 
-    All float64: count, mean, m2 and non_finite leave the graph and are merged on the host.
-    `variance` (m2 / count; None when masked) is the batch's population variance, for a BN layer
-    switched to batch statistics inside the traced step.
+    `count`, `s1`, `s2` and `bad` go to the host (`host_sums`): the count of finite values, their
+    sum, the sum of their squared deviations from `center`, and the count of NaN/Inf. Each is a
+    (channels,) float64 vector summed over the batch on the device where the backend computes in
+    float64, else (batch, channels) per-sample float32 sums that the host adds up in float64
+    (JAX without x64). `center` is (channels,): 0 in one pass, the device's batch mean in two.
+    `mean` and `variance` are the batch's mean and population variance on the device, for a BN
+    layer switched to batch statistics inside the step (None when masked).
     """
 
     count: Any
-    mean: Any
-    m2: Any
-    non_finite: Any
+    s1: Any
+    s2: Any
+    center: Any
+    bad: Any
+    mean: Any = None
     variance: Any = None
 
-    def packed(self) -> tuple[Any, Any, Any, Any]:
-        return self.count, self.mean, self.m2, self.non_finite
+    def packed(self) -> tuple[Any, Any, Any, Any, Any]:
+        return self.count, self.s1, self.s2, self.center, self.bad
+
+
+PACKED_FIELDS = 5
 
 
 def _concatenated(parts: list[_Summary]) -> _Summary:
-    import tensorflow as tf
+    from keras import ops
 
     def join(values: list[Any]) -> Any:
-        return None if any(value is None for value in values) else tf.concat(values, axis=0)
+        return None if any(value is None for value in values) else ops.concatenate(values, axis=-1)
 
     return _Summary(*(join([getattr(part, name) for part in parts])
-                      for name in ("count", "mean", "m2", "non_finite", "variance")))
+                      for name in ("count", "s1", "s2", "center", "bad", "mean", "variance")))
 
 
-def _concat_parts(x: Any, axes: tuple[int, ...]) -> list[Any] | None:
-    """The inputs of `x` when `x` is a channel-axis concatenation in the traced graph, else None.
+class _Context:
+    """What the reductions of one traced step share: the backend and which batch rows are real."""
 
-    A channel's statistics do not depend on the other channels, so the summaries of a concatenation
-    are those of its parts, side by side. DenseNet feeds each BN the concatenation of every earlier
-    feature map of its block: summarising each part once, where it is produced, instead of every
-    concatenation again, cut the instrumented pass from 1.4x to ~1.1x the plain forward pass there.
-    """
-    import tensorflow as tf
+    def __init__(self, adapter: Any, valid: Any):
+        self.adapter = adapter
+        self.valid = valid  # the number of real rows (a padded fixed-size batch), or None: all rows are
 
-    op = getattr(x, "op", None)
-    rank = x.shape.rank
-    if op is None or op.type != "ConcatV2" or rank is None or axes != (rank - 1,):
-        return None
-    parts = list(op.inputs[:-1])
-    axis = tf.get_static_value(op.inputs[-1])
-    if axis is None or int(axis) % rank != rank - 1:
-        return None
-    if any(part.shape.rank != rank or part.dtype != x.dtype for part in parts):
-        return None
-    return parts
+    @property
+    def accumulator(self) -> str:
+        return "float64" if self.adapter.float64_on_device else "float32"
+
+    def total(self, per_sample: Any) -> tuple[Any, Any]:
+        """(what goes to the host, the batch total on the device) of a (batch, channels) array."""
+        from keras import ops
+
+        values = ops.cast(per_sample, self.accumulator)
+        if self.valid is not None:
+            rows = ops.arange(ops.shape(values)[0])
+            values = values * ops.cast(ops.expand_dims(ops.less(rows, self.valid), -1), values.dtype)
+        device_total = ops.sum(values, axis=0)
+        return (device_total if self.adapter.float64_on_device else values), device_total
 
 
-def _summaries(x: Any, axes: tuple[int, ...], reduction: Reduction,
-               cache: dict[Any, _Summary] | None = None) -> _Summary:
-    """Per-channel (count, mean, M2, non-finite count) of `x` (see `_Summary`).
+def _summaries(x: Any, axes: tuple[int, ...], reduction: Reduction, context: _Context,
+               cache: dict[int, tuple[Any, _Summary]]) -> _Summary:
+    """Per-channel sums of `x` (see `_Summary`).
 
     Unmasked, a NaN/Inf makes that channel's mean non-finite, which the caller sees, and then runs
     the batch again masked: the NaN/Inf are left out and counted. Likewise the caller runs a batch
     again in two passes when one pass was not precise enough. (A tf.cond choosing inside the
     graph made tracing 6x slower.)
-    `cache` maps tensors (their `ref()`) summarised in this trace to their summaries.
+    `cache` maps the tensors summarised in this trace (by id, the tensor kept alive beside its
+    summary) to their summaries.
     """
-    key = x.ref() if cache is not None and hasattr(x, "ref") else None
-    if key is not None and key in cache:
-        return cache[key]
-    parts = _concat_parts(x, axes) if key is not None else None
+    hit = cache.get(id(x))
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    parts = context.adapter.concat_parts(x, axes)
     if parts is not None:
-        summary = _concatenated([_summaries(part, axes, reduction, cache) for part in parts])
+        summary = _concatenated([_summaries(part, axes, reduction, context, cache) for part in parts])
     else:
-        summary = _reduce(x, axes, reduction)
-    if key is not None:
-        cache[key] = summary
+        summary = _reduce(x, axes, reduction, context)
+    cache[id(x)] = (x, summary)
     return summary
 
 
-def _reduce(x: Any, axes: tuple[int, ...], reduction: Reduction) -> _Summary:
-    import tensorflow as tf
+def _reduce(x: Any, axes: tuple[int, ...], reduction: Reduction, context: _Context) -> _Summary:
+    """The sums of one tensor, each reduced one axis at a time, the innermost first (`_per_sample`).
 
-    # The reduction runs in float32 (float64 inputs stay float64): float16 sums of ~10^5 values
-    # per channel would lose the mean; only the per-channel results are cast to float64.
-    if x.dtype != tf.float64:
-        x = tf.cast(x, tf.float32)
-    reduce_axes = [a for a in range(x.shape.rank) if a not in axes]
-    channels = 1
-    for a in axes:
-        channels *= int(x.shape[a])
-    if reduction is not Reduction.MASKED:
-        per_channel = tf.cast(tf.size(x), tf.float64) / channels
-        mean, variance = _moments(x, reduce_axes, per_channel, two_pass=reduction is Reduction.TWO_PASS)
-        # m2 as computed, which the caller checks; the variance BN normalises with cannot be negative.
-        return _Summary(tf.fill([channels], per_channel), mean, variance * per_channel,
-                        tf.zeros([channels], tf.float64), tf.maximum(variance, 0.0))
-    finite = tf.math.is_finite(x)
-    count = tf.reduce_sum(tf.cast(finite, x.dtype), reduce_axes, keepdims=True)
-    kept = tf.where(finite, x, tf.zeros_like(x))
-    masked_mean = tf.reduce_sum(kept, reduce_axes, keepdims=True) / tf.maximum(count, 1)
-    deviation = tf.where(finite, x - masked_mean, tf.zeros_like(x))
-    m2 = tf.reduce_sum(deviation * deviation, reduce_axes)
-    bad = tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.float64), reduce_axes)
-    return _Summary(tf.reshape(tf.cast(count, tf.float64), [-1]), tf.reshape(tf.cast(masked_mean, tf.float64), [-1]),
-                    tf.reshape(tf.cast(m2, tf.float64), [-1]), tf.reshape(bad, [-1]))
-
-
-def _moments(x: Any, reduce_axes: list[int], per_channel: Any, two_pass: bool) -> tuple[Any, Any]:
-    """Flat per-channel float64 mean and population variance of `x` (`per_channel` values each).
-
-    One pass: the sums and the sums of squares, read from `x` together. Two passes: the mean, then
-    the squared deviations from it, which needs a temporary copy of `x`. The variance of one pass
-    is exact to about 1e-7 * (1 + mean^2 / variance) where it sums float32 squares (any axis but
-    the batch axis to reduce), of two passes to ~1e-7; a (batch, channels) input is squared in
-    float64, which one pass leaves exact (a Dense head after global pooling often has
-    |mean| > 30 std).
-    Each sum reduces one axis at a time, the innermost first, and the batch axis last in float64:
-    Eigen reduces one inner axis near memory speed, but several outer axes at once ~3x slower, and
-    short partial sums keep float32's rounding small. For 32x112x112x96 values around 3 +- 2, one
+    The reduction runs in float32 (float64 inputs stay float64): float16 sums of ~10^5 values per
+    channel would lose the mean. One pass sums the values and their squares, read together; two
+    passes the values, then the squared deviations from their batch mean, which needs a temporary
+    copy of `x`. The variance of one pass is exact to about 1e-7 * (1 + mean^2 / variance) where
+    it sums float32 squares, of two passes to ~1e-7; a (batch, channels) input is squared in
+    float64 where the backend has it, which leaves one pass exact (a Dense head after global
+    pooling often has |mean| > 30 std). For 32x112x112x96 values around 3 +- 2 on TensorFlow, one
     pass took 19 ms and two 44 ms, where tf.nn.moments took 72 ms (and missed NumPy's variance by
     2e-5; at 1e4 +- 1 it was wrong by 60x, two passes by 2e-7).
     """
-    import tensorflow as tf
+    from keras import backend, ops
 
-    def total(values: Any, squared: bool = False) -> Any:
-        inner = sorted((a for a in reduce_axes if a != 0), reverse=True)
-        square_in_float64 = squared and not inner
-        if squared and inner:
-            # The Euclidean norm squares as it reads: no temporary tensor of squares.
-            values = tf.square(tf.math.reduce_euclidean_norm(values, inner[0], keepdims=True))
-            inner = inner[1:]
-        for axis in inner:
-            values = tf.reduce_sum(values, axis, keepdims=True)
-        values = tf.cast(values, tf.float64)
-        if square_in_float64:
-            values = tf.square(values)
-        if 0 in reduce_axes:
-            values = tf.reduce_sum(values, 0, keepdims=True)
-        return values
+    if backend.standardize_dtype(x.dtype) != "float64":
+        x = ops.cast(x, "float32")
+    rank = len(x.shape)
+    inner = sorted((a for a in range(1, rank) if a not in axes), reverse=True)
+    channels = 1
+    for a in axes:
+        channels *= int(x.shape[a])
+    adapter = context.adapter
 
-    mean = total(x) / per_channel
-    if two_pass:
-        variance = total(x - tf.cast(mean, x.dtype), squared=True) / per_channel
-    else:
-        variance = total(x, squared=True) / per_channel - mean * mean
-    return tf.reshape(mean, [-1]), tf.reshape(variance, [-1])
+    def per_sample(values: Any, squared: bool = False) -> Any:
+        remaining = list(inner)
+        if squared and remaining:
+            values = adapter.sum_of_squares(values, remaining[0])
+            remaining = remaining[1:]
+        elif squared:
+            # Nothing to sum within a sample: square in the accumulator's precision.
+            values = ops.square(ops.cast(values, context.accumulator))
+        for axis in remaining:
+            values = ops.sum(values, axis=axis, keepdims=True)
+        return ops.reshape(values, (-1, channels))
+
+    center_shape = [int(x.shape[a]) if a in axes else 1 for a in range(rank)]
+    zeros = ops.zeros((channels,), context.accumulator)
+    if reduction is not Reduction.MASKED:
+        s1_host, s1 = context.total(per_sample(x))
+        count_host, count = context.total(_inner_counts(x, inner, channels))
+        if reduction is Reduction.ONE_PASS:
+            s2_host, s2 = context.total(per_sample(x, squared=True))
+            mean = s1 / count
+            variance = ops.maximum(s2 / count - mean * mean, 0.0)
+            return _Summary(count_host, s1_host, s2_host, zeros, zeros, mean, variance)
+        mean = s1 / count
+        deviation = x - ops.cast(ops.reshape(mean, center_shape), x.dtype)
+        s2_host, s2 = context.total(per_sample(deviation, squared=True))
+        return _Summary(count_host, s1_host, s2_host, mean, zeros, mean, ops.maximum(s2 / count, 0.0))
+    finite = ops.isfinite(x)
+    kept = ops.where(finite, x, ops.zeros_like(x))
+    count_host, count = context.total(per_sample(ops.cast(finite, x.dtype)))
+    s1_host, s1 = context.total(per_sample(kept))
+    center = s1 / ops.maximum(count, 1.0)
+    deviation = ops.where(finite, x - ops.cast(ops.reshape(center, center_shape), x.dtype), ops.zeros_like(x))
+    s2_host, _ = context.total(per_sample(deviation, squared=True))
+    bad_host, _ = context.total(per_sample(ops.cast(ops.logical_not(finite), x.dtype)))
+    return _Summary(count_host, s1_host, s2_host, center, bad_host)
+
+
+def _inner_counts(x: Any, inner: list[int], channels: int) -> Any:
+    """(batch, channels): how many values of each sample a channel has (the product of the inner axes)."""
+    from keras import ops
+
+    per_channel = 1
+    for axis in inner:
+        per_channel = per_channel * ops.shape(x)[axis]
+    batch = ops.shape(x)[0]
+    return ops.ones((batch, channels), "float32") * ops.cast(per_channel, "float32")
+
+
+def host_sums(packed: tuple[Any, ...], valid: int) -> tuple[np.ndarray, ...]:
+    """The packed sums of a step as float64 (channels,) vectors on the host: per-sample sums of
+    the first `valid` rows added up in float64, batch totals as they are."""
+    fields = []
+    for value in packed:
+        array = np.asarray(value, np.float64)
+        fields.append(array[:valid].sum(axis=0) if array.ndim == 2 else array)
+    return tuple(fields)
 
 
 def _switchable(layer: Any) -> bool:
@@ -284,7 +308,6 @@ def _normalise(layer: Any, inputs: Any, use_batch_statistics: Any, summary: _Sum
     not updated (the probe would restore them anyway). A frozen layer (trainable=False) runs in
     inference mode even when asked for training, as in Keras.
     """
-    import tensorflow as tf
     from keras import backend, ops
 
     compute_dtype = backend.result_type(inputs.dtype, "float32")
@@ -292,10 +315,10 @@ def _normalise(layer: Any, inputs: Any, use_batch_statistics: Any, summary: _Sum
     mean = ops.cast(layer.moving_mean, compute_dtype)
     variance = ops.cast(layer.moving_variance, compute_dtype)
     if layer.trainable and use_batch_statistics is True:
-        mean, variance = tf.cast(summary.mean, compute_dtype), tf.cast(summary.variance, compute_dtype)
-    elif layer.trainable:
-        mean = tf.where(use_batch_statistics, tf.cast(summary.mean, compute_dtype), mean)
-        variance = tf.where(use_batch_statistics, tf.cast(summary.variance, compute_dtype), variance)
+        mean, variance = ops.cast(summary.mean, compute_dtype), ops.cast(summary.variance, compute_dtype)
+    elif layer.trainable and use_batch_statistics is not False:
+        mean = ops.where(use_batch_statistics, ops.cast(summary.mean, compute_dtype), mean)
+        variance = ops.where(use_batch_statistics, ops.cast(summary.variance, compute_dtype), variance)
     gamma = ops.cast(layer.gamma, compute_dtype) if layer.scale else None
     beta = ops.cast(layer.beta, compute_dtype) if layer.center else None
     outputs = ops.batch_normalization(x, mean, variance, axis=layer.axis, offset=beta, scale=gamma,
@@ -306,15 +329,18 @@ def _normalise(layer: Any, inputs: Any, use_batch_statistics: Any, summary: _Sum
 class Instrumentation:
     """Context manager: wraps every BN layer's `call` on entry, restores it on exit."""
 
-    def __init__(self, taps: tuple[BNTap, ...], batch_statistics: bool = False):
-        """batch_statistics: while recording, the layers normalise with the batch's own statistics
-        (how `recalibrate` sees what each layer gets in training)."""
+    def __init__(self, taps: tuple[BNTap, ...], adapter: Any, batch_statistics: bool = False):
+        """adapter: the backend's (`probes.backends`). batch_statistics: while recording, the layers
+        normalise with the batch's own statistics (how `recalibrate` sees what each layer gets in
+        training)."""
         self.taps = taps
+        self.adapter = adapter
         self.record_with_batch_statistics = batch_statistics
         self.mode = Mode.OFF
         self._reduction = Reduction.ONE_PASS
         self._switch: Any = None
-        self._cache: dict[Any, _Summary] = {}
+        self._context = _Context(adapter, None)
+        self._cache: dict[int, tuple[Any, _Summary]] = {}
         self._records: list[tuple[Entry, _Summary]] = []
         self._saved: list[tuple[Any, bool, Any]] = []
 
@@ -341,9 +367,6 @@ class Instrumentation:
         return all(_switchable(tap.layer) for tap in self.taps)
 
     def _wrap(self, tap: BNTap, original_call: Any) -> Any:
-        import tensorflow as tf
-
-        @tf.autograph.experimental.do_not_convert
         def call(*args: Any, **kwargs: Any) -> Any:
             mode = self.mode
             if mode is Mode.BATCH_STATS or (mode is Mode.RECORD and self.record_with_batch_statistics):
@@ -372,50 +395,56 @@ class Instrumentation:
             self._record(tap, inputs, outputs, measure_output=measure_output)
             return outputs
 
-        return call
+        return self.adapter.plain_python(call)
 
     def _record(self, tap: BNTap, inputs: Any, outputs: Any, measure_output: bool) -> _Summary:
         """Record the input's (and maybe the output's) summaries; returns the input's."""
-        rank = inputs.shape.rank
+        rank = len(inputs.shape)
         axes = layer_axes(tap.layer, rank)
         sides = (("input", inputs), ("output", outputs)) if measure_output else (("input", inputs),)
         recorded = []
         for side, tensor in sides:
-            summary = _summaries(tensor, axes, self._reduction, self._cache)
+            summary = _summaries(tensor, axes, self._reduction, self._context, self._cache)
             channels = 1
             for a in axes:
                 channels *= int(tensor.shape[a])
-            self._records.append((Entry(tap.index, side, channels, axes, rank), summary))
+            float32_squares = rank - len(axes) > 1 or not self.adapter.float64_on_device
+            self._records.append((Entry(tap.index, side, channels, axes, rank, float32_squares), summary))
             recorded.append(summary)
         return recorded[0]
 
-    def start_recording(self, reduction: Reduction = Reduction.ONE_PASS, batch_statistics: Any = None) -> None:
+    def start_recording(self, reduction: Reduction = Reduction.ONE_PASS, batch_statistics: Any = None,
+                        valid: Any = None) -> None:
         """Record from now on (inside the function being traced).
 
-        batch_statistics: a scalar boolean tensor of that function, or None. With a tensor, the
-        switchable layers (`_switchable`) normalise with the batch's own statistics where it is
-        true and with the moving statistics where it is false, so one trace serves both the pass
-        and the train/inference gap. The tensor is ignored while masked (the gap never uses the
-        masked step) and by layers that already run on batch statistics.
+        batch_statistics: a scalar boolean tensor of that function, a Python bool, or None. With
+        a tensor, the switchable layers (`_switchable`) normalise with the batch's own statistics
+        where it is true and with the moving statistics where it is false, so one trace serves
+        both the pass and the train/inference gap. It is ignored while masked (the gap never uses
+        the masked step) and by layers that already run on batch statistics.
+        valid: how many rows of the batch are real when the backend pads batches to one size.
         """
         self._records = []
         self._cache = {}
+        self._context = _Context(self.adapter, valid)
         self._reduction = reduction
         self._switch = None if reduction is Reduction.MASKED else batch_statistics
         self.mode = Mode.RECORD
 
-    def stop_recording(self) -> tuple[tuple[Entry, ...], tuple[Any, Any, Any, Any]]:
-        """The layout of what was recorded and four flat float64 tensors (count, mean, M2, non-finite)."""
-        import tensorflow as tf
+    def stop_recording(self) -> tuple[tuple[Entry, ...], tuple[Any, ...]]:
+        """The layout of what was recorded and the packed sums (`_Summary.packed`, each field
+        concatenated over the records along its channel axis)."""
+        from keras import ops
 
         self.mode = Mode.OFF
         self._switch = None
         self._cache = {}
         layout = tuple(entry for entry, _ in self._records)
         if not self._records:
-            empty = tf.zeros([0], tf.float64)
-            return layout, (empty, empty, empty, empty)
-        packed = tuple(tf.concat([summary.packed()[i] for _, summary in self._records], axis=0) for i in range(4))
+            empty = ops.zeros((0,), "float32")
+            return layout, (empty,) * PACKED_FIELDS
+        packed = tuple(ops.concatenate([summary.packed()[i] for _, summary in self._records], axis=-1)
+                       for i in range(PACKED_FIELDS))
         self._records = []
         return layout, packed
 

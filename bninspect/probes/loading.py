@@ -28,6 +28,7 @@ from typing import Any, Iterator, Mapping
 
 from bninspect.data import InputSpec
 from bninspect.errors import UsageProblem, one_line
+from bninspect.keras_runtime import import_keras
 from bninspect.model import CODE, CONTAINER_CLASS_NAMES, NO_ARCHITECTURE, Layer, ModelDescription
 from bninspect.probes import budget
 from bninspect.probes.run_errors import tf_reason
@@ -52,12 +53,12 @@ _KERAS_LOAD_ERRORS = (ValueError, TypeError, KeyError, OSError, AttributeError, 
 
 
 def _keras_load_errors() -> tuple[type[BaseException], ...]:
-    """`_KERAS_LOAD_ERRORS` and TensorFlow's OpError: building a layer creates its variables, and
-    TensorFlow raises ResourceExhaustedError for one larger than it can allocate (a Dense layer
-    whose config declares 10^12 units)."""
-    import tensorflow as tf
+    """`_KERAS_LOAD_ERRORS` and the backend's runtime errors: building a layer creates its
+    variables, and TensorFlow raises ResourceExhaustedError for one larger than it can allocate (a
+    Dense layer whose config declares 10^12 units), JAX and torch their own errors."""
+    from bninspect.probes import backends
 
-    return (*_KERAS_LOAD_ERRORS, tf.errors.OpError)
+    return (*_KERAS_LOAD_ERRORS, *backends.load_errors(backends.backend_name()))
 
 
 def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
@@ -172,23 +173,25 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, custom_objects:
 
     `description` is the file's static reading when the caller has it already."""
     from bninspect import loaders
-    from bninspect.tf_runtime import import_tensorflow
 
     source = str(path)
     description = description if description is not None else loaders.load(source)
     # Keras reads every object of the file with HDF5's own driver, not only the BN arrays the
     # static reading checked.
     loaders.refuse_outside_storage(source)
-    # Before keras / tf_keras: oneDNN on unless the user chose.
-    import_tensorflow(quiet=False, keras=False, needed_for=f"{source}: loading the model with Keras")
+    # Keras on the chosen backend, before tf_keras (on TensorFlow: oneDNN on unless the user chose).
+    backend = str(import_keras(needed_for=f"{source}: loading the model with Keras").config.backend())
     architecture = description.architecture
     if architecture.kind == NO_ARCHITECTURE:
         raise ModelRefused(f"{source}: a weights-only file has no architecture to run; probe the full model file")
     budget.check_declared_shapes(source, description)  # before Keras builds variables on them
     custom_objects = _with_registered_names(description, custom_objects)
+    _refuse_tensorflow_only(source, description, backend)
     if architecture.kind == CODE:
         return _load_code(source, description, unsafe, custom_objects)
-    tf_keras = _tf_keras() if _uses_tf_keras(description) else None
+    # tf-keras runs on TensorFlow only; on another backend Keras 3's own HDF5 reader reads a
+    # Keras 2 .h5, as it does on TensorFlow without tf-keras.
+    tf_keras = _tf_keras() if _uses_tf_keras(description) and backend == "tensorflow" else None
     if description.format == "savedmodel" and tf_keras is None:
         raise ModelRefused(f"{source}: loading a SavedModel directory needs tf-keras (pip install tf-keras)")
     if tf_keras is not None:
@@ -200,6 +203,13 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False, custom_objects:
     _refuse_code(source, description, keras, unsafe, custom_objects)
     return LoadedModel(_load_with_keras(keras, source, description, unsafe, custom_objects),
                        f"keras {keras.__version__}", description)
+
+
+def _refuse_tensorflow_only(source: str, description: ModelDescription, backend: str) -> None:
+    """A SavedModel loads only with tf-keras, which runs on TensorFlow: one line on another backend."""
+    if description.format == "savedmodel" and backend != "tensorflow":
+        raise ModelRefused(f"{source}: a SavedModel directory loads only with tf-keras on TensorFlow, and Keras runs "
+                           f"on {backend}: run with --backend tensorflow (pip install 'bninspect[tensorflow]' tf-keras)")
 
 
 # pip's names of the libraries that register Keras classes (`keras_classes.LIBRARY_MODULE_ROOTS`).

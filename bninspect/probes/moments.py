@@ -88,3 +88,14 @@ class RunningMoments:
             mean = np.where(self.count > 0, self.mean, np.nan)
         return ChannelMoments(count=self.count.copy(), mean=mean, variance=np.maximum(variance, 0.0),
                               non_finite=self.non_finite.copy())
+
+
+def from_sums(count: np.ndarray, s1: np.ndarray, s2: np.ndarray, center: np.ndarray,
+              bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(count, mean, M2, non_finite) of one batch from its sums: `s2` sums the squared deviations
+    from `center` (0 in one pass, the device's batch mean in two), so M2 = s2 - count * (mean -
+    center)^2, in float64."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, s1 / np.where(count > 0, count, 1.0), 0.0)
+        m2 = s2 - count * np.square(mean - center)
+    return count, mean, m2, bad

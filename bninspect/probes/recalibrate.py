@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from bninspect.errors import UsageProblem
+from bninspect.probes import backends
 from bninspect.probes.instrument import BNTap, Instrumentation, find_bn_layers
 from bninspect.probes.loading import LoadedModel
 from bninspect.probes.run_errors import model_run
@@ -60,6 +61,7 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
         raise UsageProblem(f"--batch-size {batch_size}: recalibration needs at least 2 samples per batch")
     loaded, source, samples = open_model_and_data(model, data, limit=limit, rescale=rescale, unsafe=unsafe,
                                                   custom_objects=custom_objects)
+    adapter = backends.for_model(source, loaded.model)
     taps = find_bn_layers(loaded.model)
     if not taps:
         raise UsageProblem(f"{source}: the model has no BatchNormalization layers")
@@ -80,7 +82,8 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     try:
         for layer in frozen:
             layer.trainable = True
-        with model_run(source, loaded.model), Instrumentation(chosen, batch_statistics=True) as instrumentation:
+        with model_run(source, loaded.model, adapter), \
+                Instrumentation(chosen, adapter, batch_statistics=True) as instrumentation:
             result = one_pass(source, loaded.model, instrumentation, samples, batch_size, 0, progress)
     finally:
         for layer in frozen:

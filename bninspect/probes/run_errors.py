@@ -1,4 +1,7 @@
-"""TensorFlow's runtime errors while a model runs, as one line: the file, the layer, what to do.
+"""A backend's errors while a model runs, as one line: the file, the layer, what to do.
+
+Each backend adapter (`probes.backends`) names its runtime errors (TensorFlow's OpError, JAX's
+JaxRuntimeError, torch's RuntimeError) and its hint; this module turns them into one line.
 
 TensorFlow raises `tf.errors.OpError` subclasses (UnimplementedError, InvalidArgumentError, ...)
 whose message is many lines: "Graph execution error", the Python frames where the failing op was
@@ -18,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from bninspect.errors import ModelRunError
-from bninspect.tf_runtime import OneDNNSetting, import_tensorflow, onednn_setting
+from bninspect.tf_runtime import onednn_setting
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NODE = re.compile(r"\{\{node ([^}\s]+)\}\}|Detected at node '?([^\s']+?)'? defined at")
@@ -29,7 +32,8 @@ _NOISE = ('File "', "Detected at node", "Graph execution error", "Exception enco
           "Arguments received by", "Call arguments received by")
 _SCOPE_SUFFIX = re.compile(r"_\d+$")
 MAX_REASON = 300
-BUILD_HINT = "TensorFlow cannot build the model's graph from what its config declares; --debug shows the traceback"
+BUILD_HINT = "the backend cannot build the model's graph from what its config declares; --debug shows the traceback"
+DATA_HINT = "check that the data fits the model's inputs; --debug shows the backend's traceback"
 
 
 class GraphBuildError(Exception):
@@ -38,40 +42,41 @@ class GraphBuildError(Exception):
 
 
 @contextmanager
-def tracing() -> Iterator[None]:
-    """Around TensorFlow's tracing of the model: its TypeError or ValueError become GraphBuildError.
+def tracing_errors(passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Around a backend's tracing of the model: its TypeError or ValueError become GraphBuildError.
 
-    While tracing, TensorFlow raises these instead of an OpError for a model it cannot build into a
-    graph: an op given a dtype it does not take (a layer whose config says int32 or complex128), a
-    name it refuses as a scope. OperatorNotAllowedInGraphError, a TypeError that asks for autograph,
-    passes through for the caller to trace again."""
-    tf = import_tensorflow(quiet=False, keras=False)  # imported already: the model is loaded
+    While tracing, TensorFlow and JAX raise these instead of a runtime error for a model they
+    cannot build into a graph: an op given a dtype it does not take (a layer whose config says
+    int32 or complex128), a name TensorFlow refuses as a scope, Python control flow on a traced
+    value. `passthrough` errors (TensorFlow's request for autograph) reach the caller as they are."""
     try:
         yield
-    except tf.errors.OperatorNotAllowedInGraphError:
+    except passthrough:
         raise
     except (TypeError, ValueError) as error:
         raise GraphBuildError(str(error)) from error
 
 
 @contextmanager
-def model_run(source: str, model: Any) -> Iterator[None]:
-    """Re-raise TensorFlow's runtime errors and the graph-building errors of `tracing` inside the
-    block as ModelRunError (cause attached)."""
-    tf = import_tensorflow(quiet=False, keras=False)  # imported already: the model is loaded
+def model_run(source: str, model: Any, adapter: Any) -> Iterator[None]:
+    """Re-raise the backend's runtime errors (`adapter.runtime_errors()`) and the graph-building
+    errors of `tracing_errors` inside the block as ModelRunError (cause attached)."""
     try:
         yield
-    except tf.errors.OpError as error:
-        raise run_error(source, model, error) from error
+    except adapter.runtime_errors() as error:
+        raise run_error(source, model, error, adapter.hint(_reason(error))) from error
     except GraphBuildError as error:
         raise run_error(source, model, error.__cause__ or error, BUILD_HINT) from error.__cause__
+
+
+def _reason(error: BaseException) -> str:
+    return tf_reason(_ANSI.sub("", str(getattr(error, "message", None) or error))) or type(error).__name__
 
 
 def run_error(source: str, model: Any, error: BaseException, hint: str | None = None) -> ModelRunError:
     message = _ANSI.sub("", str(getattr(error, "message", None) or error))
     reason = tf_reason(message) or type(error).__name__
-    return ModelRunError(source, _where(model, message, reason), reason,
-                         hint if hint is not None else _hint(reason, onednn_setting()))
+    return ModelRunError(source, _where(model, message, reason), reason, hint if hint is not None else DATA_HINT)
 
 
 def tf_reason(message: str) -> str:
@@ -144,9 +149,11 @@ def _is_nchw_problem(reason: str) -> bool:
     return "NHWC" in reason and "NCHW" in reason
 
 
-def _hint(reason: str, setting: OneDNNSetting) -> str:
+def nchw_hint(reason: str) -> str | None:
+    """What to do when TensorFlow cannot run a channels_first convolution (None: another reason)."""
     if not _is_nchw_problem(reason):
-        return "check that the data fits the model's inputs; --debug shows TensorFlow's traceback"
+        return None
+    setting = onednn_setting()
     if not setting.imported_by_bninspect:
         return ("channels_first convolutions need oneDNN on this CPU, and TensorFlow was imported before "
                 "bninspect could turn it on: set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported (restart "

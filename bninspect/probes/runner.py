@@ -15,16 +15,16 @@ import numpy as np
 
 from bninspect.errors import UsageProblem
 from bninspect.data import Batch, DataSource, InputSpec, open_data, parse_rescale
-from bninspect.probes import budget, rules
+from bninspect.keras_runtime import import_keras
+from bninspect.probes import backends, budget, rules
 from bninspect.probes.images import decode_images
 from bninspect.probes.instrument import BNTap, Entry, Instrumentation, Reduction, find_bn_layers
 from bninspect.probes.loading import (LoadedModel, ModelRefused, built_input_specs, describe_in_memory,
                                       load_custom_objects, load_model, refuse_names_tensorflow_rejects)
-from bninspect.probes.moments import ChannelMoments, RunningMoments, merge
-from bninspect.probes.run_errors import model_run, tracing
+from bninspect.probes.moments import ChannelMoments, RunningMoments, from_sums, merge
+from bninspect.probes.run_errors import model_run
 from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, ProbeReport
 from bninspect.probes.thresholds import ProbeThresholds, resolve
-from bninspect.tf_runtime import import_tensorflow
 
 # Samples of the first batch that are also predicted one by one for the batch-consistency check.
 CONSISTENCY_SAMPLES = 4
@@ -48,7 +48,7 @@ class _PassResult:
     batches: int
     # The first batches and their inference-mode outputs, for the two prediction comparisons.
     kept: tuple[tuple[Batch, tuple[np.ndarray, ...]], ...]
-    # The traced inference step (outputs, summaries); its batch axis is free.
+    # The compiled inference step (`backends.Step`).
     step: Any
 
 
@@ -72,13 +72,14 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
         raise UsageProblem(f"--batch-size {batch_size}: must be at least 1")
     loaded, source, samples = open_model_and_data(model, data, limit=limit, rescale=rescale, unsafe=unsafe,
                                                   custom_objects=custom_objects)
+    adapter = backends.for_model(source, loaded.model)
     taps = find_bn_layers(loaded.model)
     stored = snapshot(taps)
     try:
-        with model_run(source, loaded.model), Instrumentation(taps) as instrumentation:
+        with model_run(source, loaded.model, adapter), Instrumentation(taps, adapter) as instrumentation:
             keep = gap_batches(samples.batch_count(batch_size), batch_size)
             result = one_pass(source, loaded.model, instrumentation, samples, batch_size, keep, progress)
-            gap = _train_inference_gap(loaded.model, instrumentation, result.kept, result.step)
+            gap = _train_inference_gap(source, loaded.model, instrumentation, result.kept, result.step)
             restore(stored)  # the consistency check runs on the moving statistics
             consistency = _batch_consistency(result.step, result.kept[0])
     finally:
@@ -95,15 +96,16 @@ def open_model_and_data(model: Any, data: Any, *, limit: int | None, rescale: fl
                         custom_objects: Mapping[str, Any] | str | os.PathLike | None
                         ) -> tuple[LoadedModel, str, DataSource]:
     """The model loaded (or taken as it is), the name to report it by, and the data matched to its inputs."""
-    # Before Keras or tf-keras is imported for the model: oneDNN on unless the user chose (for an
-    # in-memory model TensorFlow is imported already, and this changes nothing).
-    import_tensorflow(quiet=False, keras=False, needed_for="running a model on data")
+    # Keras on the backend the user chose (on TensorFlow, oneDNN on unless the user chose; for an
+    # in-memory model Keras is imported already, and this changes nothing).
+    import_keras(needed_for="running a model on data")
     scale = parse_rescale(rescale) if isinstance(rescale, str) else rescale
     if isinstance(custom_objects, (str, os.PathLike)):
         custom_objects = load_custom_objects(custom_objects)
     loaded = _load(model, unsafe, custom_objects)
     source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
-    refuse_names_tensorflow_rejects(source, loaded.model)
+    if backends.for_model(source, loaded.model).name == "tensorflow":
+        refuse_names_tensorflow_rejects(source, loaded.model)
     return loaded, source, open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale,
                                          decoder=decode_images)
 
@@ -172,54 +174,32 @@ def _progress_bar(enabled: bool):
                     disable=not (enabled and console.is_terminal))
 
 
-def _batch_signature(first: Batch) -> list[Any]:
-    import tensorflow as tf
+class _Layout:
+    """The layout of what the last trace (or eager call) of a step recorded."""
 
-    # A batch axis of None: the last, shorter batch and single samples reuse the one trace.
-    return [tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype)) for array in first.arrays]
+    latest: tuple[Entry, ...] = ()
 
 
-def _traced_step(model: Any, instrumentation: Instrumentation, first: Batch, reduction: Reduction,
-                 layouts: list[tuple[Entry, ...]], autograph: bool = False) -> Any:
-    """The model in inference mode plus the BN summaries, traced once for any batch size.
+def _step_function(model: Any, instrumentation: Instrumentation, reduction: Reduction, layout: _Layout) -> Any:
+    """The model in inference mode plus the BN summaries, for the backend to compile.
 
-    step(batch_statistics, *arrays) -> (outputs, summaries). `batch_statistics` is a boolean
-    tensor: true switches the BN layers to their batch's own statistics (for BN102's gap) in the
-    same trace, so the gap costs no second trace (`Instrumentation.start_recording`).
-    Without autograph by default: Keras' own layers have no Python control flow on tensors, and
-    converting every call made tracing 2x slower. `_first_call` retries with autograph for custom
-    layers that need it.
+    function(batch_statistics, valid, arrays) -> (outputs, packed sums). `batch_statistics` is a
+    boolean (a tensor of the step when compiled): true switches the BN layers to their batch's own
+    statistics (for BN102's gap) in the same step, so the gap costs no second trace
+    (`Instrumentation.start_recording`). `valid`: the real rows of a padded batch (JAX), or None.
     """
-    import tensorflow as tf
+    from keras import tree
 
-    def step(batch_statistics, *arrays):
-        instrumentation.start_recording(reduction, batch_statistics)
+    def function(batch_statistics: Any, valid: Any, arrays: tuple[Any, ...]) -> tuple[list[Any], tuple[Any, ...]]:
+        instrumentation.start_recording(reduction, batch_statistics, valid)
         try:
             outputs = model(_model_inputs(arrays), training=False)
         finally:
-            layout, packed = instrumentation.stop_recording()
-        layouts.append(layout)
-        return tf.nest.flatten(outputs), packed
+            recorded, packed = instrumentation.stop_recording()
+        layout.latest = recorded
+        return tree.flatten(outputs), packed
 
-    signature = [tf.TensorSpec((), tf.bool), *_batch_signature(first)]
-    return tf.function(step, input_signature=signature, autograph=autograph)
-
-
-def _first_call(source: str, model: Any, instrumentation: Instrumentation, first: Batch, reduction: Reduction,
-                layouts: list[tuple[Entry, ...]]) -> tuple[Any, Any]:
-    """Trace the step, check what a batch of it allocates, run it on the first batch: (step, its result)."""
-    import tensorflow as tf
-
-    step = _traced_step(model, instrumentation, first, reduction, layouts)
-    try:
-        with tracing():
-            traced = step.get_concrete_function()
-    except tf.errors.OperatorNotAllowedInGraphError:
-        step = _traced_step(model, instrumentation, first, reduction, layouts, autograph=True)
-        with tracing():
-            traced = step.get_concrete_function()
-    budget.check_graph(source, model, traced.graph, first.size)
-    return step, step(False, *first.arrays)
+    return function
 
 
 def gap_batches(batch_count: int, batch_size: int) -> int:
@@ -230,25 +210,25 @@ def gap_batches(batch_count: int, batch_size: int) -> int:
 
 
 class _Steps:
-    """The traced steps of one pass, one per reduction, each traced when first needed."""
+    """The compiled steps of one pass, one per reduction, each compiled when first needed."""
 
     def __init__(self, source: str, model: Any, instrumentation: Instrumentation):
         self._source = source
         self._model = model
         self._instrumentation = instrumentation
-        self._traced: dict[Reduction, Any] = {}
-        self.layouts: list[tuple[Entry, ...]] = []
+        self._compiled: dict[Reduction, Any] = {}
+        self.layout = _Layout()
 
-    def run(self, reduction: Reduction, batch: Batch) -> tuple[Any, Any]:
-        step = self._traced.get(reduction)
+    def run(self, reduction: Reduction, batch: Batch) -> tuple[list[np.ndarray], tuple[np.ndarray, ...]]:
+        step = self._compiled.get(reduction)
         if step is None:
-            self._traced[reduction], result = _first_call(self._source, self._model, self._instrumentation, batch,
-                                                          reduction, self.layouts)
-            return result
-        return step(False, *batch.arrays)
+            function = _step_function(self._model, self._instrumentation, reduction, self.layout)
+            step = self._compiled[reduction] = self._instrumentation.adapter.compile(
+                self._source, self._model, function, batch)
+        return step(False, batch.arrays)
 
     def step(self, reduction: Reduction) -> Any:
-        return self._traced[reduction]
+        return self._compiled[reduction]
 
 
 def one_pass_imprecise(layout: tuple[Entry, ...], count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> bool:
@@ -272,42 +252,42 @@ def one_pass(source: str, model: Any, instrumentation: Instrumentation, samples:
         task = bar.add_task("probe", total=samples.batch_count(batch_size))
         for batch in samples.batches(batch_size):
             outputs, packed = steps.run(reduction, batch)
-            total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
+            total, mean, m2, non_finite = from_sums(*packed)
             finite = np.isfinite(mean).all() and np.isfinite(m2).all()
             if (finite and reduction is Reduction.ONE_PASS
-                    and one_pass_imprecise(steps.layouts[-1], total, mean, m2)):
+                    and one_pass_imprecise(steps.layout.latest, total, mean, m2)):
                 reduction = Reduction.TWO_PASS
                 outputs, packed = steps.run(reduction, batch)
-                total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
+                total, mean, m2, non_finite = from_sums(*packed)
             if not finite:
                 # NaN/Inf somewhere in this batch: summarise it again without them, and count them.
                 _, packed = steps.run(Reduction.MASKED, batch)
-                total, mean, m2, non_finite = (tensor.numpy() for tensor in packed)
+                total, mean, m2, non_finite = from_sums(*packed)
             if moments is None:
                 moments = RunningMoments(total.size)
             moments.add_summary(total, mean, m2, non_finite)
             if len(kept) < keep:
-                kept.append((batch, tuple(output.numpy() for output in outputs)))
+                kept.append((batch, tuple(outputs)))
             count += 1
             bar.advance(task)
-    return _PassResult(steps.layouts[-1], moments, count, tuple(kept), steps.step(reduction))
+    return _PassResult(steps.layout.latest, moments, count, tuple(kept), steps.step(reduction))
 
 
-def _batch_statistics_step(model: Any, instrumentation: Instrumentation, first: Batch) -> Any:
-    """The model with its BN layers on batch statistics, traced once: for models with BN layers the
-    recording step cannot switch (tf-keras, subclasses). Traced, not eager: an eager Keras 3
-    functional call keeps every intermediate tensor until it returns (7.3 GB for DenseNet121 on a
-    batch of 32 at 224x224, against 1.5 GB for `predict`)."""
-    import tensorflow as tf
+def _batch_statistics_step(source: str, model: Any, instrumentation: Instrumentation, first: Batch) -> Any:
+    """The model with its BN layers on batch statistics, compiled once: for models with BN layers
+    the recording step cannot switch (tf-keras, subclasses). Compiled, not eager where the backend
+    compiles: an eager Keras 3 functional call on TensorFlow keeps every intermediate tensor until
+    it returns (7.3 GB for DenseNet121 on a batch of 32 at 224x224, against 1.5 GB for `predict`)."""
+    from keras import tree
 
-    def step(*arrays):
+    def function(batch_statistics: Any, valid: Any, arrays: tuple[Any, ...]) -> tuple[list[Any], tuple[Any, ...]]:
         with instrumentation.batch_statistics():
-            return tf.nest.flatten(model(_model_inputs(arrays), training=False))
+            return tree.flatten(model(_model_inputs(arrays), training=False)), ()
 
-    return tf.function(step, input_signature=_batch_signature(first), autograph=False)
+    return instrumentation.adapter.compile(source, model, function, first)
 
 
-def _train_inference_gap(model: Any, instrumentation: Instrumentation,
+def _train_inference_gap(source: str, model: Any, instrumentation: Instrumentation,
                          kept: tuple[tuple[Batch, tuple[np.ndarray, ...]], ...], step: Any) -> GapMeasure | None:
     """Relative L2 difference of the predictions with BN on batch statistics vs moving statistics.
 
@@ -320,12 +300,12 @@ def _train_inference_gap(model: Any, instrumentation: Instrumentation,
         return None
     if instrumentation.switchable:
         def predict(arrays):
-            return step(True, *arrays)[0]
+            return step(True, arrays)[0]
     else:
-        batch_statistics_step = _batch_statistics_step(model, instrumentation, usable[0][0])
+        batch_statistics_step = _batch_statistics_step(source, model, instrumentation, usable[0][0])
 
         def predict(arrays):
-            return batch_statistics_step(*arrays)
+            return batch_statistics_step(False, arrays)[0]
     difference = reference = 0.0
     for batch, inference_outputs in usable:
         for with_batch_stats, with_moving_stats in zip(predict(batch.arrays), inference_outputs):
@@ -344,8 +324,9 @@ def _largest_finite(values: np.ndarray) -> float:
 def _batch_consistency(step: Any, first: tuple[Batch, tuple[np.ndarray, ...]]) -> ConsistencyMeasure | None:
     """In inference mode a sample's prediction must not depend on the other samples of its batch.
 
-    The single samples go through the same traced step as the batch, so the comparison is not
-    blurred by eager-vs-graph rounding differences. NaN/Inf predictions are BN103's business and
+    The single samples go through the same compiled step as the batch, so the comparison is not
+    blurred by eager-vs-graph rounding differences (on JAX a single sample is padded with copies
+    of itself, whose batch statistics are its own). NaN/Inf predictions are BN103's business and
     are left out here.
     """
     batch, batch_outputs = first
@@ -355,8 +336,8 @@ def _batch_consistency(step: Any, first: tuple[Batch, tuple[np.ndarray, ...]]) -
     worst, worst_sample = 0.0, 0
     samples = min(CONSISTENCY_SAMPLES, batch.size)
     for index in range(samples):
-        alone, _ = step(False, *(array[index:index + 1] for array in batch.arrays))
-        difference = max(_largest_finite(np.asarray(single.numpy()[0], np.float64) - output[index])
+        alone, _ = step(False, tuple(array[index:index + 1] for array in batch.arrays))
+        difference = max(_largest_finite(np.asarray(single[0], np.float64) - output[index])
                          for single, output in zip(alone, batch_outputs))
         if difference > worst:
             worst, worst_sample = difference, index
