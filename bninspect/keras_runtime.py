@@ -93,7 +93,7 @@ def import_keras(needed_for: str = "this", quiet: bool = False) -> Any:
         return sys.modules["keras"]
     module, package = _BACKEND_MODULES[backend]
     for name in (module, "keras"):
-        if name in sys.modules:
+        if sys.modules.get(name) is not None:
             continue
         try:
             _import_quietly(name) if quiet else __import__(name)

@@ -63,7 +63,8 @@ def import_tensorflow(quiet: bool = True, keras: bool = True, needed_for: str = 
     Returns the tensorflow module.
     """
     global _setting
-    if "tensorflow" not in sys.modules:
+    # `sys.modules.get`: a None entry (Python's way to block a module) is not an imported TensorFlow.
+    if sys.modules.get("tensorflow") is None:
         user_set = ONEDNN_VARIABLE in os.environ
         os.environ.setdefault(ONEDNN_VARIABLE, "1")
         _import("tensorflow", quiet, needed_for)
@@ -72,7 +73,7 @@ def import_tensorflow(quiet: bool = True, keras: bool = True, needed_for: str = 
         # Imported by the user (or a library) before us: the variable had whatever value it had
         # then; today's value is the best guess, and we do not change it.
         _setting = OneDNNSetting(os.environ.get(ONEDNN_VARIABLE), False, ONEDNN_VARIABLE in os.environ)
-    if keras and "keras" not in sys.modules:
+    if keras and sys.modules.get("keras") is None:
         _import("keras", quiet, needed_for)
     return sys.modules["tensorflow"]
 

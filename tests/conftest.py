@@ -38,6 +38,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # module; none of them imports TensorFlow at import time before it. A value the user set is kept.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+# The backend suite runs only through tests/test_backend_matrix.py, once per backend, each in its own process.
+collect_ignore = [] if os.environ.get("BNINSPECT_BACKEND_MODELS") else ["backends"]
+
 import shutil  # noqa: E402
 import zipfile  # noqa: E402
 from dataclasses import replace  # noqa: E402

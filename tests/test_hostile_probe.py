@@ -276,11 +276,12 @@ def test_real_backbones_stay_under_the_bound_at_batch_32():
     import tensorflow as tf
 
     from bninspect.probes import budget
+    from bninspect.probes.backends.tensorflow import _check_graph
 
     model = keras.applications.ResNet50(weights=None)
     step = tf.function(lambda x: model(x, training=False),
                        input_signature=[tf.TensorSpec((None, 224, 224, 3), tf.float32)])
     graph = step.get_concrete_function().graph
-    budget.check_graph("resnet50.keras", model, graph, 32)
+    _check_graph("resnet50.keras", model, graph, 32)
     with pytest.raises(budget.TooLarge, match=r"lower --batch-size to \d+ or less"):
-        budget.check_graph("resnet50.keras", model, graph, 1024)
+        _check_graph("resnet50.keras", model, graph, 1024)

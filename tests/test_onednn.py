@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 import pytest
 
-from bninspect.probes.run_errors import _hint, _where, tf_reason
+from bninspect.probes.run_errors import _where, nchw_hint, tf_reason
 from bninspect.tf_runtime import OneDNNSetting
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,13 +178,13 @@ def test_the_layer_is_found_from_the_node_name_or_the_keras_call_note():
 
 
 def test_the_hint_says_what_to_do_for_each_onednn_setting():
-    user_off = _hint(NCHW_REASON, OneDNNSetting("0", True, True))
+    user_off = nchw_hint(NCHW_REASON, OneDNNSetting("0", True, True))
     assert "unset TF_ENABLE_ONEDNN_OPTS (it is '0') or set it to 1" in user_off and "channels_last" in user_off
-    too_late = _hint(NCHW_REASON, OneDNNSetting(None, False, False))
+    too_late = nchw_hint(NCHW_REASON, OneDNNSetting(None, False, False))
     assert "imported before bninspect" in too_late and "TF_ENABLE_ONEDNN_OPTS=1" in too_late
-    no_onednn = _hint(NCHW_REASON, OneDNNSetting("1", True, False))
+    no_onednn = nchw_hint(NCHW_REASON, OneDNNSetting("1", True, False))
     assert "does not provide" in no_onednn and "channels_last" in no_onednn
-    assert "oneDNN" not in _hint("Input to reshape is a tensor with 10 values", OneDNNSetting("1", True, False))
+    assert nchw_hint("Input to reshape is a tensor with 10 values", OneDNNSetting("1", True, False)) is None
 
 
 # --- the commands on a channels_first model ------------------------------------------------------

@@ -73,18 +73,26 @@ def test_the_gap_through_the_switched_trace_equals_keras_on_batch_statistics():
 
 
 def _traced_steps(monkeypatch):
-    """Every step the probe traces, in order, as (its reduction's name, the step)."""
+    """Every step the probe compiles, in order, as (its reduction's name, the tf.function)."""
     from bninspect.probes import runner
+    from bninspect.probes.backends.tensorflow import TensorFlowAdapter
 
     traced = []
-    first_call = runner._first_call
+    reductions = []
+    step_function = runner._step_function
+    compile_step = TensorFlowAdapter.compile
 
-    def recording_first_call(source, model, instrumentation, batch, reduction, layouts):
-        step, result = first_call(source, model, instrumentation, batch, reduction, layouts)
-        traced.append((reduction.value, step))
-        return step, result
+    def recording_step_function(model, instrumentation, reduction, layout):
+        reductions.append(reduction.value)
+        return step_function(model, instrumentation, reduction, layout)
 
-    monkeypatch.setattr(runner, "_first_call", recording_first_call)
+    def recording_compile(self, source, model, function, first):
+        step = compile_step(self, source, model, function, first)
+        traced.append((reductions[-1], step._function))
+        return step
+
+    monkeypatch.setattr(runner, "_step_function", recording_step_function)
+    monkeypatch.setattr(TensorFlowAdapter, "compile", recording_compile)
     return traced
 
 

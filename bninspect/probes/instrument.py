@@ -128,8 +128,8 @@ def layer_axes(layer: Any, rank: int) -> tuple[int, ...]:
 class _Summary:
     """Per-channel sums of one tensor in one batch, flat over the channel axes.
 
-    `count`, `s1`, `s2` and `bad` go to the host (`host_sums`): the count of finite values, their
-    sum, the sum of their squared deviations from `center`, and the count of NaN/Inf. Each is a
+    `count`, `s1`, `s2` and `bad` go to the host (`host_sums`): the count of finite values, the
+    sum of their deviations from `center` and of the squares of those, and the count of NaN/Inf. Each is a
     (channels,) float64 vector summed over the batch on the device where the backend computes in
     float64, else (batch, channels) per-sample float32 sums that the host adds up in float64
     (JAX without x64). `center` is (channels,): 0 in one pass, the device's batch mean in two.
@@ -246,27 +246,35 @@ def _reduce(x: Any, axes: tuple[int, ...], reduction: Reduction, context: _Conte
 
     center_shape = [int(x.shape[a]) if a in axes else 1 for a in range(rank)]
     zeros = ops.zeros((channels,), context.accumulator)
-    if reduction is not Reduction.MASKED:
-        s1_host, s1 = context.total(per_sample(x))
+    if reduction is Reduction.ONE_PASS:
         count_host, count = context.total(_inner_counts(x, inner, channels))
-        if reduction is Reduction.ONE_PASS:
-            s2_host, s2 = context.total(per_sample(x, squared=True))
-            mean = s1 / count
-            variance = ops.maximum(s2 / count - mean * mean, 0.0)
-            return _Summary(count_host, s1_host, s2_host, zeros, zeros, mean, variance)
+        s1_host, s1 = context.total(per_sample(x))
+        s2_host, s2 = context.total(per_sample(x, squared=True))
         mean = s1 / count
-        deviation = x - ops.cast(ops.reshape(mean, center_shape), x.dtype)
-        s2_host, s2 = context.total(per_sample(deviation, squared=True))
-        return _Summary(count_host, s1_host, s2_host, mean, zeros, mean, ops.maximum(s2 / count, 0.0))
-    finite = ops.isfinite(x)
-    kept = ops.where(finite, x, ops.zeros_like(x))
-    count_host, count = context.total(per_sample(ops.cast(finite, x.dtype)))
-    s1_host, s1 = context.total(per_sample(kept))
-    center = s1 / ops.maximum(count, 1.0)
-    deviation = ops.where(finite, x - ops.cast(ops.reshape(center, center_shape), x.dtype), ops.zeros_like(x))
-    s2_host, _ = context.total(per_sample(deviation, squared=True))
-    bad_host, _ = context.total(per_sample(ops.cast(ops.logical_not(finite), x.dtype)))
-    return _Summary(count_host, s1_host, s2_host, center, bad_host)
+        variance = ops.maximum(s2 / count - mean * mean, 0.0)
+        return _Summary(count_host, s1_host, s2_host, zeros, zeros, mean, variance)
+    # Two passes: the batch mean first (the center), then the deviations from it, summed and
+    # squared: the mean is then exact to float32's rounding of the deviations, not of the values
+    # (|mean| can be 500 std in a real backbone).
+    finite = ops.isfinite(x) if reduction is Reduction.MASKED else None
+    if finite is None:
+        count_host, count = context.total(_inner_counts(x, inner, channels))
+        _, total = context.total(per_sample(x))
+    else:
+        count_host, count = context.total(per_sample(ops.cast(finite, x.dtype)))
+        _, total = context.total(per_sample(ops.where(finite, x, ops.zeros_like(x))))
+    center = total / ops.maximum(count, 1.0)
+    deviation = x - ops.cast(ops.reshape(center, center_shape), x.dtype)
+    if finite is not None:
+        deviation = ops.where(finite, deviation, ops.zeros_like(x))
+    s1_host, s1 = context.total(per_sample(deviation))
+    s2_host, s2 = context.total(per_sample(deviation, squared=True))
+    if finite is not None:
+        bad_host, _ = context.total(per_sample(ops.cast(ops.logical_not(finite), x.dtype)))
+        return _Summary(count_host, s1_host, s2_host, center, bad_host)
+    offset = s1 / count
+    return _Summary(count_host, s1_host, s2_host, center, zeros, center + offset,
+                    ops.maximum(s2 / count - offset * offset, 0.0))
 
 
 def _inner_counts(x: Any, inner: list[int], channels: int) -> Any:

@@ -92,10 +92,11 @@ class RunningMoments:
 
 def from_sums(count: np.ndarray, s1: np.ndarray, s2: np.ndarray, center: np.ndarray,
               bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(count, mean, M2, non_finite) of one batch from its sums: `s2` sums the squared deviations
-    from `center` (0 in one pass, the device's batch mean in two), so M2 = s2 - count * (mean -
-    center)^2, in float64."""
+    """(count, mean, M2, non_finite) of one batch from its sums: `s1` and `s2` sum the deviations
+    from `center` (0 in one pass, the device's batch mean in two) and their squares, so mean =
+    center + s1 / count and M2 = s2 - s1^2 / count, in float64."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, s1 / np.where(count > 0, count, 1.0), 0.0)
-        m2 = s2 - count * np.square(mean - center)
+        offset = np.where(count > 0, s1 / np.where(count > 0, count, 1.0), 0.0)
+        mean = np.where(count > 0, center + offset, 0.0)
+        m2 = s2 - count * np.square(offset)
     return count, mean, m2, bad

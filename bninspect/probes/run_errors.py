@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from bninspect.errors import ModelRunError
-from bninspect.tf_runtime import onednn_setting
+from bninspect.tf_runtime import OneDNNSetting, onednn_setting
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NODE = re.compile(r"\{\{node ([^}\s]+)\}\}|Detected at node '?([^\s']+?)'? defined at")
@@ -149,11 +149,12 @@ def _is_nchw_problem(reason: str) -> bool:
     return "NHWC" in reason and "NCHW" in reason
 
 
-def nchw_hint(reason: str) -> str | None:
-    """What to do when TensorFlow cannot run a channels_first convolution (None: another reason)."""
+def nchw_hint(reason: str, setting: OneDNNSetting | None = None) -> str | None:
+    """What to do when TensorFlow cannot run a channels_first convolution (None: another reason).
+    `setting`: TF_ENABLE_ONEDNN_OPTS as TensorFlow saw it (default: as it was at its import)."""
     if not _is_nchw_problem(reason):
         return None
-    setting = onednn_setting()
+    setting = setting if setting is not None else onednn_setting()
     if not setting.imported_by_bninspect:
         return ("channels_first convolutions need oneDNN on this CPU, and TensorFlow was imported before "
                 "bninspect could turn it on: set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported (restart "

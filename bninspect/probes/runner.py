@@ -212,8 +212,9 @@ def gap_batches(batch_count: int, batch_size: int) -> int:
 class _Steps:
     """The compiled steps of one pass, one per reduction, each compiled when first needed."""
 
-    def __init__(self, source: str, model: Any, instrumentation: Instrumentation):
+    def __init__(self, source: str, model: Any, instrumentation: Instrumentation, rows: int):
         self._source = source
+        self._rows = rows  # the largest batch the steps get
         self._model = model
         self._instrumentation = instrumentation
         self._compiled: dict[Reduction, Any] = {}
@@ -224,7 +225,7 @@ class _Steps:
         if step is None:
             function = _step_function(self._model, self._instrumentation, reduction, self.layout)
             step = self._compiled[reduction] = self._instrumentation.adapter.compile(
-                self._source, self._model, function, batch)
+                self._source, self._model, function, batch, self._rows)
         return step(False, batch.arrays)
 
     def step(self, reduction: Reduction) -> Any:
@@ -243,7 +244,7 @@ def one_pass_imprecise(layout: tuple[Entry, ...], count: np.ndarray, mean: np.nd
 def one_pass(source: str, model: Any, instrumentation: Instrumentation, samples: DataSource, batch_size: int,
              keep: int, progress: bool) -> _PassResult:
     budget.check_inputs(source, samples, batch_size)  # before the first batch is read or decoded
-    steps = _Steps(source, model, instrumentation)
+    steps = _Steps(source, model, instrumentation, min(batch_size, samples.samples))
     reduction = Reduction.ONE_PASS
     moments: RunningMoments | None = None
     kept = []
@@ -273,7 +274,7 @@ def one_pass(source: str, model: Any, instrumentation: Instrumentation, samples:
     return _PassResult(steps.layout.latest, moments, count, tuple(kept), steps.step(reduction))
 
 
-def _batch_statistics_step(source: str, model: Any, instrumentation: Instrumentation, first: Batch) -> Any:
+def _batch_statistics_step(source: str, model: Any, instrumentation: Instrumentation, first: Batch, rows: int) -> Any:
     """The model with its BN layers on batch statistics, compiled once: for models with BN layers
     the recording step cannot switch (tf-keras, subclasses). Compiled, not eager where the backend
     compiles: an eager Keras 3 functional call on TensorFlow keeps every intermediate tensor until
@@ -284,7 +285,7 @@ def _batch_statistics_step(source: str, model: Any, instrumentation: Instrumenta
         with instrumentation.batch_statistics():
             return tree.flatten(model(_model_inputs(arrays), training=False)), ()
 
-    return instrumentation.adapter.compile(source, model, function, first)
+    return instrumentation.adapter.compile(source, model, function, first, rows)
 
 
 def _train_inference_gap(source: str, model: Any, instrumentation: Instrumentation,
@@ -302,7 +303,8 @@ def _train_inference_gap(source: str, model: Any, instrumentation: Instrumentati
         def predict(arrays):
             return step(True, arrays)[0]
     else:
-        batch_statistics_step = _batch_statistics_step(source, model, instrumentation, usable[0][0])
+        batch_statistics_step = _batch_statistics_step(source, model, instrumentation, usable[0][0],
+                                                       max(batch.size for batch, _ in usable))
 
         def predict(arrays):
             return batch_statistics_step(False, arrays)[0]

@@ -3,10 +3,10 @@
 The probes (`instrument`, `runner`, `recalibrate`) are written on `keras.ops`, as Keras' own
 layers are; what differs per backend is here, as in Keras' own `keras/src/backend/`:
 
-- the compiled step: `compile(source, model, function, first)` turns
+- the compiled step: `compile(source, model, function, first, rows)` turns
   `function(batch_statistics, valid, arrays) -> (outputs, packed sums)` into a `Step` that takes
   numpy arrays and returns numpy outputs and host float64 sums (`instrument.host_sums`), after
-  checking what one batch of it allocates (`budget`): a `tf.function` traced once for any batch
+  checking what a batch of `rows` samples (the largest it will get) allocates (`budget`): a `tf.function` traced once for any batch
   size (TensorFlow), a `jax.jit` over the model's variables in a `StatelessScope`, compiled once
   for a fixed batch shape with short batches padded and their padding masked out (JAX), eager
   calls under `torch.no_grad` (PyTorch, as Keras' own `predict` runs there);

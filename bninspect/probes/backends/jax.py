@@ -44,7 +44,7 @@ class JaxAdapter:
     def concat_parts(self, x: Any, axes: tuple[int, ...]) -> None:
         return None
 
-    def compile(self, source: str, model: Any, function: Callable, first: Batch) -> "_JaxStep":
+    def compile(self, source: str, model: Any, function: Callable, first: Batch, rows: int) -> "_JaxStep":
         import jax
         import keras
 
@@ -54,10 +54,10 @@ class JaxAdapter:
             with keras.StatelessScope(state_mapping=list(zip(variables, values))):
                 return function(batch_statistics, valid, arrays)
 
-        step = _JaxStep(variables, first.size)
+        step = _JaxStep(variables, rows)
         with self.tracing():
             traced = jax.jit(pure).trace(*step.arguments(False, first.arrays))
-        _check_jaxpr(source, model, traced.jaxpr, first.size)
+        _check_jaxpr(source, model, traced.jaxpr, rows)
         with self.tracing():
             step.compiled = traced.lower().compile()
         return step

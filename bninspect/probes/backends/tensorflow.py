@@ -60,7 +60,7 @@ class TensorFlowAdapter:
             return None
         return parts
 
-    def compile(self, source: str, model: Any, function: Callable, first: Batch) -> "_TensorFlowStep":
+    def compile(self, source: str, model: Any, function: Callable, first: Batch, rows: int) -> "_TensorFlowStep":
         import tensorflow as tf
 
         step = self._traced(function, first, autograph=False)
@@ -71,7 +71,7 @@ class TensorFlowAdapter:
             step = self._traced(function, first, autograph=True)
             with self.tracing():
                 traced = step.get_concrete_function()
-        _check_graph(source, model, traced.graph, first.size)
+        _check_graph(source, model, traced.graph, rows)
         return _TensorFlowStep(step)
 
     @staticmethod

@@ -35,8 +35,8 @@ class TorchAdapter:
     def concat_parts(self, x: Any, axes: tuple[int, ...]) -> None:
         return None
 
-    def compile(self, source: str, model: Any, function: Callable, first: Batch) -> "_TorchStep":
-        budget.check_layer_outputs(source, model, first.size)
+    def compile(self, source: str, model: Any, function: Callable, first: Batch, rows: int) -> "_TorchStep":
+        budget.check_layer_outputs(source, model, rows)
         return _TorchStep(function, self)
 
     def runtime_errors(self) -> tuple[type[BaseException], ...]:
