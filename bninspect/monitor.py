@@ -9,7 +9,10 @@ statistics that move although the layer is frozen or its base is called with tra
 renders.
 
 Backends: written on `keras.callbacks.Callback` and variable `.numpy()` reads, nothing
-TensorFlow-specific; tested on TensorFlow only.
+TensorFlow-specific, and tested with `fit` on TensorFlow, JAX and PyTorch (on JAX, reading
+`self.model` syncs the trainer's state into the variables first, as Keras' own callbacks rely on).
+`validation_data` runs the probe on the backend's own engine. TensorBoard summaries need
+tf.summary: on JAX and PyTorch the monitor warns once and keeps its numbers in `logs`/History.
 
 Importing this module does not import Keras: the Keras callback class is made on first
 instantiation (`BNMonitor(...)` returns an instance of a subclass of BNMonitor and

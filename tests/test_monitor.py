@@ -1,8 +1,8 @@
 """`bninspect.BNMonitor`, the Keras 3 callback that watches BN while `fit` runs.
 
 Every condition is caused for real with `fit` on tiny models (a Conv+BN of a few hundred
-parameters, 4 steps an epoch), on the TensorFlow backend: the monitor uses only
-`keras.callbacks.Callback` and variable `.numpy()` reads, but other backends are not tested yet.
+parameters, 4 steps an epoch). Here on TensorFlow; tests/backends/test_monitor_on_this_backend.py
+runs the same tests on JAX and PyTorch (through tests/test_backend_matrix.py).
 """
 
 from __future__ import annotations
@@ -270,7 +270,10 @@ def test_statistics_that_never_move_in_training_are_reported():
     keras.utils.set_random_seed(0)
     monitor = bninspect.BNMonitor(every_n_steps=2)
     _fit(AlwaysInference(), monitor)
-    assert "unchanged from step 2 to step 4" in _message(monitor, "BN001", "bn")
+    message = _message(monitor, "BN001", "bn")
+    # TensorFlow builds a subclassed model in its first step, so the monitor starts at its first
+    # check (step 2); JAX's fit builds it before training starts, so the monitor starts at step 0.
+    assert "unchanged from step 2 to step 4" in message or "unchanged in the first 2 training steps" in message
 
 
 @pytest.mark.slow
