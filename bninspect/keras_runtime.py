@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from bninspect.errors import MissingExtra, UsageProblem
+from bninspect.quiet import silenced_stderr
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # The module each backend needs, and its name in the one line when it is missing.
@@ -106,17 +107,8 @@ def import_keras(needed_for: str = "this", quiet: bool = False) -> Any:
 
 
 def _import_quietly(name: str) -> None:
-    """Import with file descriptor 2 pointed at /dev/null: jaxlib and torch print platform notes
-    (no GPU, no TPU) from C++ before any Python logging applies."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    silent = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(silent, 2)
+    """Import without the platform notes jaxlib and torch print from C++ (no GPU, no TPU)."""
+    with silenced_stderr():
         __import__(name)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(silent)
     for logger in ("jax", "jax._src.xla_bridge", "torch", "keras"):
         logging.getLogger(logger).setLevel(logging.ERROR)

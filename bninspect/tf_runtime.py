@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bninspect.errors import MissingExtra
+from bninspect.quiet import silenced_stderr
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
@@ -102,15 +103,7 @@ def _import_module(name: str, quiet: bool) -> None:
         __import__(name)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    silent = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(silent, 2)
+    with silenced_stderr():
         __import__(name)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(silent)
     for logger in ("tensorflow", "absl", "keras"):
         logging.getLogger(logger).setLevel(logging.ERROR)

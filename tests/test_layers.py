@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bninspect"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # what every layer shares: version, exceptions, findings, thresholds, the model description
     ("foundation", ("bninspect._version", "bninspect.errors", "bninspect.untrusted", "bninspect.findings", "bninspect.thresholds",
-                    "bninspect.tf_runtime", "bninspect.keras_runtime",
+                    "bninspect.quiet", "bninspect.tf_runtime", "bninspect.keras_runtime",
                     "bninspect.keras_classes", "bninspect.summary", "bninspect.model")),
     # file -> model description; input data; writing and comparing model files
     ("readers", ("bninspect.loaders", "bninspect.data", "bninspect.writing", "bninspect.diff")),

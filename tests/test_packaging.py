@@ -64,13 +64,13 @@ def documented_block(marker: str) -> str:
 
 # --- a missing extra, simulated: fast, and every command that needs TensorFlow or matplotlib -------
 
-# Runs the CLI with tensorflow, keras, tf_keras and matplotlib made unimportable, as in the light install.
+# Runs the CLI with every backend, keras, tf_keras and matplotlib made unimportable, as in the light install.
 WITHOUT_EXTRAS = """
 import sys
 
 class NotInstalled:
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("tensorflow", "keras", "tf_keras", "matplotlib"):
+        if name.partition(".")[0] in ("tensorflow", "jax", "torch", "keras", "tf_keras", "matplotlib"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 sys.meta_path.insert(0, NotInstalled())
@@ -96,7 +96,13 @@ DATA = SAMPLES / "cnn_data.npy"
     (("inspect", SAMPLES / "cnn_trained_tf2_savedmodel"),
      "cnn_trained_tf2_savedmodel: reading SavedModel variables needs TensorFlow", TENSORFLOW_INSTALL),
     (("report", MODEL, "-o", "never-written.html"), "`bninspect report` needs matplotlib", REPORT_INSTALL),
-], ids=["probe", "check-data", "recalibrate", "savedmodel", "report"])
+    (("probe", MODEL, "--data", DATA, "--backend", "jax"), "`bninspect probe` on the jax backend needs JAX",
+     "pip install 'bninspect[jax]'"),
+    (("check", MODEL, "--data", DATA, "--backend", "torch"), "`bninspect check --data` on the torch backend needs "
+     "PyTorch", "pip install 'bninspect[torch]'"),
+    (("probe", MODEL, "--data", DATA, "--backend", "numpy"), "--backend 'numpy': expected one of tensorflow, jax, "
+     "torch", ""),
+], ids=["probe", "check-data", "recalibrate", "savedmodel", "report", "jax", "torch", "unknown-backend"])
 def test_a_command_that_needs_a_missing_extra_says_which_in_one_line(args, needed_for, install):
     result = run_without_extras(*args)
     assert_one_line_failure(result, needed_for, install)

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Mapping, NoReturn, Optional, Union
 
 import typer
 
-from bninspect.errors import MissingExtra, ModelReadError, UsageProblem
+from bninspect.errors import ModelReadError, UsageProblem
 from bninspect.untrusted import printable
 
 EXIT_OK = 0

@@ -14,18 +14,18 @@ Layer: probes (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from bninspect.data import Batch
 from bninspect.probes import budget
+from bninspect.probes.backends.defaults import AdapterDefaults
 from bninspect.probes.instrument import host_sums
-from bninspect.probes.run_errors import layer_of_node, tracing_errors
+from bninspect.probes.run_errors import layer_of_node
 
 
-class JaxAdapter:
+class JaxAdapter(AdapterDefaults):
     name = "jax"
 
     def __init__(self) -> None:
@@ -33,16 +33,10 @@ class JaxAdapter:
 
         self.float64_on_device = bool(jax.config.jax_enable_x64)
 
-    def plain_python(self, function: Callable) -> Callable:
-        return function
-
     def sum_of_squares(self, values: Any, axis: int) -> Any:
         from keras import ops
 
         return ops.sum(ops.square(values), axis=axis, keepdims=True)  # XLA fuses the square into the sum
-
-    def concat_parts(self, x: Any, axes: tuple[int, ...]) -> None:
-        return None
 
     def compile(self, source: str, model: Any, function: Callable, first: Batch, rows: int) -> "_JaxStep":
         import jax
@@ -67,13 +61,6 @@ class JaxAdapter:
 
         return (jax.errors.JaxRuntimeError,)
 
-    @contextmanager
-    def tracing(self) -> Iterator[None]:
-        with tracing_errors():
-            yield
-
-    def hint(self, reason: str) -> str | None:
-        return None
 
 
 class _JaxStep:

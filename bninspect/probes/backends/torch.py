@@ -8,23 +8,19 @@ Layer: probes (the layer order is written in tests/test_layers.py).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from bninspect.data import Batch
 from bninspect.probes import budget
+from bninspect.probes.backends.defaults import AdapterDefaults
 from bninspect.probes.instrument import host_sums
-from bninspect.probes.run_errors import tracing_errors
 
 
-class TorchAdapter:
+class TorchAdapter(AdapterDefaults):
     name = "torch"
     float64_on_device = True
-
-    def plain_python(self, function: Callable) -> Callable:
-        return function
 
     def sum_of_squares(self, values: Any, axis: int) -> Any:
         import torch
@@ -32,23 +28,12 @@ class TorchAdapter:
         # The norm squares as it reads: no temporary tensor of squares.
         return torch.square(torch.linalg.vector_norm(values, dim=axis, keepdim=True))
 
-    def concat_parts(self, x: Any, axes: tuple[int, ...]) -> None:
-        return None
-
     def compile(self, source: str, model: Any, function: Callable, first: Batch, rows: int) -> "_TorchStep":
         budget.check_layer_outputs(source, model, rows)
         return _TorchStep(function, self)
 
     def runtime_errors(self) -> tuple[type[BaseException], ...]:
         return (RuntimeError,)
-
-    @contextmanager
-    def tracing(self) -> Iterator[None]:
-        with tracing_errors():
-            yield
-
-    def hint(self, reason: str) -> str | None:
-        return None
 
 
 class _TorchStep:
