@@ -84,3 +84,27 @@ def test_recalibrated_files_load_and_predict_alike_in_every_backend(shared):
         for backend in ("jax", "torch"):
             np.testing.assert_allclose(np.array(predictions[backend][path]), reference, rtol=1e-4, atol=1e-4,
                                        err_msg=f"{path} on {backend}")
+
+
+RUN_BESIDE_TENSORFLOW = """
+import sys
+from bninspect.probes import run_probe
+report = run_probe(sys.argv[1], sys.argv[2], batch_size=16, progress=False)
+print(report.layers[0].input.count[0] > 0, "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_with_tensorflow_installed_keras_backend_decides_and_tensorflow_is_not_imported(backend):
+    """TensorFlow installed next to JAX or PyTorch, KERAS_BACKEND set to the other one: the probe
+    runs there (before issue 27, a 79-line traceback on JAX and SIGSEGV on torch) without importing
+    TensorFlow; so does the CLI."""
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    samples = ROOT / "sample_models"
+    result = run([sys.executable, "-c", RUN_BESIDE_TENSORFLOW, str(samples / "cnn_trained.keras"),
+                  str(samples / "cnn_data.npy")], env, 600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "False"]
+    cli = run([sys.executable, "-m", "bninspect", "probe", str(samples / "cnn_trained.keras"), "--data",
+               str(samples / "cnn_data.npy"), "--format", "json"], env, 600)
+    assert cli.returncode in (0, 1) and "Traceback" not in cli.stderr, cli.stderr[-3000:]
