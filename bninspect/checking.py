@@ -164,9 +164,12 @@ def inspect_path(path: str | os.PathLike, settings=None, remote=None,
 
 
 def build_options(unsafe: bool, custom_objects: Mapping[str, Any] | str | os.PathLike | None) -> BuildOptions:
-    """BuildOptions from the command line's values: a --custom-objects file runs once, here."""
+    """BuildOptions from the command line's values: a --custom-objects file runs once, here. Keras
+    is imported on its backend first, before any model is read: one backend per process."""
+    from bninspect.keras_runtime import import_keras
     from bninspect.probes.loading import load_custom_objects
 
+    import_keras(needed_for="building a model (--build)")
     if isinstance(custom_objects, PathLike):
         custom_objects = load_custom_objects(custom_objects)
     return BuildOptions(unsafe=unsafe, custom_objects=custom_objects)
@@ -229,8 +232,12 @@ def _run_probe(model: Any, settings: Settings, options: ProbeOptions, remote=Non
 def probe_options(data: Any, batch_size: int, limit: int | None, rescale: float | str | None, unsafe: bool,
                    custom_objects: Mapping[str, Any] | str | os.PathLike | None, progress: bool) -> ProbeOptions:
     from bninspect.data import parse_rescale
+    from bninspect.keras_runtime import import_keras
     from bninspect.probes.loading import load_custom_objects
 
+    # Keras on its backend before any model is read: a SavedModel would otherwise import
+    # TensorFlow into a run on JAX or PyTorch (one backend per process).
+    import_keras(needed_for="running a model on data")
     if isinstance(rescale, str):
         rescale = parse_rescale(rescale)
     if isinstance(custom_objects, PathLike):

@@ -26,6 +26,12 @@ from bninspect.errors import MissingExtra, UsageProblem
 from bninspect.quiet import silenced_stderr
 
 BACKENDS = ("tensorflow", "jax", "torch")
+# The backend other than TensorFlow that `import_keras` imported in this process, if any.
+_other_backend: str | None = None
+
+
+class BackendConflict(UsageProblem):
+    """TensorFlow would be imported into a process that runs models on JAX or PyTorch."""
 # The module each backend needs, and its name in the one line when it is missing.
 _BACKEND_MODULES = {"tensorflow": ("tensorflow", "TensorFlow"), "jax": ("jax", "JAX"), "torch": ("torch", "PyTorch")}
 
@@ -92,6 +98,8 @@ def import_keras(needed_for: str = "this", quiet: bool = False) -> Any:
 
         import_tensorflow(quiet=quiet, keras=True, needed_for=needed_for)
         return sys.modules["keras"]
+    global _other_backend
+    _other_backend = backend
     module, package = _BACKEND_MODULES[backend]
     for name in (module, "keras"):
         if sys.modules.get(name) is not None:
@@ -104,6 +112,16 @@ def import_keras(needed_for: str = "this", quiet: bool = False) -> Any:
             raise MissingExtra(f"{needed_for} on the {backend} backend", package if name == module else "Keras",
                                backend) from None
     return sys.modules["keras"]
+
+
+def refuse_tensorflow_beside_another_backend(needed_for: str) -> None:
+    """Raise BackendConflict when TensorFlow is not imported yet and this process runs models on
+    JAX or PyTorch: one backend per process (TensorFlow then torch's triton has crashed a process,
+    issue 27). What needs TensorFlow (a SavedModel, a TF checkpoint) is read in a run that does not
+    run models on another backend."""
+    if _other_backend is not None and sys.modules.get("tensorflow") is None:
+        raise BackendConflict(f"{needed_for} needs TensorFlow, and this run runs models on {_other_backend} (one "
+                              "backend per process): read it without --data/--build, or with --backend tensorflow")
 
 
 def _import_quietly(name: str) -> None:

@@ -9,6 +9,7 @@ run by every backend.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,8 +68,6 @@ print(json.dumps(out))
 
 
 def test_recalibrated_files_load_and_predict_alike_in_every_backend(shared):
-    import json
-
     models, output = shared
     files = sorted(str(path) for path in output.glob("cnn_*_recalibrated_on_*.keras"))
     assert len(files) == len(BACKENDS) ** 2, files  # every writer, recalibrated on every backend
@@ -108,3 +107,36 @@ def test_with_tensorflow_installed_keras_backend_decides_and_tensorflow_is_not_i
     cli = run([sys.executable, "-m", "bninspect", "probe", str(samples / "cnn_trained.keras"), "--data",
                str(samples / "cnn_data.npy"), "--format", "json"], env, 600)
     assert cli.returncode in (0, 1) and "Traceback" not in cli.stderr, cli.stderr[-3000:]
+
+
+CHECK_BESIDE_TENSORFLOW = """
+import sys
+import bninspect
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    findings = bninspect.check([sys.argv[1], sys.argv[2]], data=sys.argv[3], batch_size=16, unreadable="skip")
+skipped = [str(w.message) for w in caught if "skipped" in str(w.message)]
+print(" ".join(skipped))
+print(len(skipped))
+print("tensorflow" in sys.modules)
+"""
+
+
+def test_a_savedmodel_in_a_torch_run_is_one_error_and_tensorflow_stays_out():
+    """One backend per process: a SavedModel needs TensorFlow to be read at all, so in a run on
+    torch it is that file's one-line error, and the other files are checked on torch."""
+    samples = ROOT / "sample_models"
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    result = run([sys.executable, "-c", CHECK_BESIDE_TENSORFLOW, str(samples / "cnn_trained_tf2_savedmodel"),
+                  str(samples / "cnn_trained.keras"), str(samples / "cnn_data.npy")], env, 600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped, sources, tensorflow_imported = result.stdout.strip().splitlines()[-3:]
+    assert "skipped" in skipped and "cnn_trained_tf2_savedmodel" in skipped
+    assert "needs TensorFlow, and this run runs models on torch (one backend per process)" in skipped
+    assert sources == "1" and tensorflow_imported == "False"  # the .keras file was checked on torch
+    cli = run([sys.executable, "-m", "bninspect", "check", str(samples / "cnn_trained_tf2_savedmodel"),
+               str(samples / "cnn_trained.keras"), "--data", str(samples / "cnn_data.npy"), "--format", "json"], env, 600)
+    assert cli.returncode == 2, cli.stderr[-3000:]
+    errors = {entry["path"].rsplit("/", 1)[-1]: entry["error"] for entry in json.loads(cli.stdout)["models"]}
+    assert "one backend per process" in errors["cnn_trained_tf2_savedmodel"] and errors["cnn_trained.keras"] is None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bninspect.errors import MissingExtra
+from bninspect.keras_runtime import BackendConflict
 from bninspect.loaders.graph import ConfigError
 from bninspect.loaders.hdf5_input import open_regular, refuse_irregular_tree
 from bninspect.loaders.remote import NO_OPTIONS, RemoteOptions, is_url
@@ -131,9 +132,10 @@ def _load(path: str | os.PathLike, remote: RemoteOptions | None) -> ModelDescrip
         raise ConfigError("not an HDF5 file (.h5), a zip archive (.keras) or a TF checkpoint (.index)")
     except READ_ERRORS as error:
         raise ModelReadError(source, _reason(error)) from error
-    except MissingExtra as error:
-        # A SavedModel or TF checkpoint without TensorFlow installed: this file cannot be read
-        # here (`check` still reads the others), and the reason says how to install the extra.
+    except (MissingExtra, BackendConflict) as error:
+        # A SavedModel or TF checkpoint without TensorFlow installed, or in a run on another
+        # backend: this file cannot be read here (`check` still reads the others), and the reason
+        # says what to do.
         raise ModelReadError(source, str(error)) from None
 
 

@@ -39,9 +39,12 @@ ROOT_SCOPE = "root"
 def import_tensorflow(what: str) -> Any:
     """TensorFlow, imported without its start-up lines and with oneDNN on unless the user set
     TF_ENABLE_ONEDNN_OPTS (`bninspect.tf_runtime`). Keras is not needed to read a checkpoint.
-    Without TensorFlow installed, MissingExtra names `what` was being read."""
+    Without TensorFlow installed, MissingExtra names `what` was being read; in a process that runs
+    models on JAX or PyTorch, BackendConflict."""
+    from bninspect.keras_runtime import refuse_tensorflow_beside_another_backend
     from bninspect.tf_runtime import import_tensorflow as _import
 
+    refuse_tensorflow_beside_another_backend(f"reading {what}")
     return _import(quiet=True, keras=False, needed_for=f"reading {what}")
 
 

@@ -1,7 +1,8 @@
 """Dynamic analysis: run a Keras model on real data and check its BatchNormalization layers.
 
-With SavedModel reading, this package is the only place bninspect imports TensorFlow/Keras, and
-only inside functions: importing `bninspect.probes` stays cheap.
+With SavedModel reading, this package is the only place bninspect imports Keras and a backend
+(TensorFlow, JAX or PyTorch: `backends`), and only inside functions: importing `bninspect.probes`
+stays cheap.
 
 Layer: probes (the layer order is written in tests/test_layers.py).
 """

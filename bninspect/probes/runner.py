@@ -64,7 +64,7 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     dict by input name). `custom_objects` is a dict, or the path of a Python file whose top-level
     classes and functions are used (the file is executed). The model's weights are left as they were.
     Raises UsageProblem subclasses (ModelRefused, DataError, ThresholdError, ModelRunError when
-    TensorFlow cannot run the model) and ModelReadError.
+    the backend cannot run the model) and ModelReadError.
     """
     started = time.perf_counter()
     limits = thresholds if isinstance(thresholds, ProbeThresholds) else resolve(_configured(thresholds))
