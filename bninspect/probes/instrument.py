@@ -209,7 +209,8 @@ def _summaries(x: Any, axes: tuple[int, ...], reduction: Reduction, context: _Co
 
 
 def _reduce(x: Any, axes: tuple[int, ...], reduction: Reduction, context: _Context) -> _Summary:
-    """The sums of one tensor, each reduced one axis at a time, the innermost first (`_per_sample`).
+    """The sums of one tensor: within each sample (the adapter's `sum_within_samples`), then over
+    the batch (`_Context.total`).
 
     The reduction runs in float32 (float64 inputs stay float64): float16 sums of ~10^5 values per
     channel would lose the mean. One pass sums the values and their squares, read together; two
@@ -233,15 +234,11 @@ def _reduce(x: Any, axes: tuple[int, ...], reduction: Reduction, context: _Conte
     adapter = context.adapter
 
     def per_sample(values: Any, squared: bool = False) -> Any:
-        remaining = list(inner)
-        if squared and remaining:
-            values = adapter.sum_of_squares(values, remaining[0])
-            remaining = remaining[1:]
+        if inner:
+            values = adapter.sum_within_samples(values, inner, squared)
         elif squared:
             # Nothing to sum within a sample: square in the accumulator's precision.
             values = ops.square(ops.cast(values, context.accumulator))
-        for axis in remaining:
-            values = ops.sum(values, axis=axis, keepdims=True)
         return ops.reshape(values, (-1, channels))
 
     center_shape = [int(x.shape[a]) if a in axes else 1 for a in range(rank)]

@@ -12,7 +12,7 @@ layers are; what differs per backend is here, as in Keras' own `keras/src/backen
   calls under `torch.no_grad` (PyTorch, as Keras' own `predict` runs there);
 - `float64_on_device`: whether the batch axis is summed in float64 on the device (TensorFlow,
   PyTorch, JAX with x64) or per sample in float32 and added up in float64 on the host (JAX);
-- `sum_of_squares`, `concat_parts`, `plain_python`: a fast reduction, TensorFlow's concatenation
+- `sum_within_samples`, `concat_parts`, `plain_python`: the per-sample sums, TensorFlow's concatenation
   shortcut, and keeping autograph away from the wrapped BN calls;
 - `runtime_errors`, `tracing`, `hint`: the backend's errors while a model runs, for `run_errors`.
 

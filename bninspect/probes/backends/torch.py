@@ -22,11 +22,14 @@ class TorchAdapter(AdapterDefaults):
     name = "torch"
     float64_on_device = True
 
-    def sum_of_squares(self, values: Any, axis: int) -> Any:
+    def sum_within_samples(self, values: Any, axes: list[int], squared: bool) -> Any:
+        """Sums (of squares) over `axes` at once, kept as size-1 axes; the norm squares as it
+        reads: no temporary tensor of squares."""
         import torch
 
-        # The norm squares as it reads: no temporary tensor of squares.
-        return torch.square(torch.linalg.vector_norm(values, dim=axis, keepdim=True))
+        if squared:
+            return torch.square(torch.linalg.vector_norm(values, dim=tuple(axes), keepdim=True))
+        return torch.sum(values, dim=tuple(axes), keepdim=True)
 
     def compile(self, source: str, model: Any, function: Callable, first: Batch, rows: int) -> "_TorchStep":
         budget.check_layer_outputs(source, model, rows)
