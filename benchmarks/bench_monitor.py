@@ -7,10 +7,11 @@ overhead relative to `fit` alone. TensorFlow start-up and model building are exc
 
 Models: "tiny" (Conv+BN, a few hundred parameters, 16x16x3: the monitor's fixed cost is largest
 relative to a step), "mobilenetv2" (keras.applications.MobileNetV2, weights=None, 52 BN layers,
-96x96x3 by default) and "resnet50" (ResNet50, weights=None, 53 BN layers; not run by default). Random data; the loss is irrelevant. Backend: whatever Keras is configured
-with (KERAS_BACKEND); measured on TensorFlow.
+96x96x3 by default) and "resnet50" (ResNet50, weights=None, 53 BN layers; not run by default).
+Random data; the loss is irrelevant. Backend: --backend tensorflow|jax|torch (KERAS_BACKEND), else
+whatever Keras is configured with.
 
-Usage: python benchmarks/bench_monitor.py [--models tiny,mobilenetv2] [--size 96] [--steps 8]
+Usage: python benchmarks/bench_monitor.py [--backend B] [--models tiny,mobilenetv2] [--size 96] [--steps 8]
                                           [--epochs 2] [--batch 8] [--every 4] [--repeat 3]
 """
 
@@ -111,7 +112,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--every", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     args = parser.parse_args()
+    if args.backend is not None:
+        os.environ["KERAS_BACKEND"] = args.backend  # before Keras is imported
+    import keras
+
+    print(f"backend: {keras.config.backend()}")
     for name in args.models.split(","):
         bench(name.strip(), args)
 
