@@ -86,8 +86,8 @@ def _traced_steps(monkeypatch):
         reductions.append(reduction.value)
         return step_function(model, instrumentation, reduction, layout)
 
-    def recording_compile(self, source, model, function, first):
-        step = compile_step(self, source, model, function, first)
+    def recording_compile(self, source, model, function, first, rows):
+        step = compile_step(self, source, model, function, first, rows)
         traced.append((reductions[-1], step._function))
         return step
 
