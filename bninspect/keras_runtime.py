@@ -26,14 +26,14 @@ from bninspect.errors import MissingExtra, UsageProblem
 from bninspect.quiet import silenced_stderr
 
 BACKENDS = ("tensorflow", "jax", "torch")
+# The module each backend needs, and its name in the one line when it is missing.
+_BACKEND_MODULES = {"tensorflow": ("tensorflow", "TensorFlow"), "jax": ("jax", "JAX"), "torch": ("torch", "PyTorch")}
 # The backend other than TensorFlow that `import_keras` imported in this process, if any.
 _other_backend: str | None = None
 
 
 class BackendConflict(UsageProblem):
     """TensorFlow would be imported into a process that runs models on JAX or PyTorch."""
-# The module each backend needs, and its name in the one line when it is missing.
-_BACKEND_MODULES = {"tensorflow": ("tensorflow", "TensorFlow"), "jax": ("jax", "JAX"), "torch": ("torch", "PyTorch")}
 
 
 def configured_backend() -> str:
