@@ -58,6 +58,11 @@ class SettingsError(ValueError):
     """A configuration or rule selection bninspect cannot use. `str()` is the one-line reason."""
 
 
+class ModelRefused(UsageProblem):
+    """The model needs code execution the user did not allow, cannot be loaded by Keras, or holds
+    names TensorFlow cannot run."""
+
+
 class ModelRunError(UsageProblem):
     """TensorFlow could not run the model (e.g. a channels_first convolution without oneDNN).
 

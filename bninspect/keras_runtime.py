@@ -78,10 +78,6 @@ def select_backend(backend: str | None) -> str:
     return backend
 
 
-def install_command(backend: str) -> str:
-    return f"pip install 'bninspect[{backend}]'"
-
-
 def import_keras(needed_for: str = "this", quiet: bool = False) -> Any:
     """Import Keras 3 on the configured backend (`configured_backend`) and return the keras module.
 

@@ -36,6 +36,7 @@ import numpy as np
 from bninspect.data import DataSource
 from bninspect.errors import UsageProblem
 from bninspect.model import ModelDescription
+from bninspect.probes.run_errors import layers_with_paths
 
 MAX_BATCH_BYTES = 1 << 30
 _GIB = float(1 << 30)
@@ -81,7 +82,7 @@ def check_layer_outputs(source: str, model: Any, batch_size: int) -> None:
     models included) against the bound: for a backend that runs eagerly and has no graph to read
     before it allocates. A subclassed model declares none: its inputs' bound applies."""
     largest, where = 0, None
-    for path, layer in _layers(model):
+    for path, layer in layers_with_paths(model):
         for node in list(getattr(layer, "_inbound_nodes", None) or ()):
             for tensor in list(getattr(node, "outputs", None) or ()):
                 shape = tuple(getattr(tensor, "shape", None) or ())
@@ -97,13 +98,6 @@ def check_layer_outputs(source: str, model: Any, batch_size: int) -> None:
                     largest, where = per_sample, (f"layer {path} ({type(layer).__name__})", shape[1:])
     if where is not None:
         check_tensor(source, largest, where[0], where[1], batch_size)
-
-
-def _layers(container: Any, prefix: str = "") -> Any:
-    for layer in list(getattr(container, "layers", None) or ()):
-        path = prefix + str(layer.name)
-        yield path, layer
-        yield from _layers(layer, path + "/")
 
 
 def _too_large(source: str, what: str, needed: int, batch: int) -> TooLarge:

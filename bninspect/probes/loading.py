@@ -24,19 +24,14 @@ import os
 import re
 import runpy
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from bninspect.data import InputSpec
-from bninspect.errors import UsageProblem, one_line
+from bninspect.errors import ModelRefused, UsageProblem, one_line
 from bninspect.keras_runtime import import_keras
 from bninspect.model import CODE, CONTAINER_CLASS_NAMES, NO_ARCHITECTURE, Layer, ModelDescription
 from bninspect.probes import budget
 from bninspect.probes.run_errors import tf_reason
-
-
-class ModelRefused(UsageProblem):
-    """The model needs code execution the user did not allow, cannot be loaded by Keras, or holds
-    names TensorFlow cannot run."""
 
 
 @dataclass(frozen=True)
@@ -383,42 +378,6 @@ def _load_with_tf_keras(tf_keras: Any, source: str, unsafe: bool, custom_objects
                                               safe_mode=not unsafe)
     except _keras_load_errors() as error:
         raise _load_error(source, error) from error
-
-
-# TensorFlow's rules for the names of graph scopes (`_VALID_SCOPE_NAME_REGEX` and
-# `_VALID_OP_NAME_REGEX` in tensorflow/python/framework/ops.py). Keras opens a scope named after
-# every layer it calls while TensorFlow traces the model (in `predict` as in the probes' step), and
-# the model's own scope is a root scope, which cannot start with `_`, `-`, `\`, `/` or `>`. Keras
-# itself accepts any name without `/`. Matched whole: TensorFlow's `$` lets a final newline through.
-_TF_ROOT_SCOPE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
-_TF_SCOPE = re.compile(r"[A-Za-z0-9_.\\/>-]*")
-
-
-def refuse_names_tensorflow_rejects(source: str, model: Any) -> None:
-    """Raise ModelRefused when TensorFlow would refuse to trace `model` for the names in it.
-
-    A refusal, not a renaming: Keras' own `predict` fails on the same model, and the names are
-    how every output of bninspect refers to the layers."""
-    rejected = [] if _TF_ROOT_SCOPE.fullmatch(str(model.name)) else [f"'{model.name}' (the model itself)"]
-    rejected += [f"'{path}' ({type(layer).__name__})" for path, layer in _called_layers(model)
-                 if not _TF_SCOPE.fullmatch(str(layer.name))]
-    if rejected:
-        shown = ", ".join(rejected[:3]) + (f" and {len(rejected) - 3} more" if len(rejected) > 3 else "")
-        raise ModelRefused(
-            f"{source}: refused: TensorFlow cannot run a model with the names {shown}: names in its graphs hold "
-            "only ASCII letters, digits and _ . - \\ / > (the model's own name starts with a letter, digit or '.'), "
-            "and Keras' predict fails on this model too; rename them and save the model again")
-
-
-def _called_layers(container: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(path, layer) of every layer a forward pass calls, through nested models; input layers are
-    not called."""
-    for layer in list(getattr(container, "layers", None) or ()):
-        if type(layer).__name__ == "InputLayer":
-            continue
-        path = prefix + str(layer.name)
-        yield path, layer
-        yield from _called_layers(layer, path + "/")
 
 
 def describe_in_memory(model: Any) -> str:

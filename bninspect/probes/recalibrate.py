@@ -24,7 +24,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from bninspect.errors import UsageProblem
-from bninspect.probes import backends
 from bninspect.probes.instrument import BNTap, Instrumentation, find_bn_layers
 from bninspect.probes.loading import LoadedModel
 from bninspect.probes.run_errors import model_run
@@ -59,9 +58,8 @@ def recompute(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     if batch_size < 2:
         # Batch statistics of a single sample: every channel's variance is 0 and its mean the value.
         raise UsageProblem(f"--batch-size {batch_size}: recalibration needs at least 2 samples per batch")
-    loaded, source, samples = open_model_and_data(model, data, limit=limit, rescale=rescale, unsafe=unsafe,
-                                                  custom_objects=custom_objects)
-    adapter = backends.for_model(source, loaded.model)
+    loaded, source, samples, adapter = open_model_and_data(model, data, limit=limit, rescale=rescale,
+                                                           unsafe=unsafe, custom_objects=custom_objects)
     taps = find_bn_layers(loaded.model)
     if not taps:
         raise UsageProblem(f"{source}: the model has no BatchNormalization layers")

@@ -90,12 +90,12 @@ def tf_reason(message: str) -> str:
     return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
 
 
-def _layers(container: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def layers_with_paths(container: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(path, layer) of every layer, walking nested models; the top model's name is not in paths."""
     for layer in list(getattr(container, "layers", None) or ()):
         path = prefix + layer.name
         yield path, layer
-        yield from _layers(layer, path + "/")
+        yield from layers_with_paths(layer, path + "/")
 
 
 def _named(layer: Any, path: str) -> str:
@@ -123,7 +123,7 @@ def _where(model: Any, message: str, reason: str) -> str:
         located = layer_of_node(model, node)
         if located is not None:
             return located
-    layers = list(_layers(model))
+    layers = list(layers_with_paths(model))
     by_name = _CALLING_LAYER.search(message)
     if by_name is not None:
         matches = [(path, layer) for path, layer in layers if layer.name == by_name.group(1)]

@@ -20,7 +20,7 @@ from bninspect.probes import backends, budget, rules
 from bninspect.probes.images import decode_images
 from bninspect.probes.instrument import BNTap, Entry, Instrumentation, Reduction, find_bn_layers
 from bninspect.probes.loading import (LoadedModel, ModelRefused, built_input_specs, describe_in_memory,
-                                      load_custom_objects, load_model, refuse_names_tensorflow_rejects)
+                                      load_custom_objects, load_model)
 from bninspect.probes.moments import ChannelMoments, RunningMoments, from_sums, merge
 from bninspect.probes.run_errors import model_run
 from bninspect.probes.results import ConsistencyMeasure, GapMeasure, LayerProbe, ProbeReport
@@ -70,9 +70,8 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
     limits = thresholds if isinstance(thresholds, ProbeThresholds) else resolve(_configured(thresholds))
     if batch_size < 1:
         raise UsageProblem(f"--batch-size {batch_size}: must be at least 1")
-    loaded, source, samples = open_model_and_data(model, data, limit=limit, rescale=rescale, unsafe=unsafe,
-                                                  custom_objects=custom_objects)
-    adapter = backends.for_model(source, loaded.model)
+    loaded, source, samples, adapter = open_model_and_data(model, data, limit=limit, rescale=rescale,
+                                                           unsafe=unsafe, custom_objects=custom_objects)
     taps = find_bn_layers(loaded.model)
     stored = snapshot(taps)
     try:
@@ -94,8 +93,9 @@ def run_probe(model: str | os.PathLike | Any, data: Any, *, batch_size: int = 32
 
 def open_model_and_data(model: Any, data: Any, *, limit: int | None, rescale: float | str | None, unsafe: bool,
                         custom_objects: Mapping[str, Any] | str | os.PathLike | None
-                        ) -> tuple[LoadedModel, str, DataSource]:
-    """The model loaded (or taken as it is), the name to report it by, and the data matched to its inputs."""
+                        ) -> tuple[LoadedModel, str, DataSource, Any]:
+    """The model loaded (or taken as it is), the name to report it by, the data matched to its
+    inputs, and the backend adapter that runs it (`backends.for_model`)."""
     # Keras on the backend the user chose (on TensorFlow, oneDNN on unless the user chose; for an
     # in-memory model Keras is imported already, and this changes nothing).
     import_keras(needed_for="running a model on data")
@@ -104,10 +104,10 @@ def open_model_and_data(model: Any, data: Any, *, limit: int | None, rescale: fl
         custom_objects = load_custom_objects(custom_objects)
     loaded = _load(model, unsafe, custom_objects)
     source = str(model) if isinstance(model, (str, os.PathLike)) else f"<in-memory model {loaded.model.name!r}>"
-    if backends.for_model(source, loaded.model).name == "tensorflow":
-        refuse_names_tensorflow_rejects(source, loaded.model)
+    adapter = backends.for_model(source, loaded.model)
+    adapter.refuse_names(source, loaded.model)
     return loaded, source, open_data(data, input_specs(loaded.model, source), limit=limit, rescale=scale,
-                                         decoder=decode_images)
+                                     decoder=decode_images), adapter
 
 
 def _configured(thresholds: Mapping[str, float] | None) -> Any:

@@ -27,6 +27,9 @@ class AdapterDefaults:
         with tracing_errors():
             yield
 
+    def refuse_names(self, source: str, model: Any) -> None:
+        """Refuse a model whose names the backend cannot run (TensorFlow's graph scopes only)."""
+
     def hint(self, reason: str) -> str | None:
         """What to do about a runtime error of the backend (None: the generic hint)."""
         return None

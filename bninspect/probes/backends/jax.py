@@ -66,7 +66,6 @@ class JaxAdapter(AdapterDefaults):
         return (jax.errors.JaxRuntimeError,)
 
 
-
 class _JaxStep:
     """Compiled for the batch size, and for single samples when the consistency check asks: four
     single samples padded to a batch of 32 cost four batches (15 s on MobileNetV2), a second

@@ -4,19 +4,22 @@ Without autograph by default: Keras' own layers have no Python control flow on t
 converting every call made tracing 2x slower; the step is traced again with autograph for custom
 layers that need it. After tracing and before running, the largest tensor of the graph is checked
 against the batch bound (`budget`). A concatenation along the channel axis is summarised from its
-parts (`concat_parts`).
+parts (`concat_parts`). Names TensorFlow cannot open as graph scopes are refused before the model
+runs (`refuse_names`), as Keras' own `predict` would fail on them.
 
 Layer: probes (the layer order is written in tests/test_layers.py).
 """
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from bninspect.data import Batch
+from bninspect.errors import ModelRefused
 from bninspect.probes import budget
 from bninspect.probes.instrument import host_sums
 from bninspect.probes.run_errors import layer_of_node, nchw_hint, tracing_errors
@@ -109,6 +112,9 @@ class TensorFlowAdapter:
         with tracing_errors(passthrough=(tf.errors.OperatorNotAllowedInGraphError,)):
             yield
 
+    def refuse_names(self, source: str, model: Any) -> None:
+        refuse_names_tensorflow_rejects(source, model)
+
     def hint(self, reason: str) -> str | None:
         return nchw_hint(reason)
 
@@ -141,3 +147,39 @@ def _check_graph(source: str, model: Any, graph: Any, batch_size: int) -> None:
     if where is not None:
         node, shape = where
         budget.check_tensor(source, largest, layer_of_node(model, node) or f"op {node}", shape, batch_size)
+
+
+# TensorFlow's rules for the names of graph scopes (`_VALID_SCOPE_NAME_REGEX` and
+# `_VALID_OP_NAME_REGEX` in tensorflow/python/framework/ops.py). Keras opens a scope named after
+# every layer it calls while TensorFlow traces the model (in `predict` as in the probes' step), and
+# the model's own scope is a root scope, which cannot start with `_`, `-`, `\`, `/` or `>`. Keras
+# itself accepts any name without `/`. Matched whole: TensorFlow's `$` lets a final newline through.
+_TF_ROOT_SCOPE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
+_TF_SCOPE = re.compile(r"[A-Za-z0-9_.\\/>-]*")
+
+
+def refuse_names_tensorflow_rejects(source: str, model: Any) -> None:
+    """Raise ModelRefused when TensorFlow would refuse to trace `model` for the names in it.
+
+    A refusal, not a renaming: Keras' own `predict` fails on the same model, and the names are
+    how every output of bninspect refers to the layers."""
+    rejected = [] if _TF_ROOT_SCOPE.fullmatch(str(model.name)) else [f"'{model.name}' (the model itself)"]
+    rejected += [f"'{path}' ({type(layer).__name__})" for path, layer in _called_layers(model)
+                 if not _TF_SCOPE.fullmatch(str(layer.name))]
+    if rejected:
+        shown = ", ".join(rejected[:3]) + (f" and {len(rejected) - 3} more" if len(rejected) > 3 else "")
+        raise ModelRefused(
+            f"{source}: refused: TensorFlow cannot run a model with the names {shown}: names in its graphs hold "
+            "only ASCII letters, digits and _ . - \\ / > (the model's own name starts with a letter, digit or '.'), "
+            "and Keras' predict fails on this model too; rename them and save the model again")
+
+
+def _called_layers(container: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, layer) of every layer a forward pass calls, through nested models; input layers are
+    not called."""
+    for layer in list(getattr(container, "layers", None) or ()):
+        if type(layer).__name__ == "InputLayer":
+            continue
+        path = prefix + str(layer.name)
+        yield path, layer
+        yield from _called_layers(layer, path + "/")
